@@ -1,0 +1,49 @@
+"""The quart-trio application: routes wired to the services they use.
+
+Layer: web. ``create_app`` is the only place routes meet their dependencies; every route module
+exposes a blueprint factory that takes ``Services`` explicitly (no module globals, no reading the
+environment).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import attrs
+from quart_trio import QuartTrio
+
+from archer.web.health import health_blueprint
+from archer.web.media import media_blueprint
+from archer.web.status import status_blueprint
+from archer.web.voice import voice_blueprint
+
+if TYPE_CHECKING:
+    from archer.call.ports import AgentConnector, CallStore
+    from archer.call.tools import ToolRegistry
+    from archer.settings import Settings
+    from archer.twilio.signature import SignatureChecker
+
+#: Twilio's webhook bodies are a few hundred bytes of form fields; anything large is not Twilio.
+MAX_WEBHOOK_BYTES: Final = 64 * 1024
+
+
+@attrs.frozen(kw_only=True)
+class Services:
+    """What the routes need, built once by the server and passed explicitly."""
+
+    settings: Settings
+    store: CallStore
+    agents: AgentConnector
+    tools: ToolRegistry
+    signatures: SignatureChecker
+
+
+def create_app(services: Services) -> QuartTrio:
+    """The ASGI application serving Twilio's webhooks, the media stream and health checks."""
+    app = QuartTrio("archer")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_WEBHOOK_BYTES
+    app.register_blueprint(voice_blueprint(services))
+    app.register_blueprint(status_blueprint(services))
+    app.register_blueprint(media_blueprint(services))
+    app.register_blueprint(health_blueprint(services))
+    return app

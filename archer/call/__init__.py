@@ -1,0 +1,1 @@
+"""The call: one nursery per phone call, written against ports, never against a socket."""

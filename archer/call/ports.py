@@ -1,0 +1,159 @@
+"""The ports the call is written against: the phone line, the agent, the call store.
+
+Layer: ports (``typing.Protocol`` only). The call layer sees these and nothing else: never a
+websocket, never a SQL session. Adapters (``archer.twilio.stream``, ``archer.cartesia.client``,
+``archer.db.store``) satisfy them in production; ``tests/fakes`` satisfy them in tests, and a
+contract test runs the same checks against both.
+
+Every method is a checkpoint. Errors are Archer's own (``archer.errors``); a hang-up by either
+peer is an event, not an exception.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+
+if TYPE_CHECKING:
+    from archer.call.events import AgentEvent
+    from archer.call.records import (
+        CallRecord,
+        ClaimedCall,
+        NewCall,
+        OpenedCall,
+        StreamClaim,
+        TwilioStatusUpdate,
+    )
+    from archer.twilio.frames import TwilioEvent
+
+
+class TwilioStream(Protocol):
+    """The caller's side of the call: a Twilio media stream after its ``start`` frame."""
+
+    async def receive(self) -> TwilioEvent:
+        """The next frame (``Media``, ``Dtmf``, ``Mark`` or ``Stop``).
+
+        Raises:
+            trio.EndOfChannel: the socket closed without a ``stop`` frame.
+            TwilioProtocolError: a frame could not be parsed.
+        """
+        ...
+
+    async def send_media(self, payload: str) -> None:
+        """Queue base64 μ-law audio for playback to the caller."""
+        ...
+
+    async def send_mark(self, name: str) -> None:
+        """Ask Twilio to echo ``name`` once everything queued before it has played."""
+        ...
+
+    async def send_clear(self) -> None:
+        """Drop everything queued for playback; Twilio echoes every pending mark at once."""
+        ...
+
+
+class AgentStream(Protocol):
+    """The agent's side of the call, after its handshake completed."""
+
+    @property
+    def agent_call_id(self) -> str:
+        """The agent platform's id for this session (Cartesia's ``call_id``)."""
+        ...
+
+    async def receive(self) -> AgentEvent:
+        """The next agent event; ``AgentHangup`` is the last one.
+
+        Raises:
+            AgentClosedError: the socket closed abnormally.
+            AgentFatalError: the agent reported a fatal error.
+            CartesiaProtocolError: an event could not be parsed.
+        """
+        ...
+
+    async def send_audio(self, payload: str) -> None:
+        """Send base64 caller audio in the agent's input format."""
+        ...
+
+    async def send_dtmf(self, digit: str) -> None:
+        """Send a digit the caller pressed."""
+        ...
+
+    async def send_tool_result(self, tool_call_id: str, result: str, *, is_error: bool) -> None:
+        """Answer a ``ToolCallRequest``."""
+        ...
+
+    async def ping(self) -> None:
+        """Ping the agent and wait for the answer.
+
+        Raises:
+            AgentClosedError: the socket is gone.
+        """
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class AgentSession:
+    """What the call tells the agent about itself when it opens the session."""
+
+    call_sid: str
+    caller_number: str
+    customer_id: int | None
+    audio_format: str
+
+
+class AgentConnector(Protocol):
+    """Opens agent sessions; one per call."""
+
+    def open_session(self, session: AgentSession) -> AbstractAsyncContextManager[AgentStream]:
+        """Connect, handshake, and yield a ready ``AgentStream``; close it on exit.
+
+        Raises:
+            AgentUnavailableError: unreachable, rejected, or not ready within its deadline.
+        """
+        ...
+
+
+class CallStore(Protocol):
+    """Where calls are recorded. Every write is idempotent."""
+
+    async def open_call(self, call: NewCall) -> OpenedCall:
+        """Find or create the caller's customer and insert (or refresh) the call row.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def claim_stream(self, claim: StreamClaim) -> ClaimedCall | None:
+        """Spend a one-time stream token; None if it is unknown, expired or already spent.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def save_call(self, record: CallRecord) -> None:
+        """Upsert the call row by ``call_sid`` with its turns and tool calls.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def record_twilio_status(self, update: TwilioStatusUpdate) -> None:
+        """Store Twilio's final status and duration; safe twice, late, or before the stream ends.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def check(self) -> None:
+        """Round-trip to the database (readiness).
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...

@@ -1,0 +1,148 @@
+"""Frozen records that cross from the trio thread into database threads.
+
+Layer: call vocabulary; pure (attrs and the standard library only).
+
+Rules: every type here is immutable, so a DB worker thread can never see a half-updated call.
+The mutable per-call state lives in ``archer.call.state`` and hands out ``CallRecord`` snapshots.
+Times are timezone-aware UTC ``datetime``s; durations are integers in milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Final, Literal
+
+import attrs
+
+CallStatus = Literal["initiated", "in_progress", "completed", "failed", "transferred"]
+
+#: The bounded set of ``calls.end_reason`` values (metrics label them, so it never grows freely).
+END_REASONS: Final = frozenset(
+    {
+        "caller_hangup",  # Twilio sent `stop`
+        "twilio_disconnected",  # the media socket closed without `stop`
+        "agent_hangup",  # the agent closed with 1000
+        "agent_ended",  # the agent's end_call tool
+        "transferred",  # handed to a human
+        "agent_unreachable",  # could not connect to the agent
+        "agent_rejected",  # the agent refused the upgrade or the session
+        "agent_handshake_timeout",  # no session_ready in time
+        "agent_error",  # the agent closed abnormally or reported a fatal error
+        "agent_unresponsive",  # keepalive pings went unanswered
+        "protocol_error",  # a peer sent something we could not understand
+        "stream_rejected",  # the media stream's one-time token was missing, used or expired
+        "max_duration",  # the call hit the maximum call length
+        "server_shutdown",  # the server drained and cancelled the call
+        "database_unavailable",  # the database failed while the call needed it
+        "internal_error",  # a bug; the traceback is in the log
+    }
+)
+
+
+@attrs.frozen(slots=True)
+class TurnRecord:
+    """One turn of the conversation as stored in ``call_turns``."""
+
+    turn: int
+    role: str
+    text: str
+    interrupted: bool = False
+    start_time: float | None = None
+    end_time: float | None = None
+    #: Milliseconds of this agent turn the caller actually heard (None when not measured).
+    heard_ms: int | None = None
+
+
+@attrs.frozen(slots=True)
+class ToolCallRecord:
+    """One tool invocation as stored in ``tool_calls`` (secrets already masked)."""
+
+    tool_call_id: str
+    name: str
+    arguments: Mapping[str, object]
+    started_at: datetime
+    result: str | None = None
+    is_error: bool = False
+    finished_at: datetime | None = None
+
+
+@attrs.frozen(slots=True)
+class CallRecord:
+    """Everything Archer knows about one call, as written to ``calls`` and its child tables.
+
+    ``twilio_status`` and ``twilio_duration_s`` are not here: only the status callback writes
+    them, so a late flush can never erase what the callback stored.
+    """
+
+    call_sid: str
+    status: CallStatus
+    started_at: datetime
+    stream_sid: str | None = None
+    customer_id: int | None = None
+    from_number: str | None = None
+    to_number: str | None = None
+    end_reason: str | None = None
+    agent_call_id: str | None = None
+    connected_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_ms: int | None = None
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0
+    error: str | None = None
+    turns: tuple[TurnRecord, ...] = ()
+    tool_calls: tuple[ToolCallRecord, ...] = ()
+
+
+@attrs.frozen(slots=True)
+class NewCall:
+    """What the voice webhook knows when it opens a call row."""
+
+    call_sid: str
+    from_number: str
+    to_number: str
+    #: The caller's E.164 number if ``From`` is a real number, else None (withheld, SIP, client:).
+    caller_e164: str | None
+    #: SHA-256 hex of the one-time stream token; the token itself is never stored.
+    stream_token_hash: str
+    stream_token_expires_at: datetime
+    started_at: datetime
+
+
+@attrs.frozen(slots=True)
+class OpenedCall:
+    """The call row the webhook opened and the customer it found or created (None: none)."""
+
+    call_sid: str
+    customer_id: int | None
+
+
+@attrs.frozen(slots=True)
+class StreamClaim:
+    """A media stream asking to carry a call, with the token from its ``start`` frame."""
+
+    call_sid: str
+    stream_sid: str
+    stream_token_hash: str
+    now: datetime
+
+
+@attrs.frozen(slots=True)
+class ClaimedCall:
+    """A call whose stream token was valid and is now spent."""
+
+    call_sid: str
+    customer_id: int | None
+    from_number: str | None
+    to_number: str | None
+    started_at: datetime
+
+
+@attrs.frozen(slots=True)
+class TwilioStatusUpdate:
+    """The final status Twilio reported in its status callback."""
+
+    call_sid: str
+    twilio_status: str
+    twilio_duration_s: int | None

@@ -1,0 +1,206 @@
+"""One phone call: the per-call nursery, what ends it, and how its record is flushed.
+
+Layer: call. Written against the ports in ``archer.call.ports``; it never sees a socket or a SQL
+session.
+
+Rules (../shared/ARCHITECTURE.md §3):
+- ``run_call`` owns exactly one nursery. The agent session is opened before it (in
+  ``bridge_call``) and outlives every child.
+- The Twilio reader runs in the nursery body and is the call's lifeline: a ``stop`` or a closed
+  socket ends the call normally and cancels the siblings. The agent hanging up cleanly does the
+  same from its side.
+- Any other failure propagates out of the nursery as an exception group; ``bridge_call`` turns
+  it into ``status=failed`` and an ``end_reason`` with ``except*`` and never re-raises, so the
+  route's ``finally`` always has a finished call to flush.
+- ``flush_call_record`` runs shielded and time-boxed, so a cancelled call is still recorded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeVar
+
+import attrs
+import structlog
+import trio
+
+from archer.call.ports import AgentSession
+from archer.call.pumps import (
+    DOWNLINK_BUFFER,
+    UPLINK_BUFFER,
+    DownlinkItem,
+    Playback,
+    UplinkItem,
+    forward_to_agent,
+    keep_agent_alive,
+    play_to_caller,
+    receive_from_agent,
+    receive_from_twilio,
+)
+from archer.call.tools import ToolContext, ToolRunner
+from archer.errors import (
+    AgentClosedError,
+    AgentFatalError,
+    AgentUnavailableError,
+    AgentUnresponsiveError,
+    ProtocolError,
+    StoreError,
+)
+from archer.logs import mask_phone
+
+if TYPE_CHECKING:
+    from archer.call.ports import AgentConnector, AgentStream, CallStore, TwilioStream
+    from archer.call.records import CallRecord
+    from archer.call.state import CallState
+    from archer.call.tools import ToolRegistry
+    from archer.settings import CallLimits
+
+log = structlog.get_logger(__name__)
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+async def run_call(
+    call: CallState,
+    twilio: TwilioStream,
+    agent: AgentStream,
+    tools: ToolRegistry,
+    *,
+    limits: CallLimits,
+) -> None:
+    """Bridge one call until either side hangs up or the call reaches its maximum length.
+
+    On a normal end ``call`` is finished with ``status=completed`` and the reason. Any task's
+    failure cancels the others and propagates as an exception group (``call`` not finished).
+
+    Cancellation: every child is cancelled and has exited before this returns or raises;
+    ``call`` keeps whatever it had recorded.
+    """
+    uplink_send, uplink_receive = trio.open_memory_channel[UplinkItem](UPLINK_BUFFER)
+    downlink_send, downlink_receive = trio.open_memory_channel[DownlinkItem](DOWNLINK_BUFFER)
+    playback = Playback()
+    tool_runner = ToolRunner(
+        registry=tools,
+        context=ToolContext(
+            call_sid=call.call_sid, customer_id=call.customer_id, caller_number=call.from_number
+        ),
+        call=call,
+        agent=agent,
+        timeout=limits.tool_timeout,
+    )
+
+    async def until_agent_hangs_up(scope: trio.CancelScope) -> None:
+        await receive_from_agent(agent, downlink_send, call, playback, tool_runner)
+        call.finish("completed", "agent_hangup")
+        scope.cancel()
+
+    with trio.move_on_after(limits.max_call_seconds) as call_deadline:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(until_agent_hangs_up, nursery.cancel_scope)
+            nursery.start_soon(forward_to_agent, agent, uplink_receive)
+            nursery.start_soon(play_to_caller, twilio, downlink_receive, call, playback)
+            nursery.start_soon(tool_runner.run)
+            nursery.start_soon(keep_agent_alive, agent, limits.agent_ping_interval)
+            end_reason = await receive_from_twilio(twilio, uplink_send, call)
+            call.finish("completed", end_reason)
+            nursery.cancel_scope.cancel()
+    if call_deadline.cancelled_caught:
+        log.warning("call.max_duration", seconds=limits.max_call_seconds)
+        call.finish("completed", "max_duration")
+
+
+async def bridge_call(
+    call: CallState,
+    twilio: TwilioStream,
+    agents: AgentConnector,
+    tools: ToolRegistry,
+    *,
+    limits: CallLimits,
+    audio_format: str,
+) -> None:
+    """Open the agent session and run the call; every failure is recorded on ``call``.
+
+    Never raises ``Exception``: the outcome is in ``call.status``/``end_reason``/``error`` and
+    the traceback of anything unexpected is logged once, with the call's context.
+
+    Cancellation: propagates (a hang-up seen by quart-trio, a server shutdown); ``call`` is
+    left unfinished for the caller to decide why.
+    """
+    session = AgentSession(
+        call_sid=call.call_sid,
+        caller_number=call.from_number or "",
+        customer_id=call.customer_id,
+        audio_format=audio_format,
+    )
+    try:
+        async with agents.open_session(session) as agent:
+            call.agent_call_id = agent.agent_call_id
+            log.info("agent.ready", agent_call_id=agent.agent_call_id)
+            await run_call(call, twilio, agent, tools, limits=limits)
+    # Handlers in order of precedence: the first one to finish the call names its end.
+    except* AgentUnavailableError as group:
+        _fail(call, _leaves(group)[0].end_reason, group)
+    except* AgentUnresponsiveError as group:
+        _fail(call, "agent_unresponsive", group)
+    except* (AgentClosedError, AgentFatalError) as group:
+        _fail(call, "agent_error", group)
+    except* ProtocolError as group:
+        _fail(call, "protocol_error", group)
+    except* StoreError as group:
+        _fail(call, "database_unavailable", group)
+    except* Exception as group:
+        log.error("call.crashed", exc_info=group)
+        _fail(call, "internal_error", group)
+
+
+def _leaves(group: BaseExceptionGroup[_E]) -> list[_E]:
+    """The exceptions of a (possibly nested) group, flattened."""
+    leaves: list[_E] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            leaves.extend(_leaves(exc))
+        else:
+            leaves.append(exc)
+    return leaves
+
+
+def _fail(call: CallState, end_reason: str, group: BaseExceptionGroup[BaseException]) -> None:
+    error = "; ".join(str(exc) for exc in _leaves(group))
+    if call.finish("failed", end_reason, error):
+        log.warning("call.failed", end_reason=end_reason, error=error)
+    else:
+        # The call had already ended (say the caller hung up) when this arrived.
+        log.info("call.error_after_end", end_reason=end_reason, error=error)
+
+
+# The deadline must live inside the shield, so it is a parameter here (a caller wrapping this
+# in its own scope would have to remember to shield it).
+async def flush_call_record(
+    store: CallStore,
+    record: CallRecord,
+    *,
+    timeout: float,  # noqa: ASYNC109
+) -> bool:
+    """Write the call record even if the call was cancelled; True if the database took it.
+
+    Never raises ``Exception``: a failure is logged with the whole record so nothing is lost.
+
+    Cancellation: shielded for at most ``timeout`` seconds, then abandoned and logged.
+    """
+    with trio.move_on_after(timeout, shield=True) as deadline:
+        try:
+            await store.save_call(record)
+        except StoreError as exc:
+            log.error("call.flush_failed", error=str(exc), record=_loggable(record))
+            return False
+        return True
+    if deadline.cancelled_caught:
+        log.error("call.flush_timed_out", timeout=timeout, record=_loggable(record))
+    return False
+
+
+def _loggable(record: CallRecord) -> dict[str, object]:
+    """The record as a log field, with phone numbers masked."""
+    fields = attrs.asdict(record)
+    fields["from_number"] = mask_phone(record.from_number)
+    fields["to_number"] = mask_phone(record.to_number)
+    return fields

@@ -1,0 +1,200 @@
+"""The live state of one call, and the snapshot that leaves it.
+
+Layer: call. Mutated only by the call's own tasks on the trio thread; the database only ever
+receives a frozen ``CallRecord`` from ``snapshot()``.
+
+Rules: the first ``finish()`` wins, so the reason a call ended is the first thing that ended it
+(a caller hanging up is not overwritten by the cancellation it causes). Counters are plain ints
+bumped on the per-frame path; nothing here allocates per frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import attrs
+
+from archer.call.events import TurnEnded, TurnStarted, TurnTextDelta
+from archer.call.records import CallRecord, CallStatus, ClaimedCall, ToolCallRecord, TurnRecord
+
+
+def utc_now() -> datetime:
+    """The wall-clock time, timezone-aware UTC (what every stored timestamp uses)."""
+    return datetime.now(UTC)
+
+
+@attrs.define
+class _TurnDraft:
+    role: str
+    start_time: float | None
+    text: str = ""
+    ended: bool = False
+    interrupted: bool = False
+    end_time: float | None = None
+    heard_ms: int | None = None
+
+
+@attrs.define
+class CallState:
+    """Everything a call accumulates while it runs."""
+
+    call_sid: str
+    stream_sid: str
+    started_at: datetime
+    connected_at: datetime
+    #: ``trio.current_time()`` when the stream started; durations are measured from it.
+    connected_clock: float
+    customer_id: int | None = None
+    from_number: str | None = None
+    to_number: str | None = None
+    agent_call_id: str | None = None
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0
+    status: CallStatus = "in_progress"
+    end_reason: str | None = None
+    error: str | None = None
+    ended_at: datetime | None = None
+    duration_ms: int | None = None
+    _turns: dict[int, _TurnDraft] = attrs.Factory(dict)
+    _tool_calls: dict[str, ToolCallRecord] = attrs.Factory(dict)
+
+    @classmethod
+    def for_claimed(
+        cls, claimed: ClaimedCall, *, stream_sid: str, connected_at: datetime, clock: float
+    ) -> CallState:
+        """The state of a call whose media stream just proved its one-time token."""
+        return cls(
+            call_sid=claimed.call_sid,
+            stream_sid=stream_sid,
+            started_at=claimed.started_at,
+            connected_at=connected_at,
+            connected_clock=clock,
+            customer_id=claimed.customer_id,
+            from_number=claimed.from_number,
+            to_number=claimed.to_number,
+        )
+
+    @property
+    def finished(self) -> bool:
+        """True once something decided how the call ends."""
+        return self.end_reason is not None
+
+    def finish(self, status: CallStatus, end_reason: str, error: str | None = None) -> bool:
+        """Record how the call ends; returns False (and changes nothing) if it already had."""
+        if self.end_reason is not None:
+            return False
+        self.status = status
+        self.end_reason = end_reason
+        self.error = error
+        return True
+
+    def close(self, *, now: datetime, clock: float) -> None:
+        """Stamp the end time and duration (idempotent: the first stamp stays)."""
+        if self.ended_at is None:
+            self.ended_at = now
+            self.duration_ms = max(0, round((clock - self.connected_clock) * 1000))
+
+    # --- turns -------------------------------------------------------------------------------
+
+    def turn_started(self, event: TurnStarted) -> None:
+        draft = self._turns.get(event.turn)
+        if draft is None:
+            self._turns[event.turn] = _TurnDraft(role=event.role, start_time=event.start_time)
+
+    def turn_text(self, event: TurnTextDelta) -> None:
+        draft = self._turns.get(event.turn)
+        if draft is None:
+            # A delta for a turn we never saw start: keep the words rather than lose them.
+            draft = self._turns[event.turn] = _TurnDraft(role="assistant", start_time=None)
+        draft.text += event.text
+
+    def turn_ended(self, event: TurnEnded) -> None:
+        draft = self._turns.setdefault(
+            event.turn, _TurnDraft(role=event.role, start_time=event.start_time)
+        )
+        draft.role = event.role
+        draft.text = event.text
+        draft.ended = True
+        draft.interrupted = event.interrupted
+        draft.end_time = event.end_time
+        if draft.start_time is None:
+            draft.start_time = event.start_time
+
+    @property
+    def turn_count(self) -> int:
+        return len(self._turns)
+
+    # --- tool calls --------------------------------------------------------------------------
+
+    def tool_started(
+        self, tool_call_id: str, name: str, arguments: Mapping[str, object], *, now: datetime
+    ) -> None:
+        self._tool_calls[tool_call_id] = ToolCallRecord(
+            tool_call_id=tool_call_id, name=name, arguments=arguments, started_at=now
+        )
+
+    def tool_finished(
+        self, tool_call_id: str, result: str, *, is_error: bool, now: datetime
+    ) -> None:
+        started = self._tool_calls[tool_call_id]
+        self._tool_calls[tool_call_id] = attrs.evolve(
+            started, result=result, is_error=is_error, finished_at=now
+        )
+
+    @property
+    def tool_call_count(self) -> int:
+        return len(self._tool_calls)
+
+    # --- leaving the trio thread -------------------------------------------------------------
+
+    def snapshot(self) -> CallRecord:
+        """A frozen copy for the database; turns still open are stored as interrupted."""
+        turns = tuple(
+            TurnRecord(
+                turn=number,
+                role=draft.role,
+                text=draft.text,
+                interrupted=draft.interrupted or not draft.ended,
+                start_time=draft.start_time,
+                end_time=draft.end_time,
+                heard_ms=draft.heard_ms,
+            )
+            for number, draft in sorted(self._turns.items())
+        )
+        return CallRecord(
+            call_sid=self.call_sid,
+            status=self.status,
+            started_at=self.started_at,
+            stream_sid=self.stream_sid,
+            customer_id=self.customer_id,
+            from_number=self.from_number,
+            to_number=self.to_number,
+            end_reason=self.end_reason,
+            agent_call_id=self.agent_call_id,
+            connected_at=self.connected_at,
+            ended_at=self.ended_at,
+            duration_ms=self.duration_ms,
+            frames_in=self.frames_in,
+            frames_out=self.frames_out,
+            frames_dropped=self.frames_dropped,
+            error=self.error,
+            turns=turns,
+            tool_calls=tuple(self._tool_calls.values()),
+        )
+
+    def summary(self) -> dict[str, object]:
+        """The fields of the canonical ``call.finished`` log line."""
+        return {
+            "status": self.status,
+            "end_reason": self.end_reason,
+            "duration_ms": self.duration_ms,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "frames_dropped": self.frames_dropped,
+            "turns": self.turn_count,
+            "tool_calls": self.tool_call_count,
+            "agent_call_id": self.agent_call_id,
+            "error": self.error,
+        }

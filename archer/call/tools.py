@@ -1,0 +1,211 @@
+"""Tool supervision: one task per tool call, bounded, timed, and never fatal to the call.
+
+Layer: call. Tools are plain async functions registered in a ``ToolRegistry``; this module runs
+them for the agent and writes every invocation into the call state.
+
+Rules: a tool that raises, refuses (``ToolError``) or overruns its timeout becomes an
+``is_error`` result and the call goes on; only a failure of the machinery itself (the agent
+socket dying while the result is sent) propagates and ends the call. Results are capped at
+4096 bytes, Cartesia's limit. Arguments are masked before they are recorded, so a PIN never
+reaches the database or a log line. At most ``MAX_CONCURRENT_TOOLS`` run at once; a request
+beyond the queue is answered at once with an ``is_error`` "busy" result so the agent's reader
+never waits on a tool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import structlog
+import trio
+
+from archer.call.state import utc_now
+from archer.errors import ToolError
+
+if TYPE_CHECKING:
+    from archer.call.events import ToolCallRequest
+    from archer.call.ports import AgentStream
+    from archer.call.state import CallState
+
+log = structlog.get_logger(__name__)
+
+#: Cartesia replaces any result larger than this with an error, so Archer never sends one.
+MAX_RESULT_BYTES: Final = 4096
+#: Tools running at once per call; each may hold a database connection.
+MAX_CONCURRENT_TOOLS: Final = 4
+#: Requests waiting for a free slot; past this the agent hears "busy" rather than waiting.
+TOOL_QUEUE_SIZE: Final = 4
+#: Argument names whose values are never stored or logged.
+SECRET_ARGUMENT_NAMES: Final = frozenset(
+    {"pin", "password", "passcode", "otp", "secret", "token", "account_number", "card_number"}
+)
+_MASK: Final = "***"
+_CUT_MARKER: Final = " [cut off: result too large]"
+
+
+@attrs.frozen(kw_only=True)
+class ToolContext:
+    """What a tool may know about the call it serves."""
+
+    call_sid: str
+    customer_id: int | None
+    caller_number: str | None
+
+
+@attrs.frozen
+class ToolResult:
+    """A tool's answer: a JSON object (or plain text) and whether it is an error."""
+
+    content: Mapping[str, object] | str
+    is_error: bool = False
+
+    def text(self) -> str:
+        """The ``result`` string sent to the agent, at most ``MAX_RESULT_BYTES`` bytes."""
+        raw = (
+            self.content
+            if isinstance(self.content, str)
+            else json.dumps(self.content, separators=(",", ":"), default=str)
+        )
+        return cap_result(raw)
+
+
+ToolFunction = Callable[[ToolContext, Mapping[str, object]], Awaitable[ToolResult]]
+
+
+@attrs.frozen
+class Tool:
+    """A tool the agent may call, by name."""
+
+    name: str
+    run: ToolFunction
+    #: Overrides the call-wide tool timeout (seconds) when set.
+    timeout: float | None = None
+    #: Argument names to mask, on top of ``SECRET_ARGUMENT_NAMES``.
+    secret_arguments: frozenset[str] = frozenset()
+
+
+@attrs.frozen
+class ToolRegistry:
+    """The tools of one deployment, looked up by name."""
+
+    tools: Mapping[str, Tool] = attrs.field(factory=dict)
+
+    @classmethod
+    def of(cls, *tools: Tool) -> ToolRegistry:
+        return cls({tool.name: tool for tool in tools})
+
+    def get(self, name: str) -> Tool | None:
+        return self.tools.get(name)
+
+    def masked(self, name: str, arguments: Mapping[str, object]) -> dict[str, object]:
+        """``arguments`` with every secret value replaced, safe to store and log."""
+        tool = self.tools.get(name)
+        extra = tool.secret_arguments if tool is not None else frozenset()
+        return {
+            key: _MASK if key.lower() in SECRET_ARGUMENT_NAMES or key in extra else value
+            for key, value in arguments.items()
+        }
+
+
+def cap_result(text: str) -> str:
+    """Cut ``text`` to at most ``MAX_RESULT_BYTES`` UTF-8 bytes, saying that it was cut."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= MAX_RESULT_BYTES:
+        return text
+    room = MAX_RESULT_BYTES - len(_CUT_MARKER.encode("utf-8"))
+    return encoded[:room].decode("utf-8", errors="ignore") + _CUT_MARKER
+
+
+@attrs.define
+class ToolRunner:
+    """Runs the agent's tool calls for one call. ``submit`` never blocks the agent's reader."""
+
+    registry: ToolRegistry
+    context: ToolContext
+    call: CallState
+    agent: AgentStream
+    timeout: float
+    _requests_in: trio.MemorySendChannel[ToolCallRequest] = attrs.field(init=False)
+    _requests_out: trio.MemoryReceiveChannel[ToolCallRequest] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._requests_in, self._requests_out = trio.open_memory_channel["ToolCallRequest"](
+            TOOL_QUEUE_SIZE
+        )
+
+    async def submit(self, request: ToolCallRequest) -> None:
+        """Hand a request to the supervisor, or answer "busy" at once if the queue is full."""
+        try:
+            self._requests_in.send_nowait(request)
+        except trio.WouldBlock:
+            log.warning("tool.busy", tool=request.name, tool_call_id=request.tool_call_id)
+            self.call.tool_started(
+                request.tool_call_id,
+                request.name,
+                self.registry.masked(request.name, request.arguments),
+                now=utc_now(),
+            )
+            await self._answer(request, ToolResult("too many tool calls at once; try again", True))
+
+    async def run(self) -> None:
+        """Supervise tool tasks until the call ends.
+
+        Cancellation: running tools are cancelled with the call; their invocations stay in the
+        call state as started but unfinished.
+        """
+        slots = trio.Semaphore(MAX_CONCURRENT_TOOLS)
+        async with trio.open_nursery() as nursery, self._requests_out:
+            while True:
+                # Take a slot before a request, so none waits in hand beyond the queue's bound.
+                await slots.acquire()
+                try:
+                    request = await self._requests_out.receive()
+                except trio.EndOfChannel:
+                    break  # the call is over; the nursery waits for running tools
+                nursery.start_soon(self._run_one, request, slots)
+
+    async def _run_one(self, request: ToolCallRequest, slots: trio.Semaphore) -> None:
+        try:
+            await self._invoke_and_answer(request)
+        finally:
+            slots.release()
+
+    async def _invoke_and_answer(self, request: ToolCallRequest) -> None:
+        tool = self.registry.get(request.name)
+        self.call.tool_started(
+            request.tool_call_id,
+            request.name,
+            self.registry.masked(request.name, request.arguments),
+            now=utc_now(),
+        )
+        if tool is None:
+            result = ToolResult(f"unknown tool {request.name!r}", is_error=True)
+        else:
+            timeout = tool.timeout if tool.timeout is not None else self.timeout
+            with trio.move_on_after(timeout) as deadline:
+                result = await self._invoke(tool, request)
+            if deadline.cancelled_caught:
+                log.warning("tool.timed_out", tool=tool.name, timeout=timeout)
+                result = ToolResult(f"{tool.name} timed out after {timeout:g} s", is_error=True)
+        await self._answer(request, result)
+
+    async def _invoke(self, tool: Tool, request: ToolCallRequest) -> ToolResult:
+        try:
+            return await tool.run(self.context, request.arguments)
+        except ToolError as refusal:
+            return ToolResult(str(refusal), is_error=True)
+        except Exception:
+            # A bug in one tool must not end the call: the agent hears a generic failure and
+            # the traceback goes to the log once, with the call's context bound.
+            log.exception("tool.crashed", tool=tool.name)
+            return ToolResult(f"{tool.name} failed", is_error=True)
+
+    async def _answer(self, request: ToolCallRequest, result: ToolResult) -> None:
+        text = result.text()
+        self.call.tool_finished(request.tool_call_id, text, is_error=result.is_error, now=utc_now())
+        log.info("tool.finished", tool=request.name, is_error=result.is_error)
+        if request.expects_response:
+            await self.agent.send_tool_result(request.tool_call_id, text, is_error=result.is_error)

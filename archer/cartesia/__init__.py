@@ -1,0 +1,1 @@
+"""Cartesia voice agents: protocol events (pure) and the WebSocket client adapter."""

@@ -1,0 +1,68 @@
+"""The ``archer`` command: ``serve``, ``db init``, ``db seed``.
+
+Layer: cli. Parses arguments, builds ``Settings`` once, configures logging, and hands over.
+A bad setting is one line on standard error naming the variable, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from archer.errors import ArcherError, ConfigError
+from archer.logs import configure_logging
+from archer.settings import Settings, load_environ
+
+DEFAULT_SEED = Path(__file__).resolve().parent.parent / "config" / "demo_bank.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="archer", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the production server")
+    serve.add_argument("--host", help="bind address (default ARCHER_HOST or 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port (default ARCHER_PORT, PORT or 8000)")
+
+    db = commands.add_parser("db", help="database administration")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("init", help="create the schema (idempotent)")
+    seed = db_commands.add_parser("seed", help="load the demo bank (idempotent)")
+    seed.add_argument("--file", type=Path, default=DEFAULT_SEED, help="seed data (JSON)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_environ(load_environ(os.environ))
+        configure_logging(settings.log_level, settings.log_format)
+        match args.command:
+            case "serve":
+                settings.check_serving()
+                from archer.server import serve
+
+                trio.run(lambda: serve(settings, host=args.host, port=args.port))
+            case "db":
+                from archer.db import admin
+
+                if args.db_command == "init":
+                    admin.init_database(settings.database_url)
+                    print(f"schema ready in {admin.describe(settings.database_url)}")
+                else:
+                    summary = admin.seed_database(settings.database_url, args.file)
+                    print(f"seeded {admin.describe(settings.database_url)}: {summary}")
+    except ConfigError as exc:
+        print(f"archer: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ArcherError as exc:
+        print(f"archer: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

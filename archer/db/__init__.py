@@ -1,0 +1,1 @@
+"""Database: SQLAlchemy tables mirroring schema.sql and the store adapter (sync, in threads)."""

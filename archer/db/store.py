@@ -1,0 +1,490 @@
+"""The ``CallStore`` port on SQLAlchemy Core: PostgreSQL in production, SQLite by default.
+
+Layer: database adapter. The async methods are the trio side; each hands exactly one short unit
+of work (one connection, one transaction) to a worker thread and waits for it.
+
+Rules:
+
+- Only frozen records (``archer.call.records``) cross into a thread, and only plain values come
+  back; the thread functions touch nothing a trio task could be mutating.
+- Threads are never abandoned on cancellation: a write the caller gave up on could still commit
+  after Archer decided it failed. Cancellation takes effect when the thread returns, and the
+  driver timeouts (``archer.db.engine``) bound how long that can be.
+- A ``trio.CapacityLimiter`` the size of the connection pool gates the threads, so DB work
+  queues on the trio side instead of in pool checkout, and never starves trio's default pool.
+- Every SQLAlchemy error (and ``OSError``) becomes ``StoreError`` here; nothing above sees one.
+- Every write is an idempotent upsert keyed by ``CallSid``: a retried webhook, a replayed flush
+  or a repeated status callback leaves the same rows.
+- Success lines are logged at debug from inside the thread, so the caller's bound contextvars
+  (``call_sid``) appear on them; failures are logged once, at warning, on the trio side.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple, cast
+
+import attrs
+import sqlalchemy as sa
+import structlog
+import trio
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from archer.call.records import (
+    CallRecord,
+    CallStatus,
+    ClaimedCall,
+    NewCall,
+    OpenedCall,
+    StreamClaim,
+    ToolCallRecord,
+    TurnRecord,
+    TwilioStatusUpdate,
+)
+from archer.db.engine import make_engine, pool_capacity
+from archer.db.tables import CALL_STATUSES, call_turns, calls, customers, tool_calls
+from archer.errors import StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from archer.call.ports import CallStore
+
+__all__ = ["SqlCallStore", "StoredCall"]
+
+log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
+
+
+@attrs.frozen(slots=True)
+class StoredCall:
+    """A call as the database holds it: the record plus what only Twilio's callback writes."""
+
+    record: CallRecord
+    twilio_status: str | None
+    twilio_duration_s: int | None
+
+
+@attrs.frozen(slots=True)
+class SqlCallStore:
+    """``CallStore`` backed by a SQLAlchemy engine, one worker thread per unit of work.
+
+    Build it with ``SqlCallStore.open(url, pool_size)`` or ``SqlCallStore.from_engine(engine)``,
+    and ``await store.aclose()`` at shutdown.
+    """
+
+    _engine: sa.Engine
+    #: Tokens == connections the pool can hand out (pool_size + max_overflow).
+    _limiter: trio.CapacityLimiter
+
+    @classmethod
+    def open(cls, url: str, pool_size: int) -> Self:
+        """A store on a new engine for ``url`` (does not connect).
+
+        Raises:
+            ConfigError: the URL is malformed or unsupported.
+        """
+        return cls.from_engine(make_engine(url, pool_size=pool_size))
+
+    @classmethod
+    def from_engine(cls, engine: sa.Engine) -> Self:
+        """A store on an existing engine, with a limiter sized to its pool."""
+        return cls(engine, trio.CapacityLimiter(pool_capacity(engine)))
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The engine, for sync callers in their own thread (schema set-up, seeding)."""
+        return self._engine
+
+    # --- CallStore ------------------------------------------------------------------------
+
+    async def open_call(self, call: NewCall) -> OpenedCall:
+        """Find or create the caller's customer and insert (or refresh) the call row.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        return await self._run("open_call", self._open_call_sync, call)
+
+    async def claim_stream(self, claim: StreamClaim) -> ClaimedCall | None:
+        """Spend a one-time stream token; None if it is unknown, expired or already spent.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        return await self._run("claim_stream", self._claim_stream_sync, claim)
+
+    async def save_call(self, record: CallRecord) -> None:
+        """Upsert the call row by ``call_sid`` with its turns and tool calls.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        await self._run("save_call", self._save_call_sync, record)
+
+    async def record_twilio_status(self, update: TwilioStatusUpdate) -> None:
+        """Store Twilio's final status and duration; safe twice, late, or before the stream ends.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        await self._run("record_twilio_status", self._record_twilio_status_sync, update)
+
+    async def check(self) -> None:
+        """Round-trip to the database (readiness).
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        await self._run("check", self._check_sync)
+
+    # --- beyond the port: ops, tests and the demo -------------------------------------------
+
+    async def load_call(self, call_sid: str) -> StoredCall | None:
+        """The stored call with its turns (by turn) and tool calls (by start); None if unknown.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        return await self._run("load_call", self._load_call_sync, call_sid)
+
+    async def aclose(self) -> None:
+        """Close every pooled connection (blocks on the network, so in a thread)."""
+        await trio.to_thread.run_sync(self._engine.dispose)
+
+    # --- the trio/thread boundary ---------------------------------------------------------
+
+    async def _run(self, operation: str, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        except (SQLAlchemyError, OSError) as exc:
+            message = f"{operation} failed: {_describe(exc)}"
+            log.warning("db.operation_failed", operation=operation, error=message)
+            raise StoreError(message) from exc
+
+    # --- units of work (each runs in a worker thread) ------------------------------------
+
+    def _open_call_sync(self, call: NewCall) -> OpenedCall:
+        with self._engine.begin() as conn:
+            customer_id, created = (
+                _find_or_create_customer(conn, call.caller_e164)
+                if call.caller_e164 is not None
+                else (None, False)
+            )
+            insert = _insert(conn, calls).values(
+                call_sid=call.call_sid,
+                status="initiated",
+                from_number=call.from_number,
+                to_number=call.to_number,
+                customer_id=customer_id,
+                started_at=call.started_at,
+                stream_token_hash=call.stream_token_hash,
+                stream_token_expires_at=call.stream_token_expires_at,
+            )
+            new = insert.excluded
+            upsert = insert.on_conflict_do_update(
+                index_elements=[calls.c.call_sid],
+                set_={
+                    # A retried webhook answers with a fresh token; the old one must die.
+                    "stream_token_hash": new.stream_token_hash,
+                    "stream_token_expires_at": new.stream_token_expires_at,
+                    # Fill what a status callback that beat the webhook could not know.
+                    "from_number": sa.func.coalesce(calls.c.from_number, new.from_number),
+                    "to_number": sa.func.coalesce(calls.c.to_number, new.to_number),
+                    "customer_id": sa.func.coalesce(calls.c.customer_id, new.customer_id),
+                },
+                # Once a stream has claimed the call, a late retry must not re-arm a token.
+                where=calls.c.stream_sid.is_(None),
+            ).returning(calls.c.id)
+            refreshed = conn.execute(upsert).first() is not None
+        log.debug(
+            "db.call_opened",
+            customer_id=customer_id,
+            customer_created=created,
+            token_armed=refreshed,
+        )
+        return OpenedCall(call_sid=call.call_sid, customer_id=customer_id)
+
+    def _claim_stream_sync(self, claim: StreamClaim) -> ClaimedCall | None:
+        # One statement, so two streams racing for the same token cannot both win.
+        stmt = (
+            sa.update(calls)
+            .where(
+                calls.c.call_sid == claim.call_sid,
+                calls.c.stream_token_hash == claim.stream_token_hash,
+                calls.c.stream_token_expires_at > claim.now,
+                calls.c.stream_sid.is_(None),
+            )
+            .values(
+                stream_sid=claim.stream_sid,
+                connected_at=claim.now,
+                status="in_progress",
+                stream_token_hash=None,
+            )
+            .returning(
+                calls.c.call_sid,
+                calls.c.customer_id,
+                calls.c.from_number,
+                calls.c.to_number,
+                calls.c.started_at,
+            )
+        )
+        with self._engine.begin() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            log.debug("db.stream_claim_refused")
+            return None
+        log.debug("db.stream_claimed", customer_id=row.customer_id)
+        return ClaimedCall(
+            call_sid=row.call_sid,
+            customer_id=row.customer_id,
+            from_number=row.from_number,
+            to_number=row.to_number,
+            started_at=row.started_at,
+        )
+
+    def _save_call_sync(self, record: CallRecord) -> None:
+        row = _call_row(record)
+        with self._engine.begin() as conn:
+            insert = _insert(conn, calls).values(row)
+            upsert = insert.on_conflict_do_update(
+                index_elements=[calls.c.call_sid],
+                # Every column the record carries, and nothing else: twilio_* belong to the
+                # status callback and the token columns to the webhook and the claim.
+                set_={name: insert.excluded[name] for name in row if name != "call_sid"},
+            ).returning(calls.c.id)
+            call_id: int = conn.execute(upsert).scalar_one()
+            if record.turns:
+                turn_stmt = _insert(conn, call_turns)
+                conn.execute(
+                    turn_stmt.on_conflict_do_update(
+                        index_elements=[call_turns.c.call_id, call_turns.c.turn],
+                        set_={name: turn_stmt.excluded[name] for name in _TURN_UPDATES},
+                    ),
+                    [_turn_row(call_id, turn) for turn in record.turns],
+                )
+            if record.tool_calls:
+                tool_stmt = _insert(conn, tool_calls)
+                conn.execute(
+                    tool_stmt.on_conflict_do_update(
+                        index_elements=[tool_calls.c.call_id, tool_calls.c.tool_call_id],
+                        set_={name: tool_stmt.excluded[name] for name in _TOOL_CALL_UPDATES},
+                    ),
+                    [_tool_call_row(call_id, tool) for tool in record.tool_calls],
+                )
+        log.debug(
+            "db.call_saved",
+            status=record.status,
+            end_reason=record.end_reason,
+            turns=len(record.turns),
+            tool_calls=len(record.tool_calls),
+        )
+
+    def _record_twilio_status_sync(self, update: TwilioStatusUpdate) -> None:
+        with self._engine.begin() as conn:
+            insert = _insert(conn, calls).values(
+                call_sid=update.call_sid,
+                # No row yet (the callback beat the webhook, or the webhook's write failed):
+                # keep what Twilio said in a minimal row rather than lose it.
+                status="initiated",
+                started_at=datetime.now(UTC),
+                twilio_status=update.twilio_status,
+                twilio_duration_s=update.twilio_duration_s,
+            )
+            new = insert.excluded
+            upsert = insert.on_conflict_do_update(
+                index_elements=[calls.c.call_sid],
+                set_={
+                    "twilio_status": new.twilio_status,
+                    # A callback without a duration never erases one we already have.
+                    "twilio_duration_s": sa.func.coalesce(
+                        new.twilio_duration_s, calls.c.twilio_duration_s
+                    ),
+                },
+            )
+            conn.execute(upsert)
+        log.debug(
+            "db.twilio_status_saved",
+            twilio_status=update.twilio_status,
+            twilio_duration_s=update.twilio_duration_s,
+        )
+
+    def _check_sync(self) -> None:
+        with self._engine.connect() as conn:
+            conn.execute(sa.select(sa.literal(1))).scalar_one()
+
+    def _load_call_sync(self, call_sid: str) -> StoredCall | None:
+        with self._engine.begin() as conn:
+            call_row = conn.execute(sa.select(calls).where(calls.c.call_sid == call_sid)).first()
+            if call_row is None:
+                return None
+            turn_rows = conn.execute(
+                sa.select(call_turns)
+                .where(call_turns.c.call_id == call_row.id)
+                .order_by(call_turns.c.turn)
+            ).all()
+            tool_rows = conn.execute(
+                sa.select(tool_calls)
+                .where(tool_calls.c.call_id == call_row.id)
+                .order_by(tool_calls.c.started_at, tool_calls.c.id)
+            ).all()
+        log.debug("db.call_loaded", turns=len(turn_rows), tool_calls=len(tool_rows))
+        return StoredCall(
+            record=_record_from_rows(call_row, turn_rows, tool_rows),
+            twilio_status=call_row.twilio_status,
+            twilio_duration_s=call_row.twilio_duration_s,
+        )
+
+
+if TYPE_CHECKING:
+
+    def _implements_the_port(store: SqlCallStore) -> CallStore:
+        # mypy proves here that SqlCallStore satisfies the CallStore protocol.
+        return store
+
+
+# --- rows <-> records (pure) ----------------------------------------------------------------
+
+_TURN_UPDATES = ("role", "text", "interrupted", "start_time", "end_time", "heard_ms")
+_TOOL_CALL_UPDATES = ("name", "arguments", "result", "is_error", "started_at", "finished_at")
+
+
+def _insert(conn: sa.Connection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT with ON CONFLICT support in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _find_or_create_customer(conn: sa.Connection, phone_e164: str) -> tuple[int, bool]:
+    """The customer calling from ``phone_e164`` (created, no name or PIN, if new) and whether
+    this call created it."""
+    find = sa.select(customers.c.id).where(customers.c.phone_e164 == phone_e164)
+    existing: int | None = conn.execute(find).scalar_one_or_none()
+    if existing is not None:
+        return existing, False
+    # Two first calls from one number can race here: DO NOTHING lets the loser fall through to
+    # the select, which (read committed) sees the winner's row once its insert committed.
+    create = (
+        _insert(conn, customers)
+        .values(phone_e164=phone_e164)
+        .on_conflict_do_nothing(index_elements=[customers.c.phone_e164])
+        .returning(customers.c.id)
+    )
+    created: int | None = conn.execute(create).scalar_one_or_none()
+    if created is not None:
+        return created, True
+    return conn.execute(find).scalar_one(), False
+
+
+def _call_row(record: CallRecord) -> dict[str, object]:
+    """The ``calls`` columns a ``CallRecord`` carries (not twilio_*, not the token)."""
+    return {
+        "call_sid": record.call_sid,
+        "stream_sid": record.stream_sid,
+        "customer_id": record.customer_id,
+        "from_number": record.from_number,
+        "to_number": record.to_number,
+        "status": record.status,
+        "end_reason": record.end_reason,
+        "agent_call_id": record.agent_call_id,
+        "started_at": record.started_at,
+        "connected_at": record.connected_at,
+        "ended_at": record.ended_at,
+        "duration_ms": record.duration_ms,
+        "frames_in": record.frames_in,
+        "frames_out": record.frames_out,
+        "frames_dropped": record.frames_dropped,
+        "error": record.error,
+    }
+
+
+def _turn_row(call_id: int, turn: TurnRecord) -> dict[str, object]:
+    return {
+        "call_id": call_id,
+        "turn": turn.turn,
+        "role": turn.role,
+        "text": turn.text,
+        "interrupted": turn.interrupted,
+        "start_time": turn.start_time,
+        "end_time": turn.end_time,
+        "heard_ms": turn.heard_ms,
+    }
+
+
+def _tool_call_row(call_id: int, tool: ToolCallRecord) -> dict[str, object]:
+    return {
+        "call_id": call_id,
+        "tool_call_id": tool.tool_call_id,
+        "name": tool.name,
+        # The record holds a read-only Mapping; the JSON serialiser wants a dict.
+        "arguments": dict(tool.arguments),
+        "result": tool.result,
+        "is_error": tool.is_error,
+        "started_at": tool.started_at,
+        "finished_at": tool.finished_at,
+    }
+
+
+def _record_from_rows(
+    call: sa.Row[Any], turns: Sequence[sa.Row[Any]], tools: Sequence[sa.Row[Any]]
+) -> CallRecord:
+    return CallRecord(
+        call_sid=call.call_sid,
+        status=_call_status(call.status),
+        started_at=call.started_at,
+        stream_sid=call.stream_sid,
+        customer_id=call.customer_id,
+        from_number=call.from_number,
+        to_number=call.to_number,
+        end_reason=call.end_reason,
+        agent_call_id=call.agent_call_id,
+        connected_at=call.connected_at,
+        ended_at=call.ended_at,
+        duration_ms=call.duration_ms,
+        frames_in=call.frames_in,
+        frames_out=call.frames_out,
+        frames_dropped=call.frames_dropped,
+        error=call.error,
+        turns=tuple(
+            TurnRecord(
+                turn=row.turn,
+                role=row.role,
+                text=row.text,
+                interrupted=row.interrupted,
+                start_time=row.start_time,
+                end_time=row.end_time,
+                heard_ms=row.heard_ms,
+            )
+            for row in turns
+        ),
+        tool_calls=tuple(
+            ToolCallRecord(
+                tool_call_id=row.tool_call_id,
+                name=row.name,
+                arguments=row.arguments,
+                started_at=row.started_at,
+                result=row.result,
+                is_error=row.is_error,
+                finished_at=row.finished_at,
+            )
+            for row in tools
+        ),
+    )
+
+
+def _call_status(value: str) -> CallStatus:
+    # The column's CHECK makes anything else impossible; this narrows the type for mypy.
+    if value not in CALL_STATUSES:
+        raise StoreError(f"calls.status holds {value!r}, which is not a call status")
+    return cast("CallStatus", value)
+
+
+def _describe(exc: BaseException) -> str:
+    """The driver's one-line message (without SQLAlchemy's SQL echo and doc link)."""
+    cause: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else 'no message'}"

@@ -1,0 +1,221 @@
+"""SQLAlchemy Core tables mirroring ``schema.sql``.
+
+Layer: database adapter (SQLAlchemy only; no trio, no logging).
+
+Rules: ``schema.sql`` is canonical and this module follows it column for column: same names,
+types, nullability, defaults, keys and constraint names (``tests/db/test_schema.py`` reflects
+the applied SQL and compares). The same tables run on the embedded SQLite default, so checks use
+only functions both databases have, ids become SQLite's rowid there, and ``UtcDateTime`` makes
+every timestamp a timezone-aware UTC ``datetime`` in Python whichever database stored it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, get_args
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+from archer.call.records import CallStatus
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Dialect
+
+__all__ = [
+    "CALL_STATUSES",
+    "UtcDateTime",
+    "accounts",
+    "call_turns",
+    "calls",
+    "cards",
+    "customers",
+    "metadata",
+    "tool_calls",
+    "transactions",
+]
+
+#: The values the ``calls.status`` check allows, in schema.sql's order.
+CALL_STATUSES: Final[tuple[str, ...]] = get_args(CallStatus)
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """``timestamptz`` on PostgreSQL, naive-UTC text on SQLite; aware UTC in Python on both.
+
+    Naive datetimes are refused on the way in: a naive value is a bug (local time or UTC?), and
+    storing it would silently shift it by the server's offset.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: Archer stores only timezone-aware UTC")
+        utc = value.astimezone(UTC)
+        # SQLite has no time zones; SQLAlchemy would format the wall clock and drop the offset.
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {value!r}")
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        # psycopg answers in the session's time zone; normalise so equality is unsurprising.
+        return value.astimezone(UTC)
+
+
+#: Constraint names as PostgreSQL picks them by default for the inline syntax in schema.sql.
+NAMING_CONVENTION: Final = {
+    "pk": "%(table_name)s_pkey",
+    "uq": "%(table_name)s_%(column_0_N_name)s_key",
+    "fk": "%(table_name)s_%(column_0_N_name)s_fkey",
+    "ck": "%(table_name)s_%(constraint_name)s_check",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+# bigint identity on PostgreSQL; on SQLite only "INTEGER PRIMARY KEY" aliases the rowid and
+# autoincrements, so the variant spells it that way there.
+_Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_Json = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def _id() -> sa.Column[int]:
+    return sa.Column("id", _Id, sa.Identity(), primary_key=True)
+
+
+def _check(name: str, sql: str) -> sa.CheckConstraint:
+    """A check named ``<table>_<name>_check``, as PostgreSQL names an inline column check."""
+    return sa.CheckConstraint(sql, name=name)
+
+
+customers = sa.Table(
+    "customers",
+    metadata,
+    _id(),
+    sa.Column("phone_e164", sa.Text, nullable=False, unique=True),
+    sa.Column("full_name", sa.Text),
+    # pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>; NULL for callers created on first call.
+    sa.Column("pin_hash", sa.Text),
+    sa.Column("created_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
+)
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    _id(),
+    sa.Column("customer_id", sa.BigInteger, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("last4", sa.Text, nullable=False),
+    sa.Column("balance_cents", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("currency", sa.Text, nullable=False, server_default=sa.text("'USD'")),
+    sa.Column("status", sa.Text, nullable=False, server_default=sa.text("'open'")),
+    _check("kind", "kind IN ('checking', 'savings', 'credit')"),
+    _check("last4", "length(last4) = 4"),
+    _check("currency", "length(currency) = 3 AND currency = upper(currency)"),
+    _check("status", "status IN ('open', 'frozen', 'closed')"),
+    sa.UniqueConstraint("customer_id", "last4"),
+)
+
+cards = sa.Table(
+    "cards",
+    metadata,
+    _id(),
+    sa.Column("customer_id", sa.BigInteger, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("account_id", sa.BigInteger, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("last4", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default=sa.text("'active'")),
+    sa.Column("updated_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
+    _check("last4", "length(last4) = 4"),
+    _check("status", "status IN ('active', 'frozen', 'lost')"),
+    sa.UniqueConstraint("customer_id", "last4"),
+    sa.Index("cards_account_id_idx", "account_id"),
+)
+
+transactions = sa.Table(
+    "transactions",
+    metadata,
+    _id(),
+    sa.Column("account_id", sa.BigInteger, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("posted_at", UtcDateTime, nullable=False),
+    # Signed: negative is money leaving the account.
+    sa.Column("amount_cents", sa.BigInteger, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+)
+# Newest first per account: the order the "recent transactions" tool reads.
+sa.Index(
+    "transactions_account_id_posted_at_idx",
+    transactions.c.account_id,
+    transactions.c.posted_at.desc(),
+)
+
+calls = sa.Table(
+    "calls",
+    metadata,
+    _id(),
+    sa.Column("call_sid", sa.Text, nullable=False, unique=True),
+    sa.Column("stream_sid", sa.Text),
+    sa.Column("customer_id", sa.BigInteger, sa.ForeignKey("customers.id", ondelete="SET NULL")),
+    sa.Column("from_number", sa.Text),
+    sa.Column("to_number", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("end_reason", sa.Text),
+    sa.Column("agent_call_id", sa.Text),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("connected_at", UtcDateTime),
+    sa.Column("ended_at", UtcDateTime),
+    sa.Column("duration_ms", sa.BigInteger),
+    # Written only by the status callback, never by the call's own flush.
+    sa.Column("twilio_status", sa.Text),
+    sa.Column("twilio_duration_s", sa.Integer),
+    sa.Column("frames_in", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("frames_out", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("frames_dropped", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("error", sa.Text),
+    # SHA-256 hex of the one-time stream token; NULL once the stream has spent it.
+    sa.Column("stream_token_hash", sa.Text),
+    sa.Column("stream_token_expires_at", UtcDateTime),
+    _check("status", "status IN (" + ", ".join(f"'{s}'" for s in CALL_STATUSES) + ")"),
+    sa.Index("calls_customer_id_idx", "customer_id"),
+    sa.Index("calls_started_at_idx", "started_at"),
+)
+
+call_turns = sa.Table(
+    "call_turns",
+    metadata,
+    _id(),
+    sa.Column(
+        "call_id", sa.BigInteger, sa.ForeignKey("calls.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("turn", sa.Integer, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("interrupted", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Seconds since the agent session began.
+    sa.Column("start_time", sa.Double),
+    sa.Column("end_time", sa.Double),
+    sa.Column("heard_ms", sa.Integer),
+    sa.UniqueConstraint("call_id", "turn"),
+)
+
+tool_calls = sa.Table(
+    "tool_calls",
+    metadata,
+    _id(),
+    sa.Column(
+        "call_id", sa.BigInteger, sa.ForeignKey("calls.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("tool_call_id", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("arguments", _Json, nullable=False),
+    sa.Column("result", sa.Text),
+    sa.Column("is_error", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime),
+    sa.UniqueConstraint("call_id", "tool_call_id"),
+)

@@ -1,0 +1,85 @@
+"""Structured logging: structlog configured once, JSON lines or a console view.
+
+Layer: infrastructure; no I/O at import time.
+
+Rules: ``merge_contextvars`` runs first, so ``call_sid``/``stream_sid`` bound by the media route
+before the per-call nursery opens appear on every line the call produces, in child tasks and in
+DB worker threads alike (trio copies the context into both). Only the sync log methods work under
+trio (``ainfo`` and friends are asyncio-only). Standard-library loggers (hypercorn, SQLAlchemy)
+are routed through the same renderer so one process writes one format.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+from structlog.typing import Processor
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def configure_logging(
+    level: str = "info", fmt: str = "json", *, stream: TextIO | None = None, cache: bool = True
+) -> None:
+    """Configure structlog and the standard ``logging`` root for this process.
+
+    Args:
+        level: ``debug``, ``info``, ``warning`` or ``error``.
+        fmt: ``json`` (one object a line, for machines) or ``console`` (for people).
+        stream: where lines go (standard error by default).
+        cache: cache loggers on first use; tests turn it off so they can reconfigure.
+    """
+    numeric_level = _LEVELS[level]
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    output = stream if stream is not None else sys.stderr
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.WriteLoggerFactory(file=output),
+        cache_logger_on_first_use=cache,
+    )
+    # Third-party libraries log through the standard library; render them the same way.
+    handler = logging.StreamHandler(output)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric_level)
+    # hypercorn's access log is one line per webhook; keep it, but never per media frame.
+    logging.getLogger("hypercorn.access").setLevel(max(numeric_level, logging.INFO))
+
+
+def mask_phone(number: str | None) -> str:
+    """A phone number as it may appear in logs: only its last four digits."""
+    if not number:
+        return ""
+    digits = [c for c in number if c.isdigit()]
+    if len(digits) <= 4:
+        return "***"
+    return "***" + "".join(digits[-4:])

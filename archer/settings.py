@@ -1,0 +1,293 @@
+"""Settings: one frozen object built once from the environment (and ``.env``), passed explicitly.
+
+Layer: configuration; pure (no I/O beyond reading the ``.env`` file in ``load_environ``).
+
+Rules: ``Settings.from_environ`` is the only place that knows variable names; nothing else reads
+``os.environ``. Every malformed value raises ``ConfigError`` with a one-line message that names
+the variable. Secrets are ``repr=False`` so they never reach a log line or a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final, Self, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+
+from archer.errors import ConfigError
+
+AUDIO_FORMATS: Final = ("mulaw_8000", "pcm_16000", "pcm_24000", "pcm_44100")
+PROTOCOLS: Final = ("managed", "line")
+LOG_FORMATS: Final = ("json", "console")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+#: Variables ``archer serve`` cannot run without (the rest have defaults).
+REQUIRED_FOR_SERVING: Final = (
+    "WEBHOOK_BASE_URL",
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+    "CARTESIA_API_KEY",
+    "CARTESIA_AGENT_ID",
+)
+
+_T = TypeVar("_T")
+
+
+@attrs.frozen(kw_only=True)
+class CallLimits:
+    """Deadlines and bounds that apply to every call (seconds unless named otherwise)."""
+
+    #: Twilio must send ``connected`` and ``start`` within this after the upgrade.
+    twilio_start_timeout: float = 10.0
+    #: The agent must answer ``session_create`` with ``session_ready`` within this.
+    agent_ready_timeout: float = 10.0
+    #: A call is cut off after this long, whatever is happening.
+    max_call_seconds: float = 3600.0
+    #: The final flush of the call record gets this long before it goes to the spool.
+    flush_timeout: float = 5.0
+    #: A one-time stream token is valid this long after the webhook answered.
+    stream_token_ttl: float = 60.0
+    #: Each tool invocation gets this long before it becomes an ``is_error`` result.
+    tool_timeout: float = 8.0
+    #: WebSocket ping to the agent this often; a missing pong within the same time fails the call.
+    agent_ping_interval: float = 20.0
+    #: Largest WebSocket message accepted from either peer, in bytes.
+    max_message_bytes: int = 256 * 1024
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Everything Archer reads from its environment, parsed and checked."""
+
+    database_url: str = attrs.field(default="sqlite:///archer.db", repr=False)
+    webhook_base_url: str = ""
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = attrs.field(default="", repr=False)
+    twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_validate_signatures: bool = True
+    cartesia_api_key: str = attrs.field(default="", repr=False)
+    cartesia_agent_id: str = ""
+    cartesia_ws_url: str = "wss://api.cartesia.ai"
+    cartesia_version: str = "2026-08-14"
+    cartesia_protocol: str = "managed"
+    cartesia_audio_format: str = "mulaw_8000"
+    cartesia_voice_id: str = ""
+    human_agent_number: str = ""
+    log_level: str = "info"
+    log_format: str = "json"
+    host: str = "0.0.0.0"
+    port: int = 8000
+    db_pool_size: int = 5
+    drain_timeout: float = 30.0
+    limits: CallLimits = attrs.Factory(CallLimits)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Self:
+        """Build settings from a mapping of environment variables.
+
+        Raises:
+            ConfigError: a value is malformed; the message names the variable.
+        """
+        env = _Reader(environ)
+        limits = CallLimits(
+            twilio_start_timeout=env.number("TWILIO_START_TIMEOUT", 10.0),
+            agent_ready_timeout=env.number("AGENT_READY_TIMEOUT", 10.0),
+            max_call_seconds=env.number("MAX_CALL_SECONDS", 3600.0),
+            flush_timeout=env.number("FLUSH_TIMEOUT", 5.0),
+            stream_token_ttl=env.number("STREAM_TOKEN_TTL", 60.0),
+            tool_timeout=env.number("TOOL_TIMEOUT", 8.0),
+            agent_ping_interval=env.number("AGENT_PING_INTERVAL", 20.0),
+            max_message_bytes=env.integer("MAX_MESSAGE_BYTES", 256 * 1024, minimum=4096),
+        )
+        return cls(
+            database_url=env.text("DATABASE_URL", "sqlite:///archer.db", check=_database_url),
+            webhook_base_url=env.text("WEBHOOK_BASE_URL", "", check=_base_url).rstrip("/"),
+            twilio_account_sid=env.text("TWILIO_ACCOUNT_SID", ""),
+            twilio_auth_token=env.text("TWILIO_AUTH_TOKEN", ""),
+            twilio_api_base_url=env.text(
+                "TWILIO_API_BASE_URL", "https://api.twilio.com", check=_http_url
+            ).rstrip("/"),
+            twilio_validate_signatures=env.boolean("TWILIO_VALIDATE_SIGNATURES", True),
+            cartesia_api_key=env.text("CARTESIA_API_KEY", ""),
+            cartesia_agent_id=env.text("CARTESIA_AGENT_ID", ""),
+            cartesia_ws_url=env.text(
+                "CARTESIA_WS_URL", "wss://api.cartesia.ai", check=_ws_url
+            ).rstrip("/"),
+            cartesia_version=env.text("CARTESIA_VERSION", "2026-08-14"),
+            cartesia_protocol=env.choice("CARTESIA_PROTOCOL", "managed", PROTOCOLS),
+            cartesia_audio_format=env.choice("CARTESIA_AUDIO_FORMAT", "mulaw_8000", AUDIO_FORMATS),
+            cartesia_voice_id=env.text("CARTESIA_VOICE_ID", ""),
+            human_agent_number=env.text("HUMAN_AGENT_NUMBER", ""),
+            log_level=env.choice("LOG_LEVEL", "info", LOG_LEVELS),
+            log_format=env.choice("LOG_FORMAT", "json", LOG_FORMATS),
+            host=env.text("ARCHER_HOST", "0.0.0.0"),
+            # ARCHER_PORT wins; PORT is honoured as most platforms set it.
+            port=env.integer(
+                "ARCHER_PORT", env.integer("PORT", 8000, maximum=65535), maximum=65535
+            ),
+            db_pool_size=env.integer("DB_POOL_SIZE", 5, minimum=1),
+            drain_timeout=env.number("DRAIN_TIMEOUT", 30.0),
+            limits=limits,
+        )
+
+    def check_serving(self) -> None:
+        """Raise ``ConfigError`` naming the first variable ``archer serve`` needs but lacks."""
+        present = {
+            "WEBHOOK_BASE_URL": self.webhook_base_url,
+            "TWILIO_ACCOUNT_SID": self.twilio_account_sid,
+            "TWILIO_AUTH_TOKEN": self.twilio_auth_token,
+            "CARTESIA_API_KEY": self.cartesia_api_key,
+            "CARTESIA_AGENT_ID": self.cartesia_agent_id,
+        }
+        for name in REQUIRED_FOR_SERVING:
+            if not present[name]:
+                raise ConfigError(f"{name} is required to serve calls but is not set")
+        if self.cartesia_protocol != "managed":
+            raise ConfigError(
+                f"CARTESIA_PROTOCOL={self.cartesia_protocol} is not supported by this version"
+                " (only 'managed')"
+            )
+        if self.cartesia_audio_format != "mulaw_8000":
+            raise ConfigError(
+                f"CARTESIA_AUDIO_FORMAT={self.cartesia_audio_format} is not supported by this"
+                " version (only 'mulaw_8000')"
+            )
+
+    @property
+    def public_host(self) -> str:
+        """Host (and port, if any) of ``WEBHOOK_BASE_URL``, as Twilio reaches it."""
+        return urlsplit(self.webhook_base_url).netloc
+
+    @property
+    def media_stream_url(self) -> str:
+        """The public ``wss://`` URL Twilio dials for the media stream."""
+        return f"wss://{self.public_host}/ws/cartesia"
+
+
+def load_environ(environ: Mapping[str, str], dotenv: Path = Path(".env")) -> dict[str, str]:
+    """Merge ``.env`` (if present) under the real environment; the environment wins."""
+    merged: dict[str, str] = {}
+    if dotenv.is_file():
+        merged.update(parse_dotenv(dotenv.read_text(encoding="utf-8")))
+    merged.update(environ)
+    return merged
+
+
+def parse_dotenv(text: str) -> dict[str, str]:
+    """Parse ``KEY=value`` lines (``export`` prefix, quotes and ``#`` comments allowed)."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.replace("_", "").isalnum():
+            raise ConfigError(f".env line {number} is not KEY=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        else:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key] = value
+    return values
+
+
+@attrs.frozen
+class _Reader:
+    """Typed access to environment variables; every error names its variable."""
+
+    environ: Mapping[str, str]
+
+    def _get(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        return None if value is None or value.strip() == "" else value.strip()
+
+    def _parse(self, name: str, default: _T, parse: Callable[[str], _T], what: str) -> _T:
+        value = self._get(name)
+        if value is None:
+            return default
+        try:
+            return parse(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not {what}") from None
+
+    def text(self, name: str, default: str, check: Callable[[str], str] | None = None) -> str:
+        value = self._get(name)
+        if value is None:
+            return default
+        if check is not None:
+            try:
+                check(value)
+            except ValueError as exc:
+                raise ConfigError(f"{name}={value!r} is not {exc}") from None
+        return value
+
+    def integer(
+        self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
+        value = self._parse(name, default, int, "a whole number")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ConfigError(f"{name}={value} is out of range")
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        value = self._parse(name, default, float, "a number")
+        if not value > 0:
+            raise ConfigError(f"{name}={value} must be greater than zero")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        return self._parse(name, default, _boolean, "true or false")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._parse(name, default, str.lower, "text")
+        if value not in choices:
+            raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
+        return value
+
+
+def _boolean(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def _url(value: str, schemes: tuple[str, ...], what: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ValueError(what)
+    return value
+
+
+def _http_url(value: str) -> str:
+    return _url(value, ("http", "https"), "an http(s) URL")
+
+
+def _ws_url(value: str) -> str:
+    return _url(value, ("ws", "wss"), "a ws(s) URL")
+
+
+def _base_url(value: str) -> str:
+    _url(value, ("http", "https"), "an http(s) URL such as https://archer.example.com")
+    if urlsplit(value).path not in ("", "/"):
+        raise ValueError("a bare origin (no path), such as https://archer.example.com")
+    return value
+
+
+def _database_url(value: str) -> str:
+    if not value.startswith(("sqlite:", "postgresql")):
+        raise ValueError("an sqlite:/// or postgresql+psycopg:// URL")
+    return value
+
+
+def settings_from_os() -> Settings:
+    """The settings of this process: ``.env`` in the working directory under ``os.environ``."""
+    return Settings.from_environ(load_environ(os.environ))

@@ -1,0 +1,1 @@
+"""Twilio: media-stream frames, TwiML, signatures (pure) and the adapters around them."""

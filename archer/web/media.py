@@ -1,0 +1,115 @@
+"""``WS /ws/cartesia``: Twilio's media stream for one call, bridged to the agent.
+
+Layer: web. The route checks who is calling (signature before accept, one-time token on
+``start``), binds the call's log context, then hands over to ``archer.call.session``. It never
+owns call logic; it owns the one guarantee that matters most: the ``finally`` that records
+the call, whatever ended it.
+
+Rules: quart-trio cancels this route when Twilio's socket goes away, so a disconnect arrives as
+cancellation, not as an exception; the shielded flush in ``finally`` runs either way. A call
+nobody finished by then ended because the socket went (``twilio_disconnected``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+from quart import Blueprint, websocket
+
+from archer.call.records import StreamClaim
+from archer.call.session import bridge_call, flush_call_record
+from archer.call.state import CallState, utc_now
+from archer.errors import StoreError, TwilioProtocolError
+from archer.twilio.stream import QuartTwilioStream
+from archer.web.twilio_auth import stream_upgrade_signed
+from archer.web.voice import stream_token_hash
+
+if TYPE_CHECKING:
+    from archer.app import Services
+    from archer.twilio.frames import Start
+
+log = structlog.get_logger(__name__)
+
+
+def media_blueprint(services: Services) -> Blueprint:
+    blueprint = Blueprint("media", __name__)
+    settings = services.settings
+    limits = settings.limits
+
+    @blueprint.websocket("/ws/cartesia")
+    async def media_stream() -> tuple[str, int] | None:
+        # Before accept: a forged upgrade is refused with 403 and never becomes a socket.
+        if not stream_upgrade_signed(services):
+            return "forbidden", 403
+        await websocket.accept()
+        # The proxy's target, so the call's tasks hold the object rather than a context lookup.
+        twilio = QuartTwilioStream(websocket._get_current_object())  # type: ignore[attr-defined]
+        try:
+            with trio.fail_after(limits.twilio_start_timeout):
+                start = await twilio.wait_for_start()
+        except trio.TooSlowError:
+            log.warning("stream.no_start", timeout=limits.twilio_start_timeout)
+            return None
+        except TwilioProtocolError as exc:
+            log.warning("stream.bad_start", error=str(exc))
+            return None
+        with structlog.contextvars.bound_contextvars(
+            call_sid=start.call_sid, stream_sid=start.stream_sid
+        ):
+            call = await _claim(services, start)
+            if call is None:
+                return None
+            log.info("call.started", customer_id=call.customer_id)
+            try:
+                await bridge_call(
+                    call,
+                    twilio,
+                    services.agents,
+                    services.tools,
+                    limits=limits,
+                    audio_format=settings.cartesia_audio_format,
+                )
+            finally:
+                # Nothing finished the call: quart-trio cancelled us because the socket went.
+                call.finish("completed", "twilio_disconnected")
+                call.close(now=utc_now(), clock=trio.current_time())
+                # Shielded and time-boxed inside flush_call_record.
+                await flush_call_record(  # noqa: ASYNC102
+                    services.store, call.snapshot(), timeout=limits.flush_timeout
+                )
+                log.info("call.finished", **call.summary())
+        # Returning closes Twilio's socket; the TwiML's <Hangup/> then ends the phone call.
+        return None
+
+    return blueprint
+
+
+async def _claim(services: Services, start: Start) -> CallState | None:
+    """Spend the stream's one-time token; None (logged) if it is not a call we answered."""
+    token = start.custom_parameters.get("token", "")
+    if not token:
+        log.warning("stream.rejected", reason="no token")
+        return None
+    now = utc_now()
+    try:
+        claimed = await services.store.claim_stream(
+            StreamClaim(
+                call_sid=start.call_sid,
+                stream_sid=start.stream_sid,
+                stream_token_hash=stream_token_hash(token),
+                now=now,
+            )
+        )
+    except StoreError as exc:
+        log.error("stream.rejected", reason="database unavailable", error=str(exc))
+        return None
+    if claimed is None:
+        # Unknown, spent or expired: the row (if any) is left alone, so a forged stream
+        # cannot mark a real call as failed.
+        log.warning("stream.rejected", reason="token unknown, used or expired")
+        return None
+    return CallState.for_claimed(
+        claimed, stream_sid=start.stream_sid, connected_at=now, clock=trio.current_time()
+    )

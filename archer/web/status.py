@@ -1,0 +1,58 @@
+"""``POST /twilio/status``: Twilio's call status callback; the final status lands on the row.
+
+Layer: web. Idempotent and order-free: it may come twice, late, or before the stream has ended,
+and it only ever writes the Twilio columns, which the call's own flush never touches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+from quart import Blueprint, Response
+
+from archer.call.records import TwilioStatusUpdate
+from archer.errors import StoreError
+from archer.twilio import twiml
+from archer.web.twilio_auth import signed_form
+
+if TYPE_CHECKING:
+    from archer.app import Services
+
+log = structlog.get_logger(__name__)
+
+
+def status_blueprint(services: Services) -> Blueprint:
+    blueprint = Blueprint("status", __name__)
+
+    @blueprint.post("/twilio/status")
+    async def call_status() -> Response | tuple[str, int]:
+        params = await signed_form(services, "/twilio/status")
+        if params is None:
+            return "forbidden", 403
+        call_sid = params.get("CallSid", "")
+        status = params.get("CallStatus", "")
+        if not call_sid or not status:
+            return "CallSid and CallStatus are required", 400
+        duration = params.get("CallDuration", "")
+        update = TwilioStatusUpdate(
+            call_sid=call_sid,
+            twilio_status=status[:32],
+            twilio_duration_s=int(duration) if duration.isdigit() else None,
+        )
+        with structlog.contextvars.bound_contextvars(call_sid=call_sid):
+            try:
+                await services.store.record_twilio_status(update)
+            except StoreError as exc:
+                # Twilio shows a failed callback in its debugger; the status itself is logged.
+                log.error(
+                    "call.status_not_recorded",
+                    twilio_status=update.twilio_status,
+                    twilio_duration_s=update.twilio_duration_s,
+                    error=str(exc),
+                )
+                return "database unavailable", 503
+            log.info("call.twilio_status", twilio_status=update.twilio_status)
+        return Response(twiml.empty(), content_type="text/xml")
+
+    return blueprint

@@ -1,0 +1,46 @@
+"""Who may drive a call: Twilio's request signatures on webhooks and the media-stream upgrade.
+
+Layer: web. The public URL that Twilio signed is rebuilt from ``WEBHOOK_BASE_URL``, never from
+the Host header, because behind a load balancer or tunnel the app sees another host and scheme.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+from quart import request, websocket
+
+from archer.twilio.signature import webhook_url
+
+if TYPE_CHECKING:
+    from archer.app import Services
+
+log = structlog.get_logger(__name__)
+
+
+async def signed_form(services: Services, path: str) -> dict[str, str] | None:
+    """The webhook's form fields if its ``X-Twilio-Signature`` is valid, else None (logged)."""
+    params = (await request.form).to_dict()
+    if not services.settings.twilio_validate_signatures:
+        return params
+    url = webhook_url(services.settings.webhook_base_url, path)
+    query = request.query_string.decode("latin-1")
+    if query:
+        # Twilio signs the URL exactly as it requested it, query string included.
+        url = f"{url}?{query}"
+    if services.signatures.valid_webhook(url, params, request.headers.get("X-Twilio-Signature")):
+        return params
+    log.warning("twilio.signature_rejected", path=path)
+    return None
+
+
+def stream_upgrade_signed(services: Services) -> bool:
+    """True if the media-stream upgrade carries Twilio's signature of the public ``wss://`` URL."""
+    if not services.settings.twilio_validate_signatures:
+        return True
+    signature = websocket.headers.get("X-Twilio-Signature")
+    if services.signatures.valid_stream_upgrade(services.settings.media_stream_url, signature):
+        return True
+    log.warning("twilio.signature_rejected", path=websocket.path)
+    return False

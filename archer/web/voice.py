@@ -1,0 +1,89 @@
+"""``POST /twilio/voice``: a call comes in; open its record and tell Twilio to stream it to us.
+
+Layer: web. Validates the signature, opens the call row (finding or creating the customer),
+mints the one-time stream token and answers TwiML. Never a 500: with the database down the
+caller hears a short apology and Twilio hangs up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+from typing import TYPE_CHECKING, Final
+
+import structlog
+from quart import Blueprint, Response
+
+from archer.call.records import NewCall
+from archer.call.state import utc_now
+from archer.errors import StoreError
+from archer.logs import mask_phone
+from archer.phone import e164_or_none
+from archer.twilio import twiml
+from archer.web.twilio_auth import signed_form
+
+if TYPE_CHECKING:
+    from archer.app import Services
+
+log = structlog.get_logger(__name__)
+
+APOLOGY: Final = (
+    "We're sorry, we can't take your call right now. Please try again in a few minutes."
+)
+TWIML_CONTENT_TYPE: Final = "text/xml"
+
+
+def stream_token_hash(token: str) -> str:
+    """How a stream token is stored: its SHA-256, so a database reader cannot replay it."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def voice_blueprint(services: Services) -> Blueprint:
+    blueprint = Blueprint("voice", __name__)
+    settings = services.settings
+
+    @blueprint.post("/twilio/voice")
+    async def incoming_call() -> Response | tuple[str, int]:
+        params = await signed_form(services, "/twilio/voice")
+        if params is None:
+            return "forbidden", 403
+        call_sid = params.get("CallSid", "")
+        if not call_sid:
+            return "CallSid is required", 400
+        from_number = params.get("From", "")
+        caller_e164 = e164_or_none(from_number)
+        token = secrets.token_urlsafe(32)
+        now = utc_now()
+        new_call = NewCall(
+            call_sid=call_sid,
+            from_number=from_number,
+            to_number=params.get("To", ""),
+            caller_e164=caller_e164,
+            stream_token_hash=stream_token_hash(token),
+            stream_token_expires_at=now + timedelta(seconds=settings.limits.stream_token_ttl),
+            started_at=now,
+        )
+        with structlog.contextvars.bound_contextvars(call_sid=call_sid):
+            try:
+                opened = await services.store.open_call(new_call)
+            except StoreError as exc:
+                log.error("call.rejected_database_unavailable", error=str(exc))
+                return Response(twiml.apology(APOLOGY), content_type=TWIML_CONTENT_TYPE)
+            log.info(
+                "call.incoming",
+                caller=mask_phone(caller_e164 or from_number),
+                customer_id=opened.customer_id,
+            )
+        body = twiml.connect_stream(
+            stream_url=settings.media_stream_url,
+            parameters={
+                "call_sid": call_sid,
+                "customer_id": "" if opened.customer_id is None else str(opened.customer_id),
+                "customer_phone": caller_e164 or "",
+                "token": token,
+            },
+        )
+        return Response(body, content_type=TWIML_CONTENT_TYPE)
+
+    return blueprint

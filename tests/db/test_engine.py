@@ -1,0 +1,138 @@
+"""Engine construction: driver settings, pool sizing and UTC timestamps on both backends."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from archer.db.engine import init_schema, make_engine, pool_capacity
+from archer.db.tables import customers
+from archer.errors import ConfigError
+
+
+def test_postgres_engine_keeps_url_options_and_adds_statement_timeout(postgres_url: str) -> None:
+    """The URL's search_path option survives next to the engine's own statement_timeout."""
+    engine = make_engine(postgres_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            search_path = conn.exec_driver_sql("SHOW search_path").scalar_one()
+            statement_timeout = conn.exec_driver_sql("SHOW statement_timeout").scalar_one()
+    finally:
+        engine.dispose()
+
+    assert search_path.startswith("archer_test_")
+    assert statement_timeout == "5s"
+
+
+def test_postgres_pool_capacity_counts_the_overflow() -> None:
+    """A PostgreSQL engine may hand out pool_size plus as many overflow connections."""
+    engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", pool_size=3)
+    try:
+        assert pool_capacity(engine) == 6
+        assert engine.pool.timeout() == 5  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+psycopg"])
+def test_postgres_urls_get_the_psycopg_driver(scheme: str) -> None:
+    """Plain postgres(ql):// URLs, as hosting platforms hand them out, use psycopg 3."""
+    engine = make_engine(f"{scheme}://postgres@127.0.0.1:5432/test", pool_size=1)
+    try:
+        assert engine.url.drivername == "postgresql+psycopg"
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_file_pool_capacity_is_the_pool_size(sqlite_url: str) -> None:
+    """An SQLite file gets pool_size connections and no overflow (SQLite has one writer)."""
+    engine = make_engine(sqlite_url, pool_size=3)
+    try:
+        assert pool_capacity(engine) == 3
+    finally:
+        engine.dispose()
+
+
+def test_in_memory_sqlite_shares_one_connection() -> None:
+    """An in-memory database exists in a single connection, so the capacity is one."""
+    engine = make_engine("sqlite://", pool_size=4)
+    try:
+        assert pool_capacity(engine) == 1
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_connections_enable_wal_foreign_keys_and_busy_timeout(sqlite_url: str) -> None:
+    """Every SQLite connection runs in WAL mode, enforces FKs and waits for locks."""
+    engine = make_engine(sqlite_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            journal_mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar_one()
+            foreign_keys = conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one()
+            busy_timeout = conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+    finally:
+        engine.dispose()
+
+    assert (journal_mode, foreign_keys, busy_timeout) == ("wal", 1, 5000)
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://root@localhost/archer", "postgresql+psycopg2://u@h/db", "not a url"]
+)
+def test_unsupported_or_malformed_urls_are_config_errors(url: str) -> None:
+    """A URL Archer cannot use is a ConfigError, not a driver traceback."""
+    with pytest.raises(ConfigError):
+        make_engine(url, pool_size=1)
+
+
+def test_timestamps_come_back_as_aware_utc(database_url: str) -> None:
+    """A timestamp written with any offset reads back as the same instant in UTC."""
+    written = datetime(2024, 3, 10, 1, 30, 15, 123456, tzinfo=timezone(timedelta(hours=-5)))
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        init_schema(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.insert(customers).values(phone_e164="+15555550199"))
+            conn.execute(sa.update(customers).values(created_at=written))
+            created_at = conn.execute(sa.select(customers.c.created_at)).scalar_one()
+    finally:
+        engine.dispose()
+
+    assert created_at == written
+    assert created_at.tzinfo is UTC
+    assert created_at.hour == 6
+
+
+def test_server_default_timestamps_are_aware_utc(database_url: str) -> None:
+    """created_at filled by the database's now() also reads back timezone-aware in UTC."""
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        init_schema(engine)
+        with engine.begin() as conn:
+            created_at = conn.execute(
+                sa.insert(customers)
+                .values(phone_e164="+15555550198")
+                .returning(customers.c.created_at)
+            ).scalar_one()
+    finally:
+        engine.dispose()
+
+    assert created_at.tzinfo is UTC
+    assert abs(datetime.now(UTC) - created_at) < timedelta(minutes=1)
+
+
+def test_naive_timestamps_are_refused(sqlite_url: str) -> None:
+    """A naive datetime never reaches the database: its time zone would be a guess."""
+    engine = make_engine(sqlite_url, pool_size=1)
+    try:
+        init_schema(engine)
+        with pytest.raises(sa.exc.StatementError, match="naive datetime"), engine.begin() as conn:
+            conn.execute(
+                sa.insert(customers).values(
+                    phone_e164="+15555550197", created_at=datetime(2024, 1, 1)
+                )
+            )
+    finally:
+        engine.dispose()

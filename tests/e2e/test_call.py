@@ -1,0 +1,398 @@
+"""End-to-end calls over loopback: real hypercorn, real WebSockets, the real database.
+
+Archer runs in-process (``archer.server.serve`` on port 0); Twilio is ``TwilioCaller``, the agent
+is ``AgentServer`` (both in ``tests/e2e/peers.py``). Real clock and real threads, so every wait
+is bounded by ``fail_after``. Each test runs on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import socket
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from functools import partial
+
+import attrs
+import pytest
+import trio
+
+from archer.call.tools import Tool, ToolContext, ToolRegistry, ToolResult
+from archer.cartesia import managed
+from archer.db.store import SqlCallStore, StoredCall
+from archer.server import serve
+from archer.settings import CallLimits, Settings
+from tests.e2e.peers import STEP_TIMEOUT, AgentBehaviour, AgentPeer, AgentServer, TwilioCaller
+from tests.helpers import audio, live_archer_tasks
+
+PUBLIC_BASE_URL = "https://archer.test"
+AUTH_TOKEN = "e2e-twilio-auth-token"
+
+
+async def _echo(context: ToolContext, arguments: Mapping[str, object]) -> ToolResult:
+    return ToolResult({"echo": dict(arguments), "customer_id": context.customer_id})
+
+
+E2E_TOOLS = ToolRegistry.of(Tool("echo", _echo))
+
+
+@attrs.define
+class System:
+    """Archer, its agent and a caller, all on loopback."""
+
+    settings: Settings
+    agent: AgentServer
+    caller: TwilioCaller
+    store: SqlCallStore
+
+    async def peer(self) -> AgentPeer:
+        return await self.agent.first_peer()
+
+    async def wait_for_record(self, done: Callable[[StoredCall], bool]) -> StoredCall:
+        """The call as stored, once ``done`` holds for it and every call task has exited."""
+        with trio.fail_after(STEP_TIMEOUT):
+            while True:
+                stored = await self.store.load_call(self.caller.call_sid)
+                if stored is not None and done(stored) and not live_archer_tasks():
+                    return stored
+                await trio.sleep(0.05)
+
+
+def closed_port() -> int:
+    """A loopback port with nothing listening on it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@asynccontextmanager
+async def running_system(
+    database_url: str,
+    behaviour: AgentBehaviour,
+    *,
+    limits: CallLimits | None = None,
+    agent_url: str | None = None,
+) -> AsyncIterator[System]:
+    async with trio.open_nursery() as nursery:
+        agent = AgentServer(behaviour)
+        await nursery.start(agent.run)
+        settings = Settings(
+            database_url=database_url,
+            webhook_base_url=PUBLIC_BASE_URL,
+            twilio_account_sid="AC" + "e2e2" * 8,
+            twilio_auth_token=AUTH_TOKEN,
+            cartesia_api_key=agent.api_key,
+            cartesia_agent_id="agent_e2e",
+            cartesia_ws_url=agent_url or agent.url,
+            limits=limits or CallLimits(agent_ready_timeout=2.0, flush_timeout=5.0),
+        )
+        urls = await nursery.start(
+            partial(
+                serve,
+                settings,
+                host="127.0.0.1",
+                port=0,
+                tools=E2E_TOOLS,
+                shutdown_trigger=trio.sleep_forever,
+            )
+        )
+        store = SqlCallStore.open(database_url, pool_size=2)
+        caller = TwilioCaller(
+            archer_url=urls[0], public_base_url=PUBLIC_BASE_URL, auth_token=AUTH_TOKEN
+        )
+        try:
+            yield System(settings, agent, caller, store)
+        finally:
+            await store.aclose()
+            nursery.cancel_scope.cancel()
+
+
+def _count(kind: type[object]) -> Callable[[list[managed.ClientEvent]], int]:
+    return lambda events: sum(isinstance(event, kind) for event in events)
+
+
+async def conversation(peer: AgentPeer) -> None:
+    """The agent's half of the main scenario: greet, listen, get interrupted, run a tool."""
+    await peer.accept_session()
+    await peer.send(managed.turn_started(1, "assistant", 0.1))
+    for word in ("Hello, ", "how can ", "I help?"):
+        await peer.send(managed.turn_output_text_delta(1, word))
+    for tag in range(5):
+        await peer.send(managed.audio_output(audio(100 + tag)))
+    await peer.send(
+        managed.turn_ended(
+            1, "assistant", "Hello, how can I help?", interrupted=False, start_time=0.1, end_time=1
+        )
+    )
+    await peer.wait_for(lambda events: _count(managed.AudioInput)(events) >= 10)
+    # A long answer, interrupted: a burst of audio, the clear, then the next turn's audio.
+    for tag in range(20):
+        await peer.send(managed.audio_output(audio(150 + tag)))
+    await peer.send(managed.audio_output_clear())
+    await peer.send(managed.audio_output(audio(200)))
+    await peer.wait_for(lambda events: _count(managed.DtmfInput)(events) >= 1)
+    await peer.send(
+        managed.client_tool_call(
+            "call_e2e_1", "echo", {"account_type": "checking"}, expects_response=True
+        )
+    )
+    await peer.wait_for(lambda events: _count(managed.ClientToolResult)(events) >= 1)
+    await peer.send(managed.turn_started(2, "user", 2.0))
+    await peer.send(
+        managed.turn_ended(
+            2, "user", "What's my balance?", interrupted=False, start_time=2.0, end_time=3.0
+        )
+    )
+
+
+async def test_a_whole_call_is_bridged_and_recorded(database_url: str) -> None:
+    """Audio both ways, clear, DTMF and a tool call over real sockets, all in the record."""
+    async with running_system(database_url, conversation) as system:
+        caller = system.caller
+        answer = await caller.dial()
+        assert answer.status == 200
+        assert answer.headers["content-type"].startswith("text/xml")
+        assert caller.stream_url == "wss://archer.test/ws/cartesia"
+        assert set(caller.parameters) == {"call_sid", "customer_id", "customer_phone", "token"}
+        assert ET.fromstring(answer.text)[-1].tag == "Hangup"
+        async with trio.open_nursery() as nursery:
+            await caller.connect(nursery)
+            peer = await system.peer()
+            await caller.wait_for(lambda frames: len(caller.media()) >= 5)
+            for tag in range(10):
+                await caller.speak(audio(tag))
+                await trio.sleep(0.02)
+            await caller.wait_for(lambda frames: audio(200) in caller.media())
+            await caller.press("5")
+            await peer.wait_for(lambda events: _count(managed.ClientToolResult)(events) >= 1)
+            await trio.sleep(0.2)  # let the agent's user turn land before the caller hangs up
+            await caller.stop()
+            stored = await system.wait_for_record(lambda s: s.record.end_reason is not None)
+            await caller.post(
+                "/twilio/status",
+                {**caller.webhook_fields(), "CallStatus": "completed", "CallDuration": "12"},
+            )
+            with trio.fail_after(STEP_TIMEOUT):
+                await peer.closed.wait()
+            nursery.cancel_scope.cancel()
+
+        assert peer.invalid == []
+        assert caller.invalid == []
+        create = peer.received[0]
+        assert isinstance(create, managed.SessionCreate)
+        assert create.input_format == "mulaw_8000"
+        assert create.dynamic_variables["call_sid"] == caller.call_sid
+        assert create.dynamic_variables["caller_number"] == caller.from_number
+        # Caller audio arrives unchanged and in order.
+        assert [event.audio for event in peer.of(managed.AudioInput)] == [
+            audio(tag) for tag in range(10)
+        ]
+        # The greeting reached the caller as Twilio media frames.
+        media = caller.media()
+        assert media[:5] == [audio(100 + tag) for tag in range(5)]
+        # After the clear, nothing queued before it: only the next turn's audio.
+        events = [frame["event"] for frame in caller.outbound]
+        clear_at = events.index("clear")
+        after_clear = [f["media"]["payload"] for f in caller.outbound[clear_at:] if "media" in f]
+        assert after_clear == [audio(200)]
+        assert [event.digit for event in peer.of(managed.DtmfInput)] == ["5"]
+        [result] = peer.of(managed.ClientToolResult)
+        assert result.tool_call_id == "call_e2e_1"
+        assert not result.is_error
+        assert '"account_type":"checking"' in result.result
+
+        stored = await system.store.load_call(caller.call_sid)
+        assert stored is not None
+        record = stored.record
+        assert (record.status, record.end_reason, record.error) == (
+            "completed",
+            "caller_hangup",
+            None,
+        )
+        assert record.stream_sid == caller.stream_sid
+        assert record.agent_call_id == "ac_e2eCall0001"
+        assert record.customer_id is not None
+        assert record.from_number == caller.from_number
+        assert record.connected_at is not None
+        assert record.ended_at is not None
+        assert record.duration_ms is not None
+        assert record.duration_ms > 200
+        assert (record.frames_in, record.frames_out, record.frames_dropped) == (
+            10,
+            len(media),
+            0,
+        )
+        assert [(t.turn, t.role, t.text, t.interrupted) for t in record.turns] == [
+            (1, "assistant", "Hello, how can I help?", False),
+            (2, "user", "What's my balance?", False),
+        ]
+        [tool_call] = record.tool_calls
+        assert (tool_call.name, tool_call.is_error) == ("echo", False)
+        assert tool_call.arguments == {"account_type": "checking"}
+        assert tool_call.result == result.result
+        assert tool_call.finished_at is not None
+        assert (stored.twilio_status, stored.twilio_duration_s) == ("completed", 12)
+
+
+async def test_agent_hangup_hangs_up_the_caller(database_url: str) -> None:
+    """The agent closing 1000 ends the call as ``agent_hangup`` and closes Twilio's socket."""
+
+    async def say_goodbye(peer: AgentPeer) -> None:
+        await peer.accept_session()
+        await peer.send(managed.turn_started(1, "assistant", 0.1))
+        await peer.send(managed.audio_output(audio(1)))
+        await peer.send(
+            managed.turn_ended(
+                1, "assistant", "Goodbye.", interrupted=False, start_time=0.1, end_time=0.5
+            )
+        )
+        await peer.websocket.aclose(1000, "call ended by agent")
+
+    async with running_system(database_url, say_goodbye) as system:
+        await system.caller.dial()
+        async with trio.open_nursery() as nursery:
+            await system.caller.connect(nursery)
+            stored = await system.wait_for_record(lambda s: s.record.end_reason is not None)
+            with trio.fail_after(STEP_TIMEOUT):
+                await system.caller.closed.wait()
+            nursery.cancel_scope.cancel()
+    assert (stored.record.status, stored.record.end_reason) == ("completed", "agent_hangup")
+    assert [t.text for t in stored.record.turns] == ["Goodbye."]
+
+
+async def test_agent_closing_1011_mid_call(database_url: str) -> None:
+    """A 1011 close fails the call with the code recorded, keeps the turns, hangs up Twilio."""
+
+    async def fail_midway(peer: AgentPeer) -> None:
+        await peer.accept_session()
+        await peer.send(managed.turn_started(1, "assistant", 0.1))
+        await peer.send(managed.turn_output_text_delta(1, "Let me check"))
+        await peer.send(
+            managed.turn_ended(
+                1, "assistant", "Let me check", interrupted=False, start_time=0.1, end_time=0.4
+            )
+        )
+        await peer.wait_for(lambda events: _count(managed.AudioInput)(events) >= 3)
+        await peer.websocket.aclose(1011, "agent failed")
+
+    async with running_system(database_url, fail_midway) as system:
+        await system.caller.dial()
+        async with trio.open_nursery() as nursery:
+            await system.caller.connect(nursery)
+            for tag in range(3):
+                await system.caller.speak(audio(tag))
+            stored = await system.wait_for_record(lambda s: s.record.end_reason is not None)
+            with trio.fail_after(STEP_TIMEOUT):
+                await system.caller.closed.wait()
+            nursery.cancel_scope.cancel()
+    record = stored.record
+    assert (record.status, record.end_reason) == ("failed", "agent_error")
+    assert "1011" in (record.error or "")
+    assert [(t.turn, t.text) for t in record.turns] == [(1, "Let me check")]
+    assert record.frames_in == 3
+
+
+async def test_agent_never_answers_session_create(database_url: str) -> None:
+    """No ``session_ready`` within the deadline fails the call as a handshake timeout."""
+
+    async def silent(peer: AgentPeer) -> None:
+        await peer.closed.wait()
+
+    limits = CallLimits(agent_ready_timeout=0.5)
+    async with running_system(database_url, silent, limits=limits) as system:
+        await system.caller.dial()
+        async with trio.open_nursery() as nursery:
+            await system.caller.connect(nursery)
+            stored = await system.wait_for_record(lambda s: s.record.end_reason is not None)
+            nursery.cancel_scope.cancel()
+    assert (stored.record.status, stored.record.end_reason) == (
+        "failed",
+        "agent_handshake_timeout",
+    )
+    assert "session_ready" in (stored.record.error or "")
+
+
+async def test_agent_unreachable(database_url: str) -> None:
+    """An agent URL nobody listens on fails the call as ``agent_unreachable``."""
+
+    async def unused(peer: AgentPeer) -> None:
+        raise AssertionError("nothing should connect")
+
+    agent_url = f"ws://127.0.0.1:{closed_port()}"
+    async with running_system(database_url, unused, agent_url=agent_url) as system:
+        await system.caller.dial()
+        async with trio.open_nursery() as nursery:
+            await system.caller.connect(nursery)
+            stored = await system.wait_for_record(lambda s: s.record.end_reason is not None)
+            nursery.cancel_scope.cancel()
+    assert (stored.record.status, stored.record.end_reason) == ("failed", "agent_unreachable")
+    assert system.agent.peers == []
+
+
+async def test_twilio_socket_dropped_without_stop(database_url: str) -> None:
+    """Twilio's socket vanishing ends the call as ``twilio_disconnected``; the agent is closed."""
+
+    async def greet(peer: AgentPeer) -> None:
+        await peer.accept_session()
+        await peer.send(managed.turn_started(1, "assistant", 0.1))
+        await peer.send(
+            managed.turn_ended(
+                1, "assistant", "Hello.", interrupted=False, start_time=0.1, end_time=0.3
+            )
+        )
+
+    async with running_system(database_url, greet) as system:
+        await system.caller.dial()
+        async with trio.open_nursery() as nursery:
+            await system.caller.connect(nursery)
+            for tag in range(4):
+                await system.caller.speak(audio(tag))
+            await (await system.peer()).wait_for(
+                lambda events: _count(managed.AudioInput)(events) >= 4
+            )
+            await system.caller.drop()
+            stored = await system.wait_for_record(lambda s: s.record.end_reason is not None)
+            with trio.fail_after(STEP_TIMEOUT):
+                await (await system.peer()).closed.wait()
+            nursery.cancel_scope.cancel()
+    record = stored.record
+    assert (record.status, record.end_reason) == ("completed", "twilio_disconnected")
+    assert [t.text for t in record.turns] == ["Hello."]
+    assert record.frames_in == 4
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_stream_without_a_valid_token_is_refused(database_url: str) -> None:
+    """A second stream with a spent token, or one with a made-up token, never reaches the agent."""
+
+    async def hang_up_at_once(peer: AgentPeer) -> None:
+        await peer.accept_session()
+        await peer.websocket.aclose(1000, "call ended by agent")
+
+    async with running_system(database_url, hang_up_at_once) as system:
+        caller = system.caller
+        await caller.dial()
+        async with trio.open_nursery() as nursery:
+            await caller.connect(nursery)
+            await system.wait_for_record(lambda s: s.record.end_reason is not None)
+            replay = attrs.evolve(
+                caller, stream_sid="MZ" + "9" * 32, outbound=[], websocket=None, closed=trio.Event()
+            )
+            await replay.connect(nursery)
+            forged = attrs.evolve(
+                caller,
+                stream_sid="MZ" + "8" * 32,
+                parameters={**caller.parameters, "token": "made-up"},
+                outbound=[],
+                websocket=None,
+                closed=trio.Event(),
+            )
+            await forged.connect(nursery)
+            with trio.fail_after(STEP_TIMEOUT):
+                await replay.closed.wait()
+                await forged.closed.wait()
+            nursery.cancel_scope.cancel()
+        assert len(system.agent.peers) == 1
+        stored = await system.store.load_call(caller.call_sid)
+        assert stored is not None
+        assert stored.record.stream_sid == caller.stream_sid
