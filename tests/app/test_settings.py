@@ -1,0 +1,112 @@
+"""``Settings.from_environ``: defaults, parsing, and one clear error per bad variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from archer.errors import ConfigError
+from archer.settings import Settings, load_environ, parse_dotenv
+
+SERVING = {
+    "WEBHOOK_BASE_URL": "https://archer.example.com/",
+    "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+    "TWILIO_AUTH_TOKEN": "twilio-secret-token",
+    "CARTESIA_API_KEY": "sk_car_secret_key",
+    "CARTESIA_AGENT_ID": "agent_123",
+}
+
+
+def test_defaults_need_nothing() -> None:
+    """With an empty environment every setting has its documented default."""
+    settings = Settings.from_environ({})
+    assert settings.database_url == "sqlite:///archer.db"
+    assert (settings.host, settings.port) == ("0.0.0.0", 8000)
+    assert settings.cartesia_audio_format == "mulaw_8000"
+    assert settings.twilio_validate_signatures is True
+    assert settings.limits.flush_timeout == 5.0
+
+
+def test_serving_settings_are_parsed() -> None:
+    """The five serving variables are read; the base URL loses its trailing slash."""
+    settings = Settings.from_environ(SERVING)
+    settings.check_serving()
+    assert settings.webhook_base_url == "https://archer.example.com"
+    assert settings.media_stream_url == "wss://archer.example.com/ws/cartesia"
+
+
+@pytest.mark.parametrize("missing", sorted(SERVING))
+def test_check_serving_names_the_missing_variable(missing: str) -> None:
+    """Each required variable, when absent, is named in the error."""
+    environ = {k: v for k, v in SERVING.items() if k != missing}
+    with pytest.raises(ConfigError, match=missing):
+        Settings.from_environ(environ).check_serving()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ARCHER_PORT", "eighty"),
+        ("ARCHER_PORT", "70000"),
+        ("FLUSH_TIMEOUT", "-1"),
+        ("TOOL_TIMEOUT", "soon"),
+        ("CARTESIA_AUDIO_FORMAT", "mp3"),
+        ("LOG_LEVEL", "loud"),
+        ("WEBHOOK_BASE_URL", "archer.example.com"),
+        ("WEBHOOK_BASE_URL", "https://archer.example.com/twilio"),
+        ("CARTESIA_WS_URL", "https://api.cartesia.ai"),
+        ("DATABASE_URL", "mysql://db"),
+        ("TWILIO_VALIDATE_SIGNATURES", "maybe"),
+    ],
+)
+def test_malformed_values_name_their_variable(name: str, value: str) -> None:
+    """A malformed value raises one ``ConfigError`` whose message starts with the variable."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_environ({**SERVING, name: value})
+    assert str(raised.value).startswith(name)
+    assert "\n" not in str(raised.value)
+
+
+def test_port_comes_from_archer_port_then_port() -> None:
+    """``ARCHER_PORT`` wins over the platform's ``PORT``, which wins over the default."""
+    assert Settings.from_environ({"PORT": "9000"}).port == 9000
+    assert Settings.from_environ({"PORT": "9000", "ARCHER_PORT": "9100"}).port == 9100
+
+
+def test_secrets_never_appear_in_repr() -> None:
+    """Tokens, keys and the database URL (which may hold a password) are left out of repr."""
+    text = repr(
+        Settings.from_environ({**SERVING, "DATABASE_URL": "postgresql+psycopg://u:pw@db/x"})
+    )
+    for secret in ("twilio-secret-token", "sk_car_secret_key", "pw@db"):
+        assert secret not in text
+    assert "agent_123" in text
+
+
+def test_unsupported_protocol_is_refused_for_serving() -> None:
+    """A valid but not yet supported choice stops serving with a message naming it."""
+    settings = Settings.from_environ({**SERVING, "CARTESIA_PROTOCOL": "line"})
+    with pytest.raises(ConfigError, match="CARTESIA_PROTOCOL=line"):
+        settings.check_serving()
+
+
+def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    """``.env`` fills in what the environment lacks; quotes, comments and ``export`` work."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        '# comment\nexport LOG_LEVEL=debug\nCARTESIA_AGENT_ID="agent from file"\n'
+        "ARCHER_PORT=9000 # trailing comment\n"
+    )
+    merged = load_environ({"ARCHER_PORT": "9100"}, dotenv)
+    assert merged == {
+        "LOG_LEVEL": "debug",
+        "CARTESIA_AGENT_ID": "agent from file",
+        "ARCHER_PORT": "9100",
+    }
+
+
+def test_dotenv_rejects_lines_that_are_not_assignments() -> None:
+    """A garbled ``.env`` line is reported by its number."""
+    with pytest.raises(ConfigError, match="line 2"):
+        parse_dotenv("A=1\nthis is not a setting\n")
