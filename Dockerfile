@@ -21,4 +21,4 @@ USER archer
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('ARCHER_PORT', '8000')}/healthz\", timeout=2)"]
-CMD ["archer", "serve"]
+CMD ["archer", "serve", "--hypercorn-config", "config/hypercorn.toml"]

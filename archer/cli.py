@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the production server")
     serve.add_argument("--host", help="bind address (default ARCHER_HOST or 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port (default ARCHER_PORT, PORT or 8000)")
+    serve.add_argument(
+        "--hypercorn-config", type=Path, help="hypercorn TOML file (e.g. config/hypercorn.toml)"
+    )
 
     db = commands.add_parser("db", help="database administration")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -47,7 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 settings.check_serving()
                 from archer.server import serve
 
-                trio.run(lambda: serve(settings, host=args.host, port=args.port))
+                trio.run(
+                    lambda: serve(
+                        settings,
+                        host=args.host,
+                        port=args.port,
+                        hypercorn_toml=args.hypercorn_config,
+                    )
+                )
             case "db":
                 from archer.db import admin
 

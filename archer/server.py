@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import structlog
 import trio
@@ -61,9 +62,11 @@ async def open_services(
             await store.aclose()
 
 
-def hypercorn_config(settings: Settings, *, host: str, port: int) -> Config:
-    """Hypercorn settings derived from Archer's (the file in config/ documents the same)."""
-    config = Config()
+def hypercorn_config(
+    settings: Settings, *, host: str, port: int, path: Path | None = None
+) -> Config:
+    """Hypercorn settings: ``path`` (a TOML file) if given, then Archer's own on top."""
+    config = Config.from_toml(path) if path is not None else Config()
     config.bind = [f"{host}:{port}"]
     config.websocket_max_message_size = settings.limits.max_message_bytes
     # Live calls get the drain timeout plus the flush after SIGTERM before they are cancelled.
@@ -87,6 +90,7 @@ async def serve(  # noqa: ASYNC128
     host: str | None = None,
     port: int | None = None,
     tools: ToolRegistry | None = None,
+    hypercorn_toml: Path | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_termination,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -99,6 +103,7 @@ async def serve(  # noqa: ASYNC128
             settings,
             host=host if host is not None else settings.host,
             port=port if port is not None else settings.port,
+            path=hypercorn_toml,
         )
         if not settings.twilio_validate_signatures:
             log.warning("server.signatures_disabled", note="for local work only")

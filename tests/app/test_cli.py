@@ -62,7 +62,10 @@ def test_serve_starts_on_sqlite_answers_health_and_stops_on_sigterm(tmp_path: Pa
     """With only credentials and the base URL, ``archer serve`` serves and exits 0 on SIGTERM."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "archer", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            *(sys.executable, "-m", "archer", "serve", "--host", "127.0.0.1", "--port", str(port)),
+            *("--hypercorn-config", str(Path(__file__).parents[2] / "config" / "hypercorn.toml")),
+        ],
         env={"PATH": os.environ["PATH"], **SERVING},
         cwd=tmp_path,
         stdout=subprocess.PIPE,

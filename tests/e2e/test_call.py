@@ -396,3 +396,45 @@ async def test_a_stream_without_a_valid_token_is_refused(database_url: str) -> N
         stored = await system.store.load_call(caller.call_sid)
         assert stored is not None
         assert stored.record.stream_sid == caller.stream_sid
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("signature", ["forged", ""])
+async def test_a_forged_stream_upgrade_is_refused_before_accept(
+    database_url: str, signature: str
+) -> None:
+    """An upgrade without Twilio's signature gets HTTP 403 and never becomes a call."""
+
+    async def unused(peer: AgentPeer) -> None:
+        raise AssertionError("nothing should connect")
+
+    async with running_system(database_url, unused) as system:
+        caller = system.caller
+        await caller.dial()
+        async with trio.open_nursery() as nursery:
+            await caller.connect(nursery, signature=signature)
+        assert caller.rejected_status == 403
+        assert system.agent.peers == []
+        stored = await system.store.load_call(caller.call_sid)
+        assert stored is not None
+        assert (stored.record.status, stored.record.stream_sid) == ("initiated", None)
+
+
+async def test_the_trailing_slash_variant_of_the_stream_url_is_accepted(database_url: str) -> None:
+    """Twilio sometimes signs the stream URL with a trailing slash; that is still Twilio."""
+
+    async with running_system(database_url, _hang_up_at_once) as system:
+        caller = system.caller
+        await caller.dial()
+        slashed = caller.signer.sign(caller.stream_url + "/", {})
+        async with trio.open_nursery() as nursery:
+            await caller.connect(nursery, signature=slashed)
+            stored = await system.wait_for_record(lambda s: s.record.end_reason is not None)
+            nursery.cancel_scope.cancel()
+        assert caller.rejected_status is None
+        assert stored.record.end_reason == "agent_hangup"
+
+
+async def _hang_up_at_once(peer: AgentPeer) -> None:
+    await peer.accept_session()
+    await peer.websocket.aclose(1000, "call ended by agent")
