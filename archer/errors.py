@@ -66,6 +66,16 @@ class AgentUnresponsiveError(UpstreamError):
     """The agent stopped answering keepalive pings."""
 
 
+class TelephonyError(UpstreamError):
+    """Twilio's REST API refused a call update or could not be reached."""
+
+    def __init__(self, message: str, *, code: int | None = None, status: int | None = None):
+        super().__init__(message)
+        #: Twilio's error code (e.g. 20404, 21220) and HTTP status, when Twilio answered.
+        self.code = code
+        self.status = status
+
+
 class ToolError(ArcherError):
     """A tool refused or failed in a way the agent should hear about (its message is the result)."""
 

@@ -93,6 +93,26 @@ class AgentStream(Protocol):
         ...
 
 
+class TelephonyControl(Protocol):
+    """The phone call itself, beyond its media stream (Twilio's REST API)."""
+
+    async def transfer(self, call_sid: str, number: str) -> None:
+        """Move the live call to ``number`` (the media stream ends).
+
+        Raises:
+            TelephonyError: Twilio refused or could not be reached.
+        """
+        ...
+
+    async def hang_up(self, call_sid: str) -> None:
+        """End the call; a call that is already over is not an error.
+
+        Raises:
+            TelephonyError: Twilio refused or could not be reached.
+        """
+        ...
+
+
 @attrs.frozen(kw_only=True)
 class AgentSession:
     """What the call tells the agent about itself when it opens the session."""
