@@ -7,6 +7,7 @@ A bad setting is one line on standard error naming the variable, and exit status
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -37,7 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands.add_parser("init", help="create the schema (idempotent)")
     seed = db_commands.add_parser("seed", help="load the demo bank (idempotent)")
     seed.add_argument("--file", type=Path, default=DEFAULT_SEED, help="seed data (JSON)")
+    tools = commands.add_parser("tools", help="the client tools the agent may call")
+    tools_commands = tools.add_subparsers(dest="tools_command", required=True)
+    tools_commands.add_parser(
+        "export", help="print the client-tool definitions to register with Cartesia (JSON)"
+    )
     return parser
+
+
+def export_tools() -> str:
+    """The client-tool definitions as Cartesia's ``POST /v1/agents/tools`` takes them, checked."""
+    from archer.bank.definitions import load_definitions
+
+    return json.dumps([dict(d.raw) for d in load_definitions()], indent=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     summary = admin.seed_database(settings.database_url, args.file)
                     print(f"seeded {admin.describe(settings.database_url)}: {summary}")
+            case "tools":
+                print(export_tools())
     except ConfigError as exc:
         print(f"archer: configuration error: {exc}", file=sys.stderr)
         return 2

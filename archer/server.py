@@ -17,12 +17,15 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from archer.app import Services, create_app
+from archer.bank.tools import bank_tools
 from archer.call.tools import ToolRegistry
 from archer.cartesia.client import CartesiaManagedConnector
+from archer.db.bank import SqlBankStore
 from archer.db.engine import init_schema
 from archer.db.store import SqlCallStore
 from archer.errors import StoreError
 from archer.settings import Settings
+from archer.twilio.rest import TwilioRestControl
 from archer.twilio.signature import SignatureChecker
 
 log = structlog.get_logger(__name__)
@@ -34,15 +37,24 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Open the database (creating the schema if needed) and build the app's services.
 
-    Cancellation: the database engine is disposed on the way out.
+    ``tools`` replaces the banking tools (tests use their own).
+
+    Cancellation: the database engine and Twilio's HTTP connections are released on the way out.
     """
     store = SqlCallStore.open(settings.database_url, pool_size=settings.db_pool_size)
+    telephony = TwilioRestControl.from_settings(settings)
     try:
         try:
             await trio.to_thread.run_sync(init_schema, store.engine)
         except StoreError as exc:
             # Serve anyway: callers hear the apology and /readyz says why until it comes back.
             log.error("server.database_unavailable", error=str(exc))
+        if tools is None:
+            tools = bank_tools(
+                SqlBankStore.from_call_store(store),
+                telephony,
+                human_agent_number=settings.human_agent_number,
+            )
         yield Services(
             settings=settings,
             store=store,
@@ -54,10 +66,11 @@ async def open_services(
                 ready_timeout=settings.limits.agent_ready_timeout,
                 max_message_bytes=settings.limits.max_message_bytes,
             ),
-            tools=tools if tools is not None else ToolRegistry(),
+            tools=tools,
             signatures=SignatureChecker(settings.twilio_auth_token),
         )
     finally:
+        telephony.close()
         with trio.move_on_after(5, shield=True):
             await store.aclose()
 

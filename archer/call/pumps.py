@@ -33,6 +33,7 @@ from archer.errors import AgentUnresponsiveError, TwilioProtocolError
 from archer.twilio.frames import Dtmf, Mark, Media, Stop
 
 if TYPE_CHECKING:
+    from archer.call.playback import Playback
     from archer.call.ports import AgentStream, TwilioStream
     from archer.call.state import CallState
     from archer.call.tools import ToolRunner
@@ -60,7 +61,8 @@ UplinkItem = str | CallerDtmf
 
 @attrs.frozen(slots=True)
 class AgentChunk:
-    """Agent audio on its way to the caller, tagged with the playback epoch it belongs to."""
+    """Agent audio on its way to the caller, tagged with the playback epoch it belongs to
+    (``archer.call.playback``): chunks of an interrupted epoch are never sent."""
 
     payload: str
     epoch: int
@@ -71,26 +73,23 @@ class ClearPlayback:
     """Tell Twilio to drop everything it has queued for the caller."""
 
 
+@attrs.frozen(slots=True)
+class SendMark:
+    """Ask Twilio to echo ``name`` once the audio queued before it has played."""
+
+    name: str
+    epoch: int
+
+
 CLEAR_PLAYBACK: Final = ClearPlayback()
-DownlinkItem = AgentChunk | ClearPlayback
-
-
-@attrs.define
-class Playback:
-    """What belongs to the current stretch of agent speech.
-
-    Every agent clear starts a new epoch; chunks queued under an older epoch are dropped by
-    the downlink instead of being played after the caller interrupted.
-    """
-
-    epoch: int = 0
-
-    def interrupt(self) -> None:
-        self.epoch += 1
+DownlinkItem = AgentChunk | ClearPlayback | SendMark
 
 
 async def receive_from_twilio(
-    twilio: TwilioStream, uplink: trio.MemorySendChannel[UplinkItem], call: CallState
+    twilio: TwilioStream,
+    uplink: trio.MemorySendChannel[UplinkItem],
+    call: CallState,
+    playback: Playback,
 ) -> str:
     """Read the caller's stream until it ends; return the ``end_reason``.
 
@@ -121,8 +120,8 @@ async def receive_from_twilio(
                         call.frames_dropped += 1
                 case Dtmf(digit=digit):
                     await uplink.send(CallerDtmf(digit))
-                case Mark():
-                    pass  # playback tracking arrives with the audio path; nothing waits on it yet
+                case Mark(name=name):
+                    playback.mark_echoed(name)
                 case Stop():
                     if malformed:
                         log.warning("twilio.malformed_frames", count=malformed)
@@ -171,13 +170,15 @@ async def receive_from_agent(
                         downlink.send_nowait(AgentChunk(payload, playback.epoch))
                     except trio.WouldBlock:
                         call.frames_dropped += 1
+                    else:
+                        playback.audio_queued()
                 case AgentClear():
                     # The epoch changes first, so chunks already queued are dropped even before
                     # the downlink reaches the clear.
                     playback.interrupt()
                     await downlink.send(CLEAR_PLAYBACK)
                 case ToolCallRequest():
-                    await tools.submit(event)
+                    await tools.submit(event, playback_epoch=playback.epoch)
                 case TurnStarted():
                     call.turn_started(event)
                 case TurnTextDelta():
@@ -205,7 +206,7 @@ async def play_to_caller(
     call: CallState,
     playback: Playback,
 ) -> None:
-    """Send agent audio and clears to Twilio; the only task that writes to the Twilio socket.
+    """Send agent audio, marks and clears to Twilio; the only task writing to that socket.
 
     Cancellation: queued agent audio is dropped; nothing half-sent is left behind.
     """
@@ -216,6 +217,9 @@ async def play_to_caller(
                     continue  # queued before the caller interrupted: never play it
                 await twilio.send_media(item.payload)
                 call.frames_out += 1
+            elif type(item) is SendMark:
+                if item.epoch == playback.epoch:  # an older mark was settled by the clear
+                    await twilio.send_mark(item.name)
             else:
                 await twilio.send_clear()
 

@@ -23,12 +23,13 @@ import attrs
 import structlog
 import trio
 
+from archer.call.control import CallControl
+from archer.call.playback import Playback
 from archer.call.ports import AgentSession
 from archer.call.pumps import (
     DOWNLINK_BUFFER,
     UPLINK_BUFFER,
     DownlinkItem,
-    Playback,
     UplinkItem,
     forward_to_agent,
     keep_agent_alive,
@@ -36,7 +37,7 @@ from archer.call.pumps import (
     receive_from_agent,
     receive_from_twilio,
 )
-from archer.call.tools import ToolContext, ToolRunner
+from archer.call.tools import CallerVerification, ToolContext, ToolRunner
 from archer.errors import (
     AgentClosedError,
     AgentFatalError,
@@ -78,29 +79,38 @@ async def run_call(
     uplink_send, uplink_receive = trio.open_memory_channel[UplinkItem](UPLINK_BUFFER)
     downlink_send, downlink_receive = trio.open_memory_channel[DownlinkItem](DOWNLINK_BUFFER)
     playback = Playback()
-    tool_runner = ToolRunner(
-        registry=tools,
-        context=ToolContext(
-            call_sid=call.call_sid, customer_id=call.customer_id, caller_number=call.from_number
-        ),
-        call=call,
-        agent=agent,
-        timeout=limits.tool_timeout,
-    )
-
-    async def until_agent_hangs_up(scope: trio.CancelScope) -> None:
-        await receive_from_agent(agent, downlink_send, call, playback, tool_runner)
-        call.finish("completed", "agent_hangup")
-        scope.cancel()
+    verification = CallerVerification()
 
     with trio.move_on_after(limits.max_call_seconds) as call_deadline:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(until_agent_hangs_up, nursery.cancel_scope)
+            tool_runner = ToolRunner(
+                registry=tools,
+                context=ToolContext(
+                    call_sid=call.call_sid,
+                    customer_id=call.customer_id,
+                    caller_number=call.from_number,
+                    verification=verification,
+                    # Tools place marks on the downlink too, so they hold a clone of its end.
+                    control=CallControl(
+                        call, playback, downlink_send.clone(), nursery.cancel_scope
+                    ),
+                ),
+                call=call,
+                agent=agent,
+                timeout=limits.tool_timeout,
+            )
+
+            async def until_agent_hangs_up() -> None:
+                await receive_from_agent(agent, downlink_send, call, playback, tool_runner)
+                call.finish("completed", "agent_hangup")
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_agent_hangs_up)
             nursery.start_soon(forward_to_agent, agent, uplink_receive)
             nursery.start_soon(play_to_caller, twilio, downlink_receive, call, playback)
             nursery.start_soon(tool_runner.run)
             nursery.start_soon(keep_agent_alive, agent, limits.agent_ping_interval)
-            end_reason = await receive_from_twilio(twilio, uplink_send, call)
+            end_reason = await receive_from_twilio(twilio, uplink_send, call, playback)
             call.finish("completed", end_reason)
             nursery.cancel_scope.cancel()
     if call_deadline.cancelled_caught:

@@ -18,6 +18,9 @@ import attrs
 from archer.call.events import TurnEnded, TurnStarted, TurnTextDelta
 from archer.call.records import CallRecord, CallStatus, ClaimedCall, ToolCallRecord, TurnRecord
 
+#: End reasons that only say the media stream stopped, whatever stopped it.
+STREAM_END_REASONS = frozenset({"caller_hangup", "twilio_disconnected"})
+
 
 def utc_now() -> datetime:
     """The wall-clock time, timezone-aware UTC (what every stored timestamp uses)."""
@@ -57,6 +60,8 @@ class CallState:
     error: str | None = None
     ended_at: datetime | None = None
     duration_ms: int | None = None
+    #: How the call is about to end, announced by a tool before it asks Twilio to end it.
+    _expected: tuple[CallStatus, str] | None = None
     _turns: dict[int, _TurnDraft] = attrs.Factory(dict)
     _tool_calls: dict[str, ToolCallRecord] = attrs.Factory(dict)
 
@@ -82,13 +87,26 @@ class CallState:
         return self.end_reason is not None
 
     def finish(self, status: CallStatus, end_reason: str, error: str | None = None) -> bool:
-        """Record how the call ends; returns False (and changes nothing) if it already had."""
+        """Record how the call ends; returns False (and changes nothing) if it already had.
+
+        While an outcome is expected (a transfer under way), the media stream ending is that
+        outcome arriving, not the caller hanging up.
+        """
         if self.end_reason is not None:
             return False
+        if self._expected is not None and end_reason in STREAM_END_REASONS:
+            status, end_reason = self._expected
         self.status = status
         self.end_reason = end_reason
         self.error = error
         return True
+
+    def expect(self, status: CallStatus, end_reason: str) -> None:
+        """Announce the outcome a pending request to Twilio will cause."""
+        self._expected = (status, end_reason)
+
+    def withdraw_expectation(self) -> None:
+        self._expected = None
 
     def close(self, *, now: datetime, clock: float) -> None:
         """Stamp the end time and duration (idempotent: the first stamp stays)."""

@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import attrs
 import structlog
 import trio
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
+from archer.call.events import ToolCallRequest
 from archer.call.state import utc_now
 from archer.errors import ToolError
 
 if TYPE_CHECKING:
-    from archer.call.events import ToolCallRequest
+    from archer.call.control import CallControl
     from archer.call.ports import AgentStream
     from archer.call.state import CallState
 
@@ -46,13 +49,30 @@ _MASK: Final = "***"
 _CUT_MARKER: Final = " [cut off: result too large]"
 
 
+@attrs.define
+class CallerVerification:
+    """Whether the caller proved who they are in this call; never stored, never carried over."""
+
+    #: Failed attempts after which verification is locked for the rest of the call.
+    MAX_FAILURES: ClassVar[int] = 3
+
+    verified: bool = False
+    failures: int = 0
+
+    @property
+    def locked(self) -> bool:
+        return not self.verified and self.failures >= self.MAX_FAILURES
+
+
 @attrs.frozen(kw_only=True)
 class ToolContext:
-    """What a tool may know about the call it serves."""
+    """What a tool may know about, and do to, the call it serves."""
 
     call_sid: str
     customer_id: int | None
     caller_number: str | None
+    verification: CallerVerification
+    control: CallControl
 
 
 @attrs.frozen
@@ -85,6 +105,26 @@ class Tool:
     timeout: float | None = None
     #: Argument names to mask, on top of ``SECRET_ARGUMENT_NAMES``.
     secret_arguments: frozenset[str] = frozenset()
+    #: JSON Schema of the arguments (the ``parameters`` the agent was given), if any.
+    parameters: Mapping[str, Any] | None = None
+    _validator: Draft202012Validator | None = attrs.field(init=False, repr=False, eq=False)
+
+    @_validator.default
+    def _build_validator(self) -> Draft202012Validator | None:
+        if self.parameters is None:
+            return None
+        Draft202012Validator.check_schema(self.parameters)
+        return Draft202012Validator(self.parameters)
+
+    def argument_problem(self, arguments: Mapping[str, object]) -> str | None:
+        """Why ``arguments`` do not fit the tool's schema, or None if they do."""
+        if self._validator is None:
+            return None
+        error = best_match(self._validator.iter_errors(dict(arguments)))
+        if error is None:
+            return None
+        where = ".".join(str(part) for part in error.absolute_path)
+        return f"{where}: {error.message}" if where else error.message
 
 
 @attrs.frozen
@@ -119,6 +159,12 @@ def cap_result(text: str) -> str:
     return encoded[:room].decode("utf-8", errors="ignore") + _CUT_MARKER
 
 
+@attrs.frozen
+class _Submitted:
+    request: ToolCallRequest
+    playback_epoch: int
+
+
 @attrs.define
 class ToolRunner:
     """Runs the agent's tool calls for one call. ``submit`` never blocks the agent's reader."""
@@ -128,18 +174,22 @@ class ToolRunner:
     call: CallState
     agent: AgentStream
     timeout: float
-    _requests_in: trio.MemorySendChannel[ToolCallRequest] = attrs.field(init=False)
-    _requests_out: trio.MemoryReceiveChannel[ToolCallRequest] = attrs.field(init=False)
+    _requests_in: trio.MemorySendChannel[_Submitted] = attrs.field(init=False)
+    _requests_out: trio.MemoryReceiveChannel[_Submitted] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._requests_in, self._requests_out = trio.open_memory_channel["ToolCallRequest"](
+        self._requests_in, self._requests_out = trio.open_memory_channel[_Submitted](
             TOOL_QUEUE_SIZE
         )
 
-    async def submit(self, request: ToolCallRequest) -> None:
-        """Hand a request to the supervisor, or answer "busy" at once if the queue is full."""
+    async def submit(self, request: ToolCallRequest, *, playback_epoch: int) -> None:
+        """Hand a request to the supervisor, or answer "busy" at once if the queue is full.
+
+        ``playback_epoch`` is the epoch of agent speech the request arrived in, so a tool that
+        waits for its lead-in knows whether the caller has cut in since.
+        """
         try:
-            self._requests_in.send_nowait(request)
+            self._requests_in.send_nowait(_Submitted(request, playback_epoch))
         except trio.WouldBlock:
             log.warning("tool.busy", tool=request.name, tool_call_id=request.tool_call_id)
             self.call.tool_started(
@@ -162,18 +212,18 @@ class ToolRunner:
                 # Take a slot before a request, so none waits in hand beyond the queue's bound.
                 await slots.acquire()
                 try:
-                    request = await self._requests_out.receive()
+                    submitted = await self._requests_out.receive()
                 except trio.EndOfChannel:
                     break  # the call is over; the nursery waits for running tools
-                nursery.start_soon(self._run_one, request, slots)
+                nursery.start_soon(self._run_one, submitted, slots)
 
-    async def _run_one(self, request: ToolCallRequest, slots: trio.Semaphore) -> None:
+    async def _run_one(self, submitted: _Submitted, slots: trio.Semaphore) -> None:
         try:
-            await self._invoke_and_answer(request)
+            await self._invoke_and_answer(submitted.request, submitted.playback_epoch)
         finally:
             slots.release()
 
-    async def _invoke_and_answer(self, request: ToolCallRequest) -> None:
+    async def _invoke_and_answer(self, request: ToolCallRequest, playback_epoch: int) -> None:
         tool = self.registry.get(request.name)
         self.call.tool_started(
             request.tool_call_id,
@@ -181,20 +231,28 @@ class ToolRunner:
             self.registry.masked(request.name, request.arguments),
             now=utc_now(),
         )
+        problem = tool.argument_problem(request.arguments) if tool is not None else None
         if tool is None:
             result = ToolResult(f"unknown tool {request.name!r}", is_error=True)
+        elif problem is not None:
+            result = ToolResult(f"invalid arguments for {tool.name}: {problem}", is_error=True)
         else:
             timeout = tool.timeout if tool.timeout is not None else self.timeout
+            context = attrs.evolve(
+                self.context, control=self.context.control.for_request(playback_epoch)
+            )
             with trio.move_on_after(timeout) as deadline:
-                result = await self._invoke(tool, request)
+                result = await self._invoke(tool, context, request)
             if deadline.cancelled_caught:
                 log.warning("tool.timed_out", tool=tool.name, timeout=timeout)
                 result = ToolResult(f"{tool.name} timed out after {timeout:g} s", is_error=True)
         await self._answer(request, result)
 
-    async def _invoke(self, tool: Tool, request: ToolCallRequest) -> ToolResult:
+    async def _invoke(
+        self, tool: Tool, context: ToolContext, request: ToolCallRequest
+    ) -> ToolResult:
         try:
-            return await tool.run(self.context, request.arguments)
+            return await tool.run(context, request.arguments)
         except ToolError as refusal:
             return ToolResult(str(refusal), is_error=True)
         except Exception:

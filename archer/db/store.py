@@ -99,6 +99,11 @@ class SqlCallStore:
         """The engine, for sync callers in their own thread (schema set-up, seeding)."""
         return self._engine
 
+    @property
+    def limiter(self) -> trio.CapacityLimiter:
+        """The limiter gating this store's threads, for another store sharing the engine."""
+        return self._limiter
+
     # --- CallStore ------------------------------------------------------------------------
 
     async def open_call(self, call: NewCall) -> OpenedCall:

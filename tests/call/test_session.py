@@ -80,6 +80,7 @@ class Bridge:
     call: CallState = attrs.Factory(new_call)
     twilio: FakeTwilio = attrs.Factory(FakeTwilio)
     connector: FakeAgentConnector = attrs.Factory(FakeAgentConnector)
+    tools: ToolRegistry = TOOLS
     done: trio.Event = attrs.Factory(trio.Event)
 
     @property
@@ -92,7 +93,7 @@ class Bridge:
                 self.call,
                 self.twilio,
                 self.connector,
-                TOOLS,
+                self.tools,
                 limits=limits,
                 audio_format="mulaw_8000",
             )

@@ -276,6 +276,13 @@ class TwilioCaller:
             }
         )
 
+    async def echo_mark(self, name: str) -> None:
+        """Twilio's echo: the audio before mark ``name`` has played (or was cleared)."""
+        await self.send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+
+    def marks(self) -> list[str]:
+        return [frame["mark"]["name"] for frame in self.outbound if frame["event"] == "mark"]
+
     async def stop(self) -> None:
         await self.send(
             {

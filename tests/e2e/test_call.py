@@ -72,11 +72,17 @@ async def running_system(
     *,
     limits: CallLimits | None = None,
     agent_url: str | None = None,
+    tools: ToolRegistry | None = E2E_TOOLS,
+    twilio_api_base_url: str = "https://api.twilio.invalid",
+    human_agent_number: str = "",
 ) -> AsyncIterator[System]:
+    """Archer (with ``tools``; None for the real banking tools) and its agent, on loopback."""
     async with trio.open_nursery() as nursery:
         agent = AgentServer(behaviour)
         await nursery.start(agent.run)
         settings = Settings(
+            twilio_api_base_url=twilio_api_base_url,
+            human_agent_number=human_agent_number,
             database_url=database_url,
             webhook_base_url=PUBLIC_BASE_URL,
             twilio_account_sid="AC" + "e2e2" * 8,
@@ -92,7 +98,7 @@ async def running_system(
                 settings,
                 host="127.0.0.1",
                 port=0,
-                tools=E2E_TOOLS,
+                tools=tools,
                 shutdown_trigger=trio.sleep_forever,
             )
         )

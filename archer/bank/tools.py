@@ -1,0 +1,276 @@
+"""The banking tools the agent may call, and the policy that guards them.
+
+Layer: domain (bank). Each tool is an async function of ``(ToolContext, arguments)``; it reaches
+the bank's data only through the ``BankStore`` port and the phone line only through the
+``TelephonyControl`` port and the context's ``CallControl``.
+
+Policy:
+- Anything that discloses account data or changes something needs the caller verified by PIN in
+  *this* call; otherwise the result is an error telling the agent to verify first.
+- A caller with no customer record can only be transferred or have the call ended.
+- ``verify_caller`` answers only "verified" or "not verified": it never says whether the number
+  is a customer or has a PIN, and takes as long either way. Three failures lock it for the call.
+- Refusals are ``ToolError``s (the agent hears the message); results are JSON objects with
+  amounts in integer minor units and their currency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final, Literal
+
+import structlog
+import trio
+
+from archer.bank.definitions import ToolDefinition, load_definitions
+from archer.bank.pins import hash_pin, verify_pin
+from archer.call.tools import Tool, ToolContext, ToolFunction, ToolRegistry, ToolResult
+from archer.errors import TelephonyError, ToolError
+from archer.logs import mask_phone
+
+if TYPE_CHECKING:
+    from archer.bank.ports import AccountType, BankStore
+    from archer.call.ports import TelephonyControl
+
+log = structlog.get_logger(__name__)
+
+#: Transactions a caller may hear at once.
+MAX_TRANSACTIONS: Final = 10
+DEFAULT_TRANSACTIONS: Final = 5
+#: Waiting for a lead-in or a goodbye to play takes longer than a database query.
+CALL_CONTROL_TIMEOUT: Final = 30.0
+#: Compared against when a customer has no PIN, so "no PIN" costs as long as a wrong PIN.
+_DECOY_PIN_HASH: Final = hash_pin("decoy", salt=b"archer-decoy-salt")
+
+NOT_VERIFIED: Final = (
+    "The caller is not verified in this call. Ask for their PIN and call verify_caller first."
+)
+NO_CUSTOMER: Final = (
+    "There is no customer record for this caller, so account tools are not available. "
+    "Offer to transfer them to a colleague, or end the call."
+)
+LOCKED: Final = (
+    "Verification is locked for this call after three failed attempts. "
+    "Offer to transfer the caller to a colleague."
+)
+
+
+def bank_tools(
+    bank: BankStore,
+    telephony: TelephonyControl,
+    *,
+    human_agent_number: str,
+    definitions: tuple[ToolDefinition, ...] | None = None,
+) -> ToolRegistry:
+    """The registry of banking tools, each checked against its definition's parameters."""
+    functions: dict[str, tuple[ToolFunction, float | None]] = {
+        "verify_caller": (_verify_caller(bank), None),
+        "get_account_balance": (_get_account_balance(bank), None),
+        "list_recent_transactions": (_list_recent_transactions(bank), None),
+        "freeze_card": (_set_card_status(bank, "frozen"), None),
+        "unfreeze_card": (_set_card_status(bank, "active"), None),
+        "transfer_to_human": (
+            _transfer_to_human(telephony, human_agent_number),
+            CALL_CONTROL_TIMEOUT,
+        ),
+        "end_call": (_end_call(telephony), CALL_CONTROL_TIMEOUT),
+    }
+    tools = []
+    for definition in definitions if definitions is not None else load_definitions():
+        if definition.name not in functions:
+            raise ToolError(f"tool {definition.name!r} is defined but not implemented")
+        run, timeout = functions[definition.name]
+        tools.append(
+            Tool(
+                definition.name,
+                run,
+                timeout=timeout,
+                secret_arguments=frozenset({"pin"}),
+                parameters=definition.parameters,
+            )
+        )
+    return ToolRegistry.of(*tools)
+
+
+def _verified_customer(context: ToolContext) -> int:
+    """The caller's customer id if they may see and change account data; else refuse."""
+    if context.customer_id is None:
+        raise ToolError(NO_CUSTOMER)
+    if not context.verification.verified:
+        raise ToolError(NOT_VERIFIED)
+    return context.customer_id
+
+
+def _verify_caller(bank: BankStore) -> ToolFunction:
+    async def verify_caller(context: ToolContext, arguments: Mapping[str, object]) -> ToolResult:
+        verification = context.verification
+        if verification.verified:
+            return ToolResult({"verified": True})
+        if verification.locked:
+            raise ToolError(LOCKED)
+        pin = str(arguments["pin"]).strip()
+        if not (pin.isdigit() and 4 <= len(pin) <= 8):
+            raise ToolError("The PIN must be 4 to 8 digits; ask the caller to repeat it.")
+        stored = None if context.customer_id is None else await bank.pin_hash(context.customer_id)
+        # PBKDF2 takes a tenth of a second: in a worker thread, never on the trio thread.
+        matched = await trio.to_thread.run_sync(
+            verify_pin, pin, stored if stored is not None else _DECOY_PIN_HASH
+        )
+        if matched and stored is not None:
+            verification.verified = True
+            log.info("bank.caller_verified")
+            return ToolResult({"verified": True})
+        verification.failures += 1
+        attempts_left = max(0, verification.MAX_FAILURES - verification.failures)
+        log.warning("bank.verification_failed", attempts_left=attempts_left)
+        if verification.locked:
+            raise ToolError(LOCKED)
+        return ToolResult({"verified": False, "attempts_left": attempts_left})
+
+    return verify_caller
+
+
+def _no_account(account_type: AccountType | None) -> str:
+    return (
+        f"The caller has no {account_type} account."
+        if account_type
+        else "The caller has no account."
+    )
+
+
+def _account_type(arguments: Mapping[str, object]) -> AccountType | None:
+    value = arguments.get("account_type")
+    if value is None:
+        return None
+    assert value in ("checking", "savings", "credit")  # the schema's enum guarantees it
+    return value
+
+
+def _get_account_balance(bank: BankStore) -> ToolFunction:
+    async def get_account_balance(
+        context: ToolContext, arguments: Mapping[str, object]
+    ) -> ToolResult:
+        customer_id = _verified_customer(context)
+        account_type = _account_type(arguments)
+        accounts = await bank.accounts(customer_id, account_type)
+        if not accounts:
+            raise ToolError(_no_account(account_type))
+        return ToolResult(
+            {
+                "accounts": [
+                    {
+                        "account_type": account.account_type,
+                        "last4": account.last4,
+                        "balance_cents": account.balance_cents,
+                        "currency": account.currency,
+                    }
+                    for account in accounts
+                ]
+            }
+        )
+
+    return get_account_balance
+
+
+def _list_recent_transactions(bank: BankStore) -> ToolFunction:
+    async def list_recent_transactions(
+        context: ToolContext, arguments: Mapping[str, object]
+    ) -> ToolResult:
+        customer_id = _verified_customer(context)
+        account_type = _account_type(arguments)
+        limit = arguments.get("limit", DEFAULT_TRANSACTIONS)
+        assert isinstance(limit, int)  # the schema guarantees it
+        if limit < 1:
+            raise ToolError("limit must be at least 1.")
+        if not await bank.accounts(customer_id, account_type):
+            raise ToolError(_no_account(account_type))
+        transactions = await bank.recent_transactions(
+            customer_id, account_type, min(limit, MAX_TRANSACTIONS)
+        )
+        return ToolResult(
+            {
+                "transactions": [
+                    {
+                        "account_type": item.account_type,
+                        "account_last4": item.account_last4,
+                        "posted_at": item.posted_at.date().isoformat(),
+                        "amount_cents": item.amount_cents,
+                        "currency": item.currency,
+                        "description": item.description,
+                    }
+                    for item in transactions
+                ]
+            }
+        )
+
+    return list_recent_transactions
+
+
+def _set_card_status(bank: BankStore, status: Literal["active", "frozen"]) -> ToolFunction:
+    async def set_card_status(context: ToolContext, arguments: Mapping[str, object]) -> ToolResult:
+        customer_id = _verified_customer(context)
+        last4 = str(arguments["last4"]).strip()
+        if not (last4.isdigit() and len(last4) == 4):
+            raise ToolError("last4 must be the last four digits of the card.")
+        change = await bank.set_card_status(customer_id, last4, status)
+        if change is None:
+            raise ToolError(f"The caller has no card ending in {last4}.")
+        if change.status == "lost":
+            raise ToolError(
+                f"The card ending in {last4} is reported lost; it stays blocked. "
+                "Offer a transfer to a colleague for a replacement."
+            )
+        log.info("bank.card_status", last4=last4, status=change.status)
+        return ToolResult(
+            {
+                "last4": last4,
+                "status": change.status,
+                "changed": change.previous_status != change.status,
+            }
+        )
+
+    return set_card_status
+
+
+def _transfer_to_human(telephony: TelephonyControl, number: str) -> ToolFunction:
+    async def transfer_to_human(
+        context: ToolContext, arguments: Mapping[str, object]
+    ) -> ToolResult:
+        if not number:
+            raise ToolError("Transfers are not available on this line; offer to end the call.")
+        if not await context.control.wait_until_heard():
+            raise ToolError(
+                "The caller interrupted before the transfer; it was not made. "
+                "Ask whether they still want to speak to a colleague."
+            )
+        context.control.expect("transferred", "transferred")
+        try:
+            await telephony.transfer(context.call_sid, number)
+        except TelephonyError as exc:
+            context.control.withdraw()
+            log.error("bank.transfer_failed", error=str(exc))
+            raise ToolError(
+                "The transfer did not go through; apologise and offer to retry."
+            ) from exc
+        log.info("bank.transferred", to=mask_phone(number), reason=str(arguments["reason"])[:200])
+        context.control.end("transferred", "transferred")
+        return ToolResult({"transferred": True})
+
+    return transfer_to_human
+
+
+def _end_call(telephony: TelephonyControl) -> ToolFunction:
+    async def end_call(context: ToolContext, arguments: Mapping[str, object]) -> ToolResult:
+        # The goodbye plays out (or the caller cuts in); either way the agent decided to end.
+        await context.control.wait_until_heard()
+        context.control.expect("completed", "agent_ended")
+        try:
+            await telephony.hang_up(context.call_sid)
+        except TelephonyError as exc:
+            # Closing the media stream still ends the call: the TwiML ends with <Hangup/>.
+            log.warning("bank.hang_up_failed", error=str(exc))
+        log.info("bank.call_ended_by_agent", reason=str(arguments["reason"])[:200])
+        context.control.end("completed", "agent_ended")
+        return ToolResult({"ended": True})
+
+    return end_call

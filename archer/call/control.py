@@ -1,0 +1,70 @@
+"""What a tool may do to the call it serves: wait for speech to be heard, end the call.
+
+Layer: call. Handed to tools inside their ``ToolContext``; it is the only way a tool reaches the
+call's nursery, and it exposes no more than these two moves.
+
+Rules: a tool that is about to end the call through Twilio (a transfer, a hang-up) first
+``expect``s the outcome, because Twilio may stop the media stream before its REST answer comes
+back; the call state then records the expected outcome rather than ``caller_hangup``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+from archer.call.pumps import SendMark
+
+if TYPE_CHECKING:
+    import trio
+
+    from archer.call.playback import Playback
+    from archer.call.pumps import DownlinkItem
+    from archer.call.records import CallStatus
+    from archer.call.state import CallState
+
+
+@attrs.define
+class CallControl:
+    """The call's controls, as tools see them."""
+
+    _call: CallState
+    _playback: Playback
+    _downlink: trio.MemorySendChannel[DownlinkItem]
+    _scope: trio.CancelScope
+    #: The playback epoch when the agent made the request this control serves.
+    _requested_in_epoch: int = 0
+
+    def for_request(self, epoch: int) -> CallControl:
+        """The controls for one tool request the agent made during playback epoch ``epoch``."""
+        return attrs.evolve(self, requested_in_epoch=epoch)
+
+    async def wait_until_heard(self) -> bool:
+        """Wait until the agent's queued speech has played.
+
+        False if the caller interrupted at any point since the agent made the request — even
+        before this was called — because then the lead-in was not heard.
+
+        Cancellation: nothing is left behind but a mark Twilio will echo to nobody.
+        """
+
+        async def place_mark(name: str, epoch: int) -> None:
+            await self._downlink.send(SendMark(name, epoch))
+
+        return await self._playback.wait_until_heard(
+            place_mark, since_epoch=self._requested_in_epoch
+        )
+
+    def expect(self, status: CallStatus, end_reason: str) -> None:
+        """Announce how the call is about to end, before asking Twilio to end it."""
+        self._call.expect(status, end_reason)
+
+    def withdraw(self) -> None:
+        """Twilio refused: the call goes on and ends however it ends."""
+        self._call.withdraw_expectation()
+
+    def end(self, status: CallStatus, end_reason: str) -> None:
+        """End the call now: record how, and cancel the call's tasks (this one included)."""
+        self._call.finish(status, end_reason)
+        self._scope.cancel()
