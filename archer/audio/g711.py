@@ -1,0 +1,76 @@
+"""G.711 μ-law ⇄ 16-bit linear PCM, with the stdlib ``audioop`` semantics, bit for bit.
+
+Layer: pure audio. No I/O, no trio. The stdlib ``audioop`` is deprecated and gone in Python 3.13,
+so this is Archer's own codec: two lookup tables built once at import from the reference
+algorithm (ITU-T G.711 as implemented by Sun's ``g711.c``, which ``audioop`` uses), then one
+numpy gather per call. Decoding is a 256-entry table; encoding indexes a 65,536-entry table by
+the sample's bit pattern, so it costs the same for every sample and never branches.
+
+PCM is signed 16-bit little-endian mono, as Cartesia's ``pcm_*`` formats and WAV files carry it.
+An odd trailing byte of PCM (half a sample) is ignored, like ``audioop`` refuses it; μ-law has
+no odd lengths (one byte per sample).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+#: μ-law of silence (linear 0); Twilio sends it between words.
+SILENCE: Final = 0xFF
+
+_BIAS: Final = 0x84
+_CLIP: Final = 8159  # in the 14-bit domain audioop works in
+_SEGMENT_ENDS: Final = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF])
+
+
+def _decode_table() -> npt.NDArray[np.int16]:
+    inverted = ~np.arange(256, dtype=np.int32) & 0xFF
+    magnitude = (((inverted & 0x0F) << 3) + _BIAS) << ((inverted & 0x70) >> 4)
+    linear = np.where(inverted & 0x80, _BIAS - magnitude, magnitude - _BIAS)
+    return linear.astype(np.int16)
+
+
+def _encode_table() -> npt.NDArray[np.uint8]:
+    # Index: the 16-bit sample's bit pattern (0..65535); value: its μ-law byte.
+    samples = np.arange(65536, dtype=np.int32)
+    samples = np.where(samples >= 32768, samples - 65536, samples)
+    value = samples >> 2  # audioop keeps the top 14 bits (arithmetic shift)
+    mask = np.where(value < 0, 0x7F, 0xFF)
+    magnitude = np.minimum(np.abs(value), _CLIP) + (_BIAS >> 2)
+    segment = np.searchsorted(_SEGMENT_ENDS, magnitude, side="left")
+    quantised = (np.minimum(segment, 7) << 4) | ((magnitude >> (np.minimum(segment, 7) + 1)) & 0x0F)
+    encoded = np.where(segment >= 8, 0x7F, quantised) ^ mask
+    return encoded.astype(np.uint8)
+
+
+_DECODE: Final = _decode_table()
+_ENCODE: Final = _encode_table()
+
+
+def decode(ulaw: bytes) -> bytes:
+    """μ-law bytes → 16-bit little-endian PCM (``audioop.ulaw2lin(ulaw, 2)``)."""
+    decoded: bytes = (
+        _DECODE[np.frombuffer(ulaw, dtype=np.uint8)].astype("<i2", copy=False).tobytes()
+    )
+    return decoded
+
+
+def encode(pcm: bytes) -> bytes:
+    """16-bit little-endian PCM → μ-law bytes (``audioop.lin2ulaw(pcm, 2)``)."""
+    whole = len(pcm) & ~1
+    patterns = np.frombuffer(pcm, dtype="<u2", count=whole // 2)
+    return _ENCODE[patterns].tobytes()
+
+
+def decode_samples(ulaw: bytes) -> npt.NDArray[np.int16]:
+    """μ-law bytes → int16 samples (for metering and resampling without a bytes round trip)."""
+    return _DECODE[np.frombuffer(ulaw, dtype=np.uint8)]
+
+
+def encode_samples(samples: npt.NDArray[np.int16]) -> bytes:
+    """int16 samples → μ-law bytes."""
+    encoded: bytes = _ENCODE[samples.astype(np.int16, copy=False).view(np.uint16)].tobytes()
+    return encoded
