@@ -62,7 +62,8 @@ def encode(pcm: bytes) -> bytes:
     """16-bit little-endian PCM → μ-law bytes (``audioop.lin2ulaw(pcm, 2)``)."""
     whole = len(pcm) & ~1
     patterns = np.frombuffer(pcm, dtype="<u2", count=whole // 2)
-    return _ENCODE[patterns].tobytes()
+    encoded: bytes = _ENCODE[patterns].tobytes()
+    return encoded
 
 
 def decode_samples(ulaw: bytes) -> npt.NDArray[np.int16]:
