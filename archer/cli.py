@@ -15,11 +15,10 @@ from pathlib import Path
 
 import trio
 
+from archer.db.seed import DEMO_BANK
 from archer.errors import ArcherError, ConfigError
 from archer.logs import configure_logging
 from archer.settings import Settings, load_environ
-
-DEFAULT_SEED = Path(__file__).resolve().parent.parent / "config" / "demo_bank.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +36,38 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("init", help="create the schema (idempotent)")
     seed = db_commands.add_parser("seed", help="load the demo bank (idempotent)")
-    seed.add_argument("--file", type=Path, default=DEFAULT_SEED, help="seed data (JSON)")
+    seed.add_argument("--file", type=Path, default=DEMO_BANK, help="seed data (JSON)")
+    demo = commands.add_parser(
+        "demo", help="one scripted call through Archer and both emulators, no accounts needed"
+    )
+    demo.add_argument(
+        "--transfer", action="store_true", help="the variant that ends in a transfer to a human"
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("archer-demo-caller.wav"), help="what the caller heard"
+    )
+
+    emulate = commands.add_parser("emulate", help="run an emulator against any Archer")
+    emulators = emulate.add_subparsers(dest="emulator", required=True)
+    cartesia = emulators.add_parser(
+        "cartesia", help="a Cartesia Managed Agents server (key: CARTESIA_API_KEY)"
+    )
+    cartesia.add_argument("--host", default="127.0.0.1")
+    cartesia.add_argument("--port", type=int, default=9000)
+    cartesia.add_argument("--script", default="bank_demo", help="agent script (name or path)")
+    call = emulators.add_parser(
+        "call", help="one caller via Twilio (signs with TWILIO_AUTH_TOKEN for WEBHOOK_BASE_URL)"
+    )
+    call.add_argument(
+        "--url", required=True, help="where Archer listens, e.g. http://127.0.0.1:8000"
+    )
+    call.add_argument("--script", default="caller_demo", help="caller script (name or path)")
+    call.add_argument("--from-number", default="+15555550101", help="the caller's number")
+    call.add_argument(
+        "--rest-port", type=int, default=8100, help="port of the emulated Twilio REST API"
+    )
+    call.add_argument("--out", type=Path, help="write what the caller heard to this WAV file")
+
     tools = commands.add_parser("tools", help="the client tools the agent may call")
     tools_commands = tools.add_subparsers(dest="tools_command", required=True)
     tools_commands.add_parser(
@@ -57,7 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_environ(load_environ(os.environ))
-        configure_logging(settings.log_level, settings.log_format)
+        match args.command:
+            case "demo" | "emulate":
+                # People watch these: quiet, readable logs; the progress lines tell the story.
+                configure_logging("warning", "console")
+            case _:
+                configure_logging(settings.log_level, settings.log_format)
         match args.command:
             case "serve":
                 settings.check_serving()
@@ -82,6 +117,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"seeded {admin.describe(settings.database_url)}: {summary}")
             case "tools":
                 print(export_tools())
+            case "demo":
+                from archer.demo import main_demo
+
+                return main_demo(transfer=args.transfer, out=args.out)
+            case "emulate":
+                from archer import emulate
+
+                if args.emulator == "cartesia":
+                    emulate.run_cartesia(
+                        settings, host=args.host, port=args.port, script=args.script
+                    )
+                else:
+                    return emulate.run_call(
+                        settings,
+                        url=args.url,
+                        script=args.script,
+                        from_number=args.from_number,
+                        rest_port=args.rest_port,
+                        out=args.out,
+                    )
     except ConfigError as exc:
         print(f"archer: configuration error: {exc}", file=sys.stderr)
         return 2

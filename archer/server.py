@@ -6,6 +6,7 @@ lifetime: the database engine is opened before serving and disposed after.
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -85,6 +86,8 @@ def hypercorn_config(
     # Live calls get the drain timeout plus the flush after SIGTERM before they are cancelled.
     config.graceful_timeout = settings.drain_timeout + settings.limits.flush_timeout
     config.accesslog = None
+    # Hypercorn's own lines go through the root logger, rendered like Archer's (not twice).
+    config.errorlog = logging.getLogger("hypercorn.error")
     return config
 
 

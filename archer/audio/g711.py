@@ -3,7 +3,7 @@
 Layer: pure audio. No I/O, no trio. The stdlib ``audioop`` is deprecated and gone in Python 3.13,
 so this is Archer's own codec: two lookup tables built once at import from the reference
 algorithm (ITU-T G.711 as implemented by Sun's ``g711.c``, which ``audioop`` uses), then one
-numpy gather per call. Decoding is a 256-entry table; encoding indexes a 65,536-entry table by
+numpy ``take`` per call. Decoding is a 256-entry table; encoding indexes a 65,536-entry table by
 the sample's bit pattern, so it costs the same for every sample and never branches.
 
 PCM is signed 16-bit little-endian mono, as Cartesia's ``pcm_*`` formats and WAV files carry it.
@@ -27,10 +27,11 @@ _SEGMENT_ENDS: Final = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0
 
 
 def _decode_table() -> npt.NDArray[np.int16]:
+    # Little-endian int16, so ``decode``'s bytes are the PCM wire format on any host.
     inverted = ~np.arange(256, dtype=np.int32) & 0xFF
     magnitude = (((inverted & 0x0F) << 3) + _BIAS) << ((inverted & 0x70) >> 4)
     linear = np.where(inverted & 0x80, _BIAS - magnitude, magnitude - _BIAS)
-    return linear.astype(np.int16)
+    return linear.astype("<i2")
 
 
 def _encode_table() -> npt.NDArray[np.uint8]:
@@ -62,16 +63,16 @@ def encode(pcm: bytes) -> bytes:
     """16-bit little-endian PCM → μ-law bytes (``audioop.lin2ulaw(pcm, 2)``)."""
     whole = len(pcm) & ~1
     patterns = np.frombuffer(pcm, dtype="<u2", count=whole // 2)
-    encoded: bytes = _ENCODE[patterns].tobytes()
+    encoded: bytes = _ENCODE.take(patterns).tobytes()
     return encoded
 
 
 def decode_samples(ulaw: bytes) -> npt.NDArray[np.int16]:
     """μ-law bytes → int16 samples (for metering and resampling without a bytes round trip)."""
-    return _DECODE[np.frombuffer(ulaw, dtype=np.uint8)]
+    return _DECODE.take(np.frombuffer(ulaw, dtype=np.uint8))
 
 
 def encode_samples(samples: npt.NDArray[np.int16]) -> bytes:
     """int16 samples → μ-law bytes."""
-    encoded: bytes = _ENCODE[samples.astype(np.int16, copy=False).view(np.uint16)].tobytes()
+    encoded: bytes = _ENCODE.take(samples.astype(np.int16, copy=False).view(np.uint16)).tobytes()
     return encoded

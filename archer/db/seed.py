@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import attrs
 import sqlalchemy as sa
@@ -35,6 +35,10 @@ __all__ = ["DemoBank", "SeedSummary", "load_demo_bank", "seed_demo_bank"]
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
+
+
+#: The demo bank shipped with the repository (``archer db seed`` and ``archer demo`` load it).
+DEMO_BANK: Final = Path(__file__).resolve().parents[2] / "config" / "demo_bank.json"
 
 
 @attrs.frozen(slots=True)

@@ -125,7 +125,7 @@ def twilio_rest_app(state: TwilioRestState) -> QuartTrio:
 
 
 # hypercorn's serve reports readiness through a task_status of its own; this one hands on a URL.
-async def serve_twilio_rest(  # noqa: ASYNC114, ASYNC128
+async def serve_twilio_rest(  # noqa: ASYNC128
     state: TwilioRestState,
     *,
     host: str = "127.0.0.1",

@@ -222,3 +222,94 @@ class OutboundFrames:
     def mark(self, name: str) -> str:
         """A ``mark`` message; Twilio echoes ``name`` when the audio before it has played."""
         return self._mark_prefix + json.dumps(name) + "}}"
+
+
+# --- what a media-stream server sends Twilio, parsed as Twilio checks it -------------------------
+#
+# Archer never parses these itself; the Twilio emulator does, to flag exactly what real Twilio
+# would answer with warning 31951 (reference §3.3): not JSON, an unknown event, a missing or
+# undeclared field at any level, another stream's ``streamSid``, a payload that is not base64.
+
+
+@attrs.frozen(slots=True)
+class OutboundMedia:
+    """Audio for the caller: base64 μ-law, 8 kHz, queued behind what is already playing."""
+
+    payload: str
+
+
+@attrs.frozen(slots=True)
+class OutboundMark:
+    """A label Twilio echoes once everything queued before it has played (or was cleared)."""
+
+    name: str
+
+
+@attrs.frozen(slots=True)
+class OutboundClear:
+    """Drop everything queued for playback; Twilio echoes every pending mark at once."""
+
+
+OutboundEvent = OutboundMedia | OutboundMark | OutboundClear
+
+#: Per outbound event, the keys each level must have: exactly these, no more, no fewer.
+_OUTBOUND_KEYS: Final[Mapping[str, frozenset[str]]] = {
+    "media": frozenset({"event", "streamSid", "media"}),
+    "mark": frozenset({"event", "streamSid", "mark"}),
+    "clear": frozenset({"event", "streamSid"}),
+}
+_OUTBOUND_BODY_KEYS: Final[Mapping[str, frozenset[str]]] = {
+    "media": frozenset({"payload"}),
+    "mark": frozenset({"name"}),
+}
+
+
+def parse_outbound(message: str | bytes, *, stream_sid: str) -> OutboundEvent:
+    """Parse one message a media-stream server sent Twilio on stream ``stream_sid``, strictly.
+
+    Raises:
+        TwilioProtocolError: anything Twilio would flag as 31951: a binary frame, not a JSON
+            object, an unknown event, a missing or extra key at any level, a field of the wrong
+            type, another stream's ``streamSid``, or a payload that is not valid base64.
+    """
+    if isinstance(message, bytes):
+        raise TwilioProtocolError("binary frame; Twilio reads text frames only")
+    try:
+        frame = json.loads(message)
+    except (ValueError, RecursionError):
+        raise TwilioProtocolError("message is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise TwilioProtocolError("message is not a JSON object")
+    event = frame.get("event")
+    if not isinstance(event, str):
+        raise TwilioProtocolError("message has no event name")
+    keys = _OUTBOUND_KEYS.get(event)
+    if keys is None:
+        raise TwilioProtocolError(f"unknown event {event[:40]!r}")
+    _exact_keys(frame, keys, event)
+    sid = frame["streamSid"]
+    if not isinstance(sid, str):
+        raise TwilioProtocolError(f"{event}.streamSid is not a string")
+    if sid != stream_sid:
+        raise TwilioProtocolError(f"{event}.streamSid {sid[:40]!r} is not this stream's")
+    if event == "clear":
+        return OutboundClear()
+    body = frame[event]
+    if not isinstance(body, dict):
+        raise TwilioProtocolError(f"{event}.{event} is not an object")
+    _exact_keys(body, _OUTBOUND_BODY_KEYS[event], f"{event}.{event}")
+    if event == "mark":
+        return OutboundMark(name=_text(body, "name", "mark"))
+    payload = _text(body, "payload", "media")
+    _check_base64(payload)
+    return OutboundMedia(payload=payload)
+
+
+def _exact_keys(obj: Mapping[str, object], expected: frozenset[str], where: str) -> None:
+    present = obj.keys()
+    missing = sorted(expected - present)
+    if missing:
+        raise TwilioProtocolError(f"{where}: missing {', '.join(missing)}")
+    extra = sorted(present - expected)
+    if extra:
+        raise TwilioProtocolError(f"{where}: unexpected {', '.join(k[:40] for k in extra)}")

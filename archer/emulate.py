@@ -1,0 +1,102 @@
+"""``archer emulate cartesia`` and ``archer emulate call``: one emulator, against any Archer.
+
+Layer: cli (wiring). Both read the same settings as ``archer serve`` (environment and ``.env``),
+so one ``.env`` configures Archer and its emulated peers alike: the Cartesia emulator accepts
+``CARTESIA_API_KEY``; the caller signs with ``TWILIO_AUTH_TOKEN`` for ``WEBHOOK_BASE_URL`` and runs
+the emulated Twilio REST API on ``--rest-port`` (point Archer's ``TWILIO_API_BASE_URL`` at it).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+import trio
+
+from archer.audio.wav import Audio, write_wav
+from archer.emulators.cartesia import CartesiaEmulator, load_agent_script, serve_cartesia_emulator
+from archer.emulators.twilio import EmulatedCaller, load_caller_script
+from archer.emulators.twilio_rest import TwilioRestState, serve_twilio_rest
+from archer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from archer.settings import Settings
+
+
+def _print(line: str) -> None:
+    print(f"  · {line}", flush=True)
+
+
+def run_cartesia(settings: Settings, *, host: str, port: int, script: str) -> None:
+    """Serve the Cartesia emulator until interrupted."""
+    if not settings.cartesia_api_key:
+        raise ConfigError("CARTESIA_API_KEY is required: the emulator accepts only that key")
+    emulator = CartesiaEmulator(
+        api_key=settings.cartesia_api_key, script=load_agent_script(script), progress=_print
+    )
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                partial(serve_cartesia_emulator, emulator, host=host, port=port)
+            )
+            print(f"Cartesia emulator on {url} (agent {emulator.agent_id}); Ctrl-C stops it")
+
+    trio.run(main)
+
+
+def run_call(
+    settings: Settings,
+    *,
+    url: str,
+    script: str,
+    from_number: str,
+    rest_port: int,
+    out: Path | None,
+) -> int:
+    """Place one emulated call to the Archer at ``url``; 0 if it was bridged and ended cleanly."""
+    for name, value in (
+        ("WEBHOOK_BASE_URL", settings.webhook_base_url),
+        ("TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
+        ("TWILIO_AUTH_TOKEN", settings.twilio_auth_token),
+    ):
+        if not value:
+            raise ConfigError(f"{name} is required: the emulated Twilio signs with it")
+    rest = TwilioRestState(
+        account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token
+    )
+    caller = EmulatedCaller(
+        archer_url=url.rstrip("/"),
+        public_base_url=settings.webhook_base_url,
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token,
+        from_number=from_number,
+        script=load_caller_script(script),
+        rest=rest,
+        progress=_print,
+    )
+
+    async def main() -> int:
+        async with trio.open_nursery() as nursery:
+            rest_url = await nursery.start(partial(serve_twilio_rest, rest, port=rest_port))
+            print(f"emulated Twilio REST API on {rest_url}; calling {url} from {from_number}")
+            outcome = await caller.run()
+            nursery.cancel_scope.cancel()
+        if out is not None:
+            write_wav(out, Audio(8000, "mulaw", outcome.heard))
+        print(
+            f"call {outcome.call_sid}: ended by {outcome.ended_by}, "
+            f"{outcome.media_frames_received} media frames heard, "
+            f"{len(outcome.invalid)} invalid messages from Archer"
+        )
+        for problem in outcome.invalid:
+            print(f"  ✗ {problem}")
+        return (
+            0
+            if outcome.ended_by in ("caller", "archer", "twilio_rest") and not outcome.invalid
+            else 1
+        )
+
+    return trio.run(main)
