@@ -193,8 +193,9 @@ def format_record(result: DemoResult) -> str:
     lines.append("turns:")
     for turn in record.turns:
         cut = "  [interrupted]" if turn.interrupted else ""
+        heard = f"  (heard {turn.heard_ms / 1000:.1f} s)" if turn.heard_ms is not None else ""
         who = "agent " if turn.role == "assistant" else "caller"
-        lines.append(f"  {turn.turn:>2} {who} {turn.text}{cut}")
+        lines.append(f"  {turn.turn:>2} {who} {turn.text}{cut}{heard}")
     lines.append("tool calls:")
     for tool in record.tool_calls:
         took = (

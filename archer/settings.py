@@ -22,6 +22,7 @@ from archer.errors import ConfigError
 AUDIO_FORMATS: Final = ("mulaw_8000", "pcm_16000", "pcm_24000", "pcm_44100")
 PROTOCOLS: Final = ("managed", "line")
 LOG_FORMATS: Final = ("json", "console")
+RESAMPLE_QUALITIES: Final = ("qq", "lq", "mq", "hq", "vhq")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 #: Variables ``archer serve`` cannot run without (the rest have defaults).
@@ -75,6 +76,8 @@ class Settings:
     cartesia_protocol: str = "managed"
     cartesia_audio_format: str = "mulaw_8000"
     cartesia_voice_id: str = ""
+    #: soxr quality for PCM agent formats (see bench/resample_quality.py for the trade-off).
+    resample_quality: str = "HQ"
     human_agent_number: str = ""
     log_level: str = "info"
     log_format: str = "json"
@@ -120,6 +123,7 @@ class Settings:
             cartesia_protocol=env.choice("CARTESIA_PROTOCOL", "managed", PROTOCOLS),
             cartesia_audio_format=env.choice("CARTESIA_AUDIO_FORMAT", "mulaw_8000", AUDIO_FORMATS),
             cartesia_voice_id=env.text("CARTESIA_VOICE_ID", ""),
+            resample_quality=env.choice("RESAMPLE_QUALITY", "hq", RESAMPLE_QUALITIES).upper(),
             human_agent_number=env.text("HUMAN_AGENT_NUMBER", ""),
             log_level=env.choice("LOG_LEVEL", "info", LOG_LEVELS),
             log_format=env.choice("LOG_FORMAT", "json", LOG_FORMATS),
@@ -149,11 +153,6 @@ class Settings:
             raise ConfigError(
                 f"CARTESIA_PROTOCOL={self.cartesia_protocol} is not supported by this version"
                 " (only 'managed')"
-            )
-        if self.cartesia_audio_format != "mulaw_8000":
-            raise ConfigError(
-                f"CARTESIA_AUDIO_FORMAT={self.cartesia_audio_format} is not supported by this"
-                " version (only 'mulaw_8000')"
             )
 
     @property

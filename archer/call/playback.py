@@ -5,8 +5,14 @@ Layer: call. Owned by one call; touched only on the trio thread.
 Rules (../shared/reference/twilio-media-streams.md §3.4): a mark sent after some audio comes
 back once that audio has played. On a clear, Twilio drops its buffer and echoes every pending
 mark at once: those were discarded, not heard. So ``interrupt()`` settles every pending mark as
-*not heard* the moment Archer decides to clear, and the echoes that follow are ignored. Every
-clear also starts a new epoch; audio and marks queued under an older epoch are never sent.
+*not heard* the moment Archer decides to clear, and the echoes that follow are ignored.
+
+- Every clear starts a new epoch; audio and marks queued under an older epoch are never sent.
+- After a clear, audio of the interrupted turn that is still arriving is dropped: the gate
+  opens again when the agent starts a new turn, or when the caller's turn ends (whatever the
+  agent says next is an answer, not the rest of the old one).
+- Progress marks go out behind the agent's audio every ``MARK_INTERVAL_MS`` of a turn and at its
+  end; each carries how much of the turn had been queued, so an echo says how much was heard.
 """
 
 from __future__ import annotations
@@ -20,13 +26,27 @@ import trio
 #: After a lead-in's last mark comes back, wait this long for more of it before calling it done
 #: (the agent may still be streaming the end of the sentence).
 SETTLE_SECONDS: Final = 0.4
+#: A progress mark follows this much of a turn's audio: the resolution of ``heard_ms``, at the
+#: cost of one small Twilio message per 100 ms of agent speech.
+MARK_INTERVAL_MS: Final = 100
 
 
 @attrs.define
 class _PendingMark:
     epoch: int
+    #: For progress marks: the agent turn and how many ms of it precede the mark.
+    turn: int | None = None
+    turn_ms: int = 0
     settled: trio.Event = attrs.Factory(trio.Event)
     heard: bool = False
+
+
+@attrs.frozen(slots=True)
+class Heard:
+    """An echoed progress mark: the caller has heard ``ms`` milliseconds of agent turn ``turn``."""
+
+    turn: int
+    ms: int
 
 
 PlaceMark = Callable[[str, int], Awaitable[None]]
@@ -39,35 +59,60 @@ class Playback:
     epoch: int = 0
     #: Agent audio chunks queued for the caller so far (all epochs).
     chunks_queued: int = 0
+    #: The agent turn whose audio is arriving (None before the agent's first turn).
+    turn: int | None = None
+    #: Milliseconds of the current turn's audio queued so far.
+    turn_ms: int = 0
+    #: True from a clear until a new agent turn (or the end of the caller's turn).
+    gated: bool = False
+    #: Chunks of interrupted turns dropped at the gate.
+    stale_chunks: int = 0
     _pending: dict[str, _PendingMark] = attrs.Factory(dict)
     _marks_made: int = 0
     _arrival: trio.Event | None = None
 
-    def audio_queued(self) -> None:
-        """Agent audio was queued for the caller (called per chunk: constant time, no alloc)."""
+    def start_turn(self, turn: int) -> None:
+        """The agent started turn ``turn``: its audio is welcome again."""
+        self.turn, self.turn_ms, self.gated = turn, 0, False
+
+    def open_gate(self) -> None:
+        """The caller finished speaking: what the agent sends next is a new answer."""
+        self.gated = False
+
+    def audio_queued(self, milliseconds: int) -> None:
+        """Agent audio was queued for the caller (per chunk: constant time, no allocation)."""
         self.chunks_queued += 1
+        self.turn_ms += milliseconds
         if self._arrival is not None:
             self._arrival.set()
             self._arrival = None
 
     def interrupt(self) -> None:
-        """The caller barged in: start a new epoch; nothing pending was heard."""
+        """The caller barged in: start a new epoch, close the gate; nothing pending was heard."""
         self.epoch += 1
+        self.gated = True
         for pending in self._pending.values():
             pending.settled.set()
         self._pending.clear()
 
-    def mark_echoed(self, name: str) -> None:
-        """Twilio echoed ``name``: the audio before it has played (unless already cleared)."""
-        pending = self._pending.pop(name, None)
-        if pending is not None:
-            pending.heard = True
-            pending.settled.set()
+    def progress_mark(self, turn: int, turn_ms: int) -> str:
+        """Register a mark that, when echoed, means ``turn_ms`` of ``turn`` was heard."""
+        name, _ = self._new_mark(turn=turn, turn_ms=turn_ms)
+        return name
 
-    def _new_mark(self) -> tuple[str, _PendingMark]:
+    def mark_echoed(self, name: str) -> Heard | None:
+        """Twilio echoed ``name``: what was heard (None: not a progress mark, or cleared)."""
+        pending = self._pending.pop(name, None)
+        if pending is None:
+            return None
+        pending.heard = True
+        pending.settled.set()
+        return None if pending.turn is None else Heard(pending.turn, pending.turn_ms)
+
+    def _new_mark(self, *, turn: int | None = None, turn_ms: int = 0) -> tuple[str, _PendingMark]:
         self._marks_made += 1
         name = f"archer-{self.epoch}-{self._marks_made}"
-        pending = self._pending[name] = _PendingMark(self.epoch)
+        pending = self._pending[name] = _PendingMark(self.epoch, turn, turn_ms)
         return name, pending
 
     async def wait_until_heard(self, place_mark: PlaceMark, *, since_epoch: int) -> bool:

@@ -1,23 +1,28 @@
-"""The tasks of one call: caller → agent, agent → caller, and the agent keepalive.
+"""The tasks of one call: caller → agent, agent → caller, and the two keepalives.
 
 Layer: call. Each function is one child of the per-call nursery in ``archer.call.session``; it
-sees ports and channels only.
+sees ports, channels, the call's ``Transcoder`` and its ``Playback``, nothing else.
 
 Rules: live audio never back-pressures a reader. The Twilio reader hands caller audio on with
 ``send_nowait`` and counts a drop when the uplink is full; the agent reader does the same for
-agent audio. Control events (DTMF, clear) use a blocking ``send``: they are rare and must not
-be lost. Each pump owns the channel ends it uses and closes them when it returns, so its
-partner sees ``EndOfChannel`` rather than hanging. Nothing here logs per frame.
+agent audio. Control events (DTMF, clear, marks) use a blocking ``send``: they are rare and must
+not be lost. Each pump owns the channel ends it uses and closes them when it returns, so its
+partner sees ``EndOfChannel`` rather than hanging. Nothing here logs per frame, and in μ-law
+passthrough a frame costs one channel hop and no decoding (issue 7 measures the rest).
 """
 
 from __future__ import annotations
 
+import binascii
+import contextlib
 from typing import TYPE_CHECKING, Final, assert_never
 
 import attrs
 import structlog
 import trio
 
+from archer.audio.dtmf import dtmf_tone
+from archer.audio.transcoder import FRAME_BYTES
 from archer.call.events import (
     AgentAudio,
     AgentClear,
@@ -29,10 +34,12 @@ from archer.call.events import (
     TurnStarted,
     TurnTextDelta,
 )
+from archer.call.playback import MARK_INTERVAL_MS
 from archer.errors import AgentUnresponsiveError, TwilioProtocolError
 from archer.twilio.frames import Dtmf, Mark, Media, Stop
 
 if TYPE_CHECKING:
+    from archer.audio.transcoder import Transcoder
     from archer.call.playback import Playback
     from archer.call.ports import AgentStream, TwilioStream
     from archer.call.state import CallState
@@ -46,6 +53,11 @@ UPLINK_BUFFER: Final = 10
 #: Agent audio waiting for the Twilio socket. The agent paces at speaking speed, so this only
 #: fills if Twilio's socket stalls; 50 chunks is a second or more of speech.
 DOWNLINK_BUFFER: Final = 50
+#: How often the inbound keepalive looks for a stalled Twilio stream, and how much silence it
+#: sends the agent for each stalled period.
+INBOUND_CHECK_MS: Final = 250
+#: Milliseconds per byte of μ-law at 8 kHz is 1/8.
+_ULAW_BYTES_PER_MS: Final = 8
 
 
 @attrs.frozen(slots=True)
@@ -55,17 +67,30 @@ class CallerDtmf:
     digit: str
 
 
+@attrs.frozen(slots=True)
+class CallerSilence:
+    """Silence to send the agent while Twilio's audio has stalled."""
+
+    milliseconds: int
+
+
 #: Caller audio travels as its bare base64 ``str`` (no wrapper object per frame).
-UplinkItem = str | CallerDtmf
+UplinkItem = str | CallerDtmf | CallerSilence
 
 
 @attrs.frozen(slots=True)
 class AgentChunk:
-    """Agent audio on its way to the caller, tagged with the playback epoch it belongs to
-    (``archer.call.playback``): chunks of an interrupted epoch are never sent."""
+    """Agent audio (base64 μ-law) on its way to the caller.
+
+    ``epoch``: chunks of an interrupted epoch are never sent (``archer.call.playback``).
+    ``turn``/``turn_ms``: the agent turn it belongs to and how much of that turn has been
+    queued up to and including it (None for audio outside a turn, such as DTMF tones).
+    """
 
     payload: str
     epoch: int
+    turn: int | None = None
+    turn_ms: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -81,8 +106,23 @@ class SendMark:
     epoch: int
 
 
+@attrs.frozen(slots=True)
+class TurnFinished:
+    """The agent's turn is over: mark its end so its last audio counts as heard when played."""
+
+    turn: int
+    turn_ms: int
+    epoch: int
+
+
 CLEAR_PLAYBACK: Final = ClearPlayback()
-DownlinkItem = AgentChunk | ClearPlayback | SendMark
+DownlinkItem = AgentChunk | ClearPlayback | SendMark | TurnFinished
+
+
+def _ulaw_ms(payload: str) -> int:
+    """Milliseconds of base64 μ-law audio, from the text's length alone (no decoding)."""
+    padding = payload.endswith("=") + payload.endswith("==")
+    return (len(payload) // 4 * 3 - padding) // _ULAW_BYTES_PER_MS
 
 
 async def receive_from_twilio(
@@ -99,7 +139,6 @@ async def receive_from_twilio(
 
     Cancellation: returns nothing; frames already handed on stay in the uplink.
     """
-    malformed = 0
     with uplink:
         while True:
             try:
@@ -107,8 +146,8 @@ async def receive_from_twilio(
             except trio.EndOfChannel:
                 return "twilio_disconnected"
             except TwilioProtocolError as exc:
-                malformed += 1
-                if malformed == 1:
+                call.frames_malformed += 1
+                if call.frames_malformed == 1:
                     log.warning("twilio.malformed_frame", error=str(exc))
                 continue
             match event:
@@ -121,29 +160,35 @@ async def receive_from_twilio(
                 case Dtmf(digit=digit):
                     await uplink.send(CallerDtmf(digit))
                 case Mark(name=name):
-                    playback.mark_echoed(name)
+                    heard = playback.mark_echoed(name)
+                    if heard is not None:
+                        call.turn_heard(heard.turn, heard.ms)
                 case Stop():
-                    if malformed:
-                        log.warning("twilio.malformed_frames", count=malformed)
                     return "caller_hangup"
                 case _:
                     assert_never(event)
 
 
 async def forward_to_agent(
-    agent: AgentStream, uplink: trio.MemoryReceiveChannel[UplinkItem]
+    agent: AgentStream,
+    uplink: trio.MemoryReceiveChannel[UplinkItem],
+    transcoder: Transcoder,
 ) -> None:
-    """Send caller audio and DTMF to the agent, in arrival order (μ-law passthrough).
+    """Send caller audio (transcoded if the agent wants PCM) and DTMF to the agent, in order.
 
     Cancellation: whatever is still in the uplink is dropped with the call.
     """
     async with uplink:
         async for item in uplink:
             if type(item) is str:
-                await agent.send_audio(item)
-            else:
-                assert isinstance(item, CallerDtmf)
+                converted = transcoder.to_agent(item)
+                if converted is not None:
+                    await agent.send_audio(converted)
+            elif type(item) is CallerDtmf:
                 await agent.send_dtmf(item.digit)
+            else:
+                assert isinstance(item, CallerSilence)
+                await agent.send_audio(transcoder.silence_for_agent(item.milliseconds))
 
 
 async def receive_from_agent(
@@ -151,6 +196,7 @@ async def receive_from_agent(
     downlink: trio.MemorySendChannel[DownlinkItem],
     call: CallState,
     playback: Playback,
+    transcoder: Transcoder,
     tools: ToolRunner,
 ) -> None:
     """Read agent events until the agent hangs up; return normally on ``AgentHangup``.
@@ -160,37 +206,57 @@ async def receive_from_agent(
 
     Cancellation: tool requests already submitted keep running until the call nursery ends.
     """
-    unsupported_dtmf_logged = False
+
+    def queue(frames: list[str], *, turn: int | None) -> None:
+        for frame in frames:
+            playback.audio_queued(_ulaw_ms(frame))
+            try:
+                downlink.send_nowait(AgentChunk(frame, playback.epoch, turn, playback.turn_ms))
+            except trio.WouldBlock:
+                call.frames_dropped += 1
+
     with downlink:
         while True:
             event = await agent.receive()
             match event:
                 case AgentAudio(payload=payload):
-                    try:
-                        downlink.send_nowait(AgentChunk(payload, playback.epoch))
-                    except trio.WouldBlock:
-                        call.frames_dropped += 1
-                    else:
-                        playback.audio_queued()
+                    if playback.gated:
+                        playback.stale_chunks += 1  # the rest of an interrupted turn
+                        continue
+                    if playback.turn is not None and playback.turn_ms == 0:
+                        call.turn_audible(playback.turn)
+                    queue(transcoder.to_caller(payload), turn=playback.turn)
                 case AgentClear():
                     # The epoch changes first, so chunks already queued are dropped even before
                     # the downlink reaches the clear.
                     playback.interrupt()
+                    transcoder.interrupted()
+                    call.barge_ins += 1
                     await downlink.send(CLEAR_PLAYBACK)
                 case ToolCallRequest():
                     await tools.submit(event, playback_epoch=playback.epoch)
-                case TurnStarted():
+                case TurnStarted(turn=turn, role=role):
                     call.turn_started(event)
+                    if role == "assistant":
+                        playback.start_turn(turn)
                 case TurnTextDelta():
                     call.turn_text(event)
-                case TurnEnded():
+                case TurnEnded(turn=turn, role=role):
                     call.turn_ended(event)
+                    if role == "user":
+                        playback.open_gate()
+                    elif turn == playback.turn and not playback.gated:
+                        queue(transcoder.end_of_turn(), turn=turn)
+                        await downlink.send(TurnFinished(turn, playback.turn_ms, playback.epoch))
                 case AgentDtmf(digit=digit):
-                    # Media Streams has no outbound DTMF message; tones are synthesised on the
-                    # audio path. Until then the digit is logged, not sent.
-                    if not unsupported_dtmf_logged:
-                        log.warning("agent.dtmf_not_played", digit=digit)
-                        unsupported_dtmf_logged = True
+                    # Media Streams has no outbound DTMF message: the caller hears real tones.
+                    tone = dtmf_tone(digit)
+                    frames = [
+                        binascii.b2a_base64(tone[i : i + FRAME_BYTES], newline=False).decode()
+                        for i in range(0, len(tone), FRAME_BYTES)
+                    ]
+                    queue(frames, turn=None)
+                    log.info("agent.dtmf", digit=digit)
                 case AgentNotice(code=code, message=message):
                     log.warning("agent.notice", code=code, message=message)
                 case AgentHangup(reason=reason):
@@ -208,8 +274,12 @@ async def play_to_caller(
 ) -> None:
     """Send agent audio, marks and clears to Twilio; the only task writing to that socket.
 
+    A progress mark follows every ``MARK_INTERVAL_MS`` of a turn's audio and its end, so the
+    echoes tell how much of each turn the caller heard.
+
     Cancellation: queued agent audio is dropped; nothing half-sent is left behind.
     """
+    marked_turn, marked_ms = None, 0
     async with downlink:
         async for item in downlink:
             if type(item) is AgentChunk:
@@ -217,6 +287,19 @@ async def play_to_caller(
                     continue  # queued before the caller interrupted: never play it
                 await twilio.send_media(item.payload)
                 call.frames_out += 1
+                if item.turn is not None:
+                    if item.turn != marked_turn:
+                        marked_turn, marked_ms = item.turn, 0
+                    if item.turn_ms - marked_ms >= MARK_INTERVAL_MS:
+                        marked_ms = item.turn_ms
+                        await twilio.send_mark(playback.progress_mark(item.turn, item.turn_ms))
+            elif type(item) is TurnFinished:
+                if item.epoch == playback.epoch and (item.turn, item.turn_ms) != (
+                    marked_turn,
+                    marked_ms,
+                ):
+                    marked_turn, marked_ms = item.turn, item.turn_ms
+                    await twilio.send_mark(playback.progress_mark(item.turn, item.turn_ms))
             elif type(item) is SendMark:
                 if item.epoch == playback.epoch:  # an older mark was settled by the clear
                     await twilio.send_mark(item.name)
@@ -235,3 +318,24 @@ async def keep_agent_alive(agent: AgentStream, interval: float) -> None:
             await agent.ping()
         if deadline.cancelled_caught:
             raise AgentUnresponsiveError(f"agent did not answer a ping within {interval:g} s")
+
+
+async def fill_inbound_gaps(uplink: trio.MemorySendChannel[UplinkItem], call: CallState) -> None:
+    """While Twilio's audio has stalled, send the agent silence so its idle rules stay quiet.
+
+    Looks every ``INBOUND_CHECK_MS``: a period with no caller frame is counted in
+    ``call.inbound_gap_ms`` and filled with that much silence. Costs no work per frame.
+
+    Cancellation: stops filling; nothing is left behind.
+    """
+    with uplink:
+        seen = call.frames_in
+        while True:
+            await trio.sleep(INBOUND_CHECK_MS / 1000)
+            if call.frames_in != seen:
+                seen = call.frames_in
+                continue
+            call.inbound_gap_ms += INBOUND_CHECK_MS
+            # A full uplink means the agent socket is busy anyway: nothing to keep alive.
+            with contextlib.suppress(trio.WouldBlock):
+                uplink.send_nowait(CallerSilence(INBOUND_CHECK_MS))

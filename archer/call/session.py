@@ -23,6 +23,7 @@ import attrs
 import structlog
 import trio
 
+from archer.audio.transcoder import transcoder_for
 from archer.call.control import CallControl
 from archer.call.playback import Playback
 from archer.call.ports import AgentSession
@@ -31,6 +32,7 @@ from archer.call.pumps import (
     UPLINK_BUFFER,
     DownlinkItem,
     UplinkItem,
+    fill_inbound_gaps,
     forward_to_agent,
     keep_agent_alive,
     play_to_caller,
@@ -49,6 +51,7 @@ from archer.errors import (
 from archer.logs import mask_phone
 
 if TYPE_CHECKING:
+    from archer.audio.transcoder import Transcoder
     from archer.call.ports import AgentConnector, AgentStream, CallStore, TwilioStream
     from archer.call.records import CallRecord
     from archer.call.state import CallState
@@ -67,6 +70,7 @@ async def run_call(
     tools: ToolRegistry,
     *,
     limits: CallLimits,
+    transcoder: Transcoder,
 ) -> None:
     """Bridge one call until either side hangs up or the call reaches its maximum length.
 
@@ -101,15 +105,18 @@ async def run_call(
             )
 
             async def until_agent_hangs_up() -> None:
-                await receive_from_agent(agent, downlink_send, call, playback, tool_runner)
+                await receive_from_agent(
+                    agent, downlink_send, call, playback, transcoder, tool_runner
+                )
                 call.finish("completed", "agent_hangup")
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(until_agent_hangs_up)
-            nursery.start_soon(forward_to_agent, agent, uplink_receive)
+            nursery.start_soon(forward_to_agent, agent, uplink_receive, transcoder)
             nursery.start_soon(play_to_caller, twilio, downlink_receive, call, playback)
             nursery.start_soon(tool_runner.run)
             nursery.start_soon(keep_agent_alive, agent, limits.agent_ping_interval)
+            nursery.start_soon(fill_inbound_gaps, uplink_send.clone(), call)
             end_reason = await receive_from_twilio(twilio, uplink_send, call, playback)
             call.finish("completed", end_reason)
             nursery.cancel_scope.cancel()
@@ -126,6 +133,7 @@ async def bridge_call(
     *,
     limits: CallLimits,
     audio_format: str,
+    resample_quality: str = "HQ",
 ) -> None:
     """Open the agent session and run the call; every failure is recorded on ``call``.
 
@@ -145,7 +153,14 @@ async def bridge_call(
         async with agents.open_session(session) as agent:
             call.agent_call_id = agent.agent_call_id
             log.info("agent.ready", agent_call_id=agent.agent_call_id)
-            await run_call(call, twilio, agent, tools, limits=limits)
+            await run_call(
+                call,
+                twilio,
+                agent,
+                tools,
+                limits=limits,
+                transcoder=transcoder_for(audio_format, quality=resample_quality),
+            )
     # Handlers in order of precedence: the first one to finish the call names its end.
     except* AgentUnavailableError as group:
         _fail(call, _leaves(group)[0].end_reason, group)

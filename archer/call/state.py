@@ -55,6 +55,12 @@ class CallState:
     frames_in: int = 0
     frames_out: int = 0
     frames_dropped: int = 0
+    #: Twilio frames that could not be parsed (skipped; the call went on).
+    frames_malformed: int = 0
+    #: Times the caller interrupted the agent (agent clears).
+    barge_ins: int = 0
+    #: Milliseconds Twilio's audio stalled, filled with silence towards the agent.
+    inbound_gap_ms: int = 0
     status: CallStatus = "in_progress"
     end_reason: str | None = None
     error: str | None = None
@@ -140,6 +146,18 @@ class CallState:
         if draft.start_time is None:
             draft.start_time = event.start_time
 
+    def turn_audible(self, turn: int) -> None:
+        """The agent's turn has audio on its way to the caller: it has been heard 0 ms so far."""
+        draft = self._turns.get(turn)
+        if draft is not None and draft.heard_ms is None:
+            draft.heard_ms = 0
+
+    def turn_heard(self, turn: int, milliseconds: int) -> None:
+        """Twilio confirmed the caller heard ``milliseconds`` of the agent's ``turn``."""
+        draft = self._turns.get(turn)
+        if draft is not None:
+            draft.heard_ms = max(draft.heard_ms or 0, milliseconds)
+
     @property
     def turn_count(self) -> int:
         return len(self._turns)
@@ -211,6 +229,9 @@ class CallState:
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "frames_dropped": self.frames_dropped,
+            "frames_malformed": self.frames_malformed,
+            "barge_ins": self.barge_ins,
+            "inbound_gap_ms": self.inbound_gap_ms,
             "turns": self.turn_count,
             "tool_calls": self.tool_call_count,
             "agent_call_id": self.agent_call_id,

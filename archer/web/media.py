@@ -70,6 +70,7 @@ def media_blueprint(services: Services) -> Blueprint:
                     services.tools,
                     limits=limits,
                     audio_format=settings.cartesia_audio_format,
+                    resample_quality=settings.resample_quality,
                 )
             finally:
                 # Nothing finished the call: quart-trio cancelled us because the socket went.

@@ -15,7 +15,6 @@ import attrs
 import pytest
 import sqlalchemy as sa
 import trio
-from archer.db.bank import SqlBankStore
 
 from archer.bank.tools import LOCKED, NO_CUSTOMER, NOT_VERIFIED, bank_tools
 from archer.call.control import CallControl
@@ -23,6 +22,7 @@ from archer.call.playback import Playback
 from archer.call.pumps import DownlinkItem
 from archer.call.state import CallState
 from archer.call.tools import CallerVerification, ToolContext, ToolRegistry
+from archer.db.bank import SqlBankStore
 from archer.db.engine import init_schema
 from archer.db.seed import seed_demo_bank
 from archer.db.store import SqlCallStore

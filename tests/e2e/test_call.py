@@ -75,6 +75,7 @@ async def running_system(
     tools: ToolRegistry | None = E2E_TOOLS,
     twilio_api_base_url: str = "https://api.twilio.invalid",
     human_agent_number: str = "",
+    audio_format: str = "mulaw_8000",
 ) -> AsyncIterator[System]:
     """Archer (with ``tools``; None for the real banking tools) and its agent, on loopback."""
     async with trio.open_nursery() as nursery:
@@ -83,6 +84,7 @@ async def running_system(
         settings = Settings(
             twilio_api_base_url=twilio_api_base_url,
             human_agent_number=human_agent_number,
+            cartesia_audio_format=audio_format,
             database_url=database_url,
             webhook_base_url=PUBLIC_BASE_URL,
             twilio_account_sid="AC" + "e2e2" * 8,
@@ -135,7 +137,12 @@ async def conversation(peer: AgentPeer) -> None:
     for tag in range(20):
         await peer.send(managed.audio_output(audio(150 + tag)))
     await peer.send(managed.audio_output_clear())
+    await peer.send(managed.audio_output(audio(199)))  # the interrupted turn's tail: dropped
+    await peer.send(managed.turn_started(2, "assistant", 1.5))
     await peer.send(managed.audio_output(audio(200)))
+    await peer.send(
+        managed.turn_ended(2, "assistant", "Sure.", interrupted=False, start_time=1.5, end_time=1.6)
+    )
     await peer.wait_for(lambda events: _count(managed.DtmfInput)(events) >= 1)
     await peer.send(
         managed.client_tool_call(
@@ -143,10 +150,10 @@ async def conversation(peer: AgentPeer) -> None:
         )
     )
     await peer.wait_for(lambda events: _count(managed.ClientToolResult)(events) >= 1)
-    await peer.send(managed.turn_started(2, "user", 2.0))
+    await peer.send(managed.turn_started(3, "user", 2.0))
     await peer.send(
         managed.turn_ended(
-            2, "user", "What's my balance?", interrupted=False, start_time=2.0, end_time=3.0
+            3, "user", "What's my balance?", interrupted=False, start_time=2.0, end_time=3.0
         )
     )
 
@@ -230,7 +237,8 @@ async def test_a_whole_call_is_bridged_and_recorded(database_url: str) -> None:
         )
         assert [(t.turn, t.role, t.text, t.interrupted) for t in record.turns] == [
             (1, "assistant", "Hello, how can I help?", False),
-            (2, "user", "What's my balance?", False),
+            (2, "assistant", "Sure.", False),
+            (3, "user", "What's my balance?", False),
         ]
         [tool_call] = record.tool_calls
         assert (tool_call.name, tool_call.is_error) == ("echo", False)

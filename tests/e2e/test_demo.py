@@ -9,7 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from archer.audio.clips import speech_clip
+from archer.call.playback import MARK_INTERVAL_MS
 from archer.demo import run_demo
+
+
+def _leading_frames_heard(heard: bytes, clip: str) -> int:
+    """How many of the clip's 20 ms frames, from its start, reached the caller."""
+    audio = speech_clip(clip)
+    count = 0
+    while count * 160 < len(audio) and audio[count * 160 : (count + 1) * 160] in heard:
+        count += 1
+    return count
 
 
 def _played(heard: bytes, clip: str, *, part: slice) -> bool:
@@ -30,6 +40,14 @@ async def test_the_demo_call_is_complete_and_correct(tmp_path: Path) -> None:
     assert not _played(heard, "agent_balance", part=slice(-8000, None))
     assert _played(heard, "agent_goodbye", part=slice(0, 800))
     assert any("barge-in" in line for line in lines)
+    # What the record says the caller heard of the interrupted answer is what the emulated
+    # playout buffer played, to within one progress mark (100 ms) and one frame.
+    assert result.stored is not None
+    [cut] = [t for t in result.stored.record.turns if t.role == "assistant" and t.interrupted]
+    played_ms = _leading_frames_heard(heard, "agent_balance") * 20
+    assert cut.heard_ms is not None
+    assert 0 <= played_ms - cut.heard_ms <= MARK_INTERVAL_MS + 20, (played_ms, cut.heard_ms)
+    assert played_ms > 1000  # the caller did hear the start of the answer
 
 
 async def test_the_transfer_demo_ends_with_the_human(tmp_path: Path) -> None:

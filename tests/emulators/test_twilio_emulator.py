@@ -136,6 +136,7 @@ async def banking_agent(peer: AgentPeer) -> None:
         await peer.send(managed.audio_output(audio(0x40)))
     await trio.sleep(0.3)
     await peer.send(managed.audio_output_clear())
+    await peer.send(managed.turn_started(2, "assistant", 1.0))  # the answer after the barge-in
     for _ in range(5):
         await peer.send(managed.audio_output(audio(0x50)))
     await peer.wait_for(lambda events: _count(managed.DtmfInput, events) >= 2)

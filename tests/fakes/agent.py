@@ -7,6 +7,7 @@ reads what Archer sent from ``received`` as ``("audio", payload)``, ``("dtmf", d
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -114,6 +115,14 @@ class FakeAgent:
 
     def sent(self, kind: str) -> list[object]:
         return [value for sent_kind, value in self.received if sent_kind == kind]
+
+    def speech(self) -> list[str]:
+        """Caller audio received, leaving out the silence Archer fills Twilio's gaps with."""
+        return [
+            payload
+            for payload in self.sent("audio")
+            if isinstance(payload, str) and set(base64.b64decode(payload)) - {0xFF, 0x00}
+        ]
 
 
 @attrs.define
