@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Final
 import attrs
 from quart_trio import QuartTrio
 
+from archer.web.drain import Drain
 from archer.web.health import health_blueprint
 from archer.web.media import media_blueprint
 from archer.web.status import status_blueprint
 from archer.web.voice import voice_blueprint
 
 if TYPE_CHECKING:
-    from archer.call.ports import AgentConnector, CallStore
+    from archer.call.ports import AgentConnector, CallStore, RecordSpool
     from archer.call.tools import ToolRegistry
     from archer.settings import Settings
     from archer.twilio.signature import SignatureChecker
@@ -36,6 +37,8 @@ class Services:
     agents: AgentConnector
     tools: ToolRegistry
     signatures: SignatureChecker
+    spool: RecordSpool
+    drain: Drain = attrs.Factory(Drain)
 
 
 def create_app(services: Services) -> QuartTrio:

@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     call.add_argument("--out", type=Path, help="write what the caller heard to this WAV file")
 
+    spool = commands.add_parser("spool", help="call records the database did not take")
+    spool_commands = spool.add_subparsers(dest="spool_command", required=True)
+    spool_commands.add_parser("replay", help="save every spooled record now (SPOOL_PATH)")
+
     tools = commands.add_parser("tools", help="the client tools the agent may call")
     tools_commands = tools.add_subparsers(dest="tools_command", required=True)
     tools_commands.add_parser(
@@ -83,6 +87,18 @@ def export_tools() -> str:
     return json.dumps([dict(d.raw) for d in load_definitions()], indent=2)
 
 
+async def replay_spool(settings: Settings) -> int:
+    """Save the spooled records now; the number still waiting (the database still down)."""
+    from archer.db.spool import JsonlSpool
+    from archer.db.store import SqlCallStore
+
+    store = SqlCallStore.open(settings.database_url, pool_size=1)
+    try:
+        return await JsonlSpool(Path(settings.spool_path)).replay(store)
+    finally:
+        await store.aclose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -92,7 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # People watch these: quiet, readable logs; the progress lines tell the story.
                 configure_logging("warning", "console")
             case _:
-                configure_logging(settings.log_level, settings.log_format)
+                configure_logging(
+                    settings.log_level,
+                    settings.log_format,
+                    secrets=(settings.twilio_auth_token, settings.cartesia_api_key),
+                )
         match args.command:
             case "serve":
                 settings.check_serving()
@@ -117,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"seeded {admin.describe(settings.database_url)}: {summary}")
             case "tools":
                 print(export_tools())
+            case "spool":
+                waiting = trio.run(replay_spool, settings)
+                print(f"{waiting} records still waiting in {settings.spool_path}")
+                return 0 if waiting == 0 else 1
             case "demo":
                 from archer.demo import main_demo
 

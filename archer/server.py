@@ -10,7 +10,9 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
+from typing import Final
 
 import structlog
 import trio
@@ -23,6 +25,7 @@ from archer.call.tools import ToolRegistry
 from archer.cartesia.client import CartesiaManagedConnector
 from archer.db.bank import SqlBankStore
 from archer.db.engine import init_schema
+from archer.db.spool import JsonlSpool, run_spool_replay
 from archer.db.store import SqlCallStore
 from archer.errors import StoreError
 from archer.settings import Settings
@@ -31,10 +34,13 @@ from archer.twilio.signature import SignatureChecker
 
 log = structlog.get_logger(__name__)
 
+#: After the drain, connections still open get this long before hypercorn cancels them.
+SHUTDOWN_GRACE: Final = 1.0
+
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, tools: ToolRegistry | None = None
+    settings: Settings, *, spool: JsonlSpool, tools: ToolRegistry | None = None
 ) -> AsyncIterator[Services]:
     """Open the database (creating the schema if needed) and build the app's services.
 
@@ -69,6 +75,7 @@ async def open_services(
             ),
             tools=tools,
             signatures=SignatureChecker(settings.twilio_auth_token),
+            spool=spool,
         )
     finally:
         telephony.close()
@@ -83,8 +90,9 @@ def hypercorn_config(
     config = Config.from_toml(path) if path is not None else Config()
     config.bind = [f"{host}:{port}"]
     config.websocket_max_message_size = settings.limits.max_message_bytes
-    # Live calls get the drain timeout plus the flush after SIGTERM before they are cancelled.
-    config.graceful_timeout = settings.drain_timeout + settings.limits.flush_timeout
+    # Archer drains live calls itself (``serve``); once it hands over, connections still open
+    # get a moment, then are cancelled and their calls flushed (shielded).
+    config.graceful_timeout = SHUTDOWN_GRACE
     config.accesslog = None
     # Hypercorn's own lines go through the root logger, rendered like Archer's (not twice).
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -110,11 +118,16 @@ async def serve(  # noqa: ASYNC128
     shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_termination,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve Archer until ``shutdown_trigger`` returns; reports the bound URLs when listening.
+    """Serve Archer until ``shutdown_trigger`` returns, then drain; reports the bound URLs.
+
+    Draining: ``/readyz`` answers 503 and new calls hear the apology at once; live calls get
+    ``DRAIN_TIMEOUT`` to end, then are cancelled and flushed (``end_reason=server_shutdown``).
+    The spool is replayed at start and every ``SPOOL_REPLAY_INTERVAL`` while serving.
 
     Cancellation: stops serving at once; live calls are cancelled and flushed.
     """
-    async with open_services(settings, tools=tools) as services:
+    spool = JsonlSpool(Path(settings.spool_path))
+    async with open_services(settings, spool=spool, tools=tools) as services:
         config = hypercorn_config(
             settings,
             host=host if host is not None else settings.host,
@@ -123,10 +136,35 @@ async def serve(  # noqa: ASYNC128
         )
         if not settings.twilio_validate_signatures:
             log.warning("server.signatures_disabled", note="for local work only")
+        drain = services.drain
+
+        async def drain_then_stop() -> None:
+            await shutdown_trigger()
+            drain.start()
+            log.info("server.draining", live_calls=drain.live_calls)
+            with trio.move_on_after(settings.drain_timeout) as deadline:
+                await drain.wait_idle()
+            if deadline.cancelled_caught:
+                log.warning("server.drain_timed_out", live_calls=drain.live_calls)
+
         log.info("server.starting", bind=config.bind, database=_database_kind(settings))
-        await hypercorn_serve(
-            create_app(services), config, shutdown_trigger=shutdown_trigger, task_status=task_status
-        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(
+                    run_spool_replay,
+                    spool,
+                    services.store,
+                    interval=settings.spool_replay_interval,
+                )
+            )
+            await hypercorn_serve(
+                create_app(services),
+                config,
+                shutdown_trigger=drain_then_stop,
+                task_status=task_status,
+            )
+            nursery.cancel_scope.cancel()
+        log.info("server.stopped")
 
 
 def _database_kind(settings: Settings) -> str:

@@ -85,6 +85,9 @@ class Settings:
     port: int = 8000
     db_pool_size: int = 5
     drain_timeout: float = 30.0
+    #: Records the database did not take wait here (one file per process) until replayed.
+    spool_path: str = "spool/calls.jsonl"
+    spool_replay_interval: float = 30.0
     limits: CallLimits = attrs.Factory(CallLimits)
 
     @classmethod
@@ -134,6 +137,8 @@ class Settings:
             ),
             db_pool_size=env.integer("DB_POOL_SIZE", 5, minimum=1),
             drain_timeout=env.number("DRAIN_TIMEOUT", 30.0),
+            spool_path=env.text("SPOOL_PATH", "spool/calls.jsonl"),
+            spool_replay_interval=env.number("SPOOL_REPLAY_INTERVAL", 30.0),
             limits=limits,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -27,3 +28,14 @@ def live_archer_tasks() -> list[str]:
 def audio(tag: int, size: int = 160) -> str:
     """A distinct base64 payload of ``size`` μ-law bytes, recognisable by ``tag``."""
     return base64.b64encode(bytes([tag % 256]) * size).decode()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, interval: float = 0.05) -> None:
+    """Poll ``check`` until it holds (for state outside trio's reach: files, other processes).
+
+    Callers bound the wait with ``trio.fail_after``.
+    """
+    while True:
+        if await check():
+            return
+        await trio.sleep(interval)

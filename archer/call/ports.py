@@ -93,6 +93,18 @@ class AgentStream(Protocol):
         ...
 
 
+class RecordSpool(Protocol):
+    """Where a call record goes when the database does not take it (replayed later)."""
+
+    async def append(self, record: CallRecord) -> None:
+        """Keep ``record`` durably (on disk) until it can be saved.
+
+        Raises:
+            OSError: it could not be kept.
+        """
+        ...
+
+
 class TelephonyControl(Protocol):
     """The phone call itself, beyond its media stream (Twilio's REST API)."""
 

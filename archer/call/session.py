@@ -17,7 +17,7 @@ Rules (../shared/ARCHITECTURE.md §3):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import attrs
 import structlog
@@ -52,7 +52,13 @@ from archer.logs import mask_phone
 
 if TYPE_CHECKING:
     from archer.audio.transcoder import Transcoder
-    from archer.call.ports import AgentConnector, AgentStream, CallStore, TwilioStream
+    from archer.call.ports import (
+        AgentConnector,
+        AgentStream,
+        CallStore,
+        RecordSpool,
+        TwilioStream,
+    )
     from archer.call.records import CallRecord
     from archer.call.state import CallState
     from archer.call.tools import ToolRegistry
@@ -61,6 +67,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 _E = TypeVar("_E", bound=BaseException)
+
+#: Writing a record to the local spool is a small fsynced append; this bounds a sick disk.
+SPOOL_TIMEOUT: Final = 5.0
 
 
 async def run_call(
@@ -201,25 +210,38 @@ def _fail(call: CallState, end_reason: str, group: BaseExceptionGroup[BaseExcept
 # in its own scope would have to remember to shield it).
 async def flush_call_record(
     store: CallStore,
+    spool: RecordSpool,
     record: CallRecord,
     *,
     timeout: float,  # noqa: ASYNC109
 ) -> bool:
     """Write the call record even if the call was cancelled; True if the database took it.
 
-    Never raises ``Exception``: a failure is logged with the whole record so nothing is lost.
+    If the database fails or misses ``timeout``, the record goes to the spool (replayed
+    later); if even the spool fails, the whole record is logged. Never raises ``Exception``.
 
-    Cancellation: shielded for at most ``timeout`` seconds, then abandoned and logged.
+    Cancellation: shielded, for at most ``timeout`` plus ``SPOOL_TIMEOUT`` seconds.
     """
     with trio.move_on_after(timeout, shield=True) as deadline:
         try:
             await store.save_call(record)
         except StoreError as exc:
-            log.error("call.flush_failed", error=str(exc), record=_loggable(record))
-            return False
-        return True
+            log.error("call.flush_failed", error=str(exc))
+        else:
+            return True
     if deadline.cancelled_caught:
-        log.error("call.flush_timed_out", timeout=timeout, record=_loggable(record))
+        log.error("call.flush_timed_out", timeout=timeout)
+    problem = f"no answer within {SPOOL_TIMEOUT:g} s"
+    with trio.move_on_after(SPOOL_TIMEOUT, shield=True):
+        try:
+            await spool.append(record)
+        except OSError as exc:
+            problem = str(exc)
+        else:
+            log.warning("call.spooled")
+            return False
+    # The last resort: the whole record, in the log, so a person can restore it.
+    log.critical("call.spool_failed", error=problem, record=_loggable(record))
     return False
 
 

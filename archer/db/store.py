@@ -7,9 +7,10 @@ Rules:
 
 - Only frozen records (``archer.call.records``) cross into a thread, and only plain values come
   back; the thread functions touch nothing a trio task could be mutating.
-- Threads are never abandoned on cancellation: a write the caller gave up on could still commit
-  after Archer decided it failed. Cancellation takes effect when the thread returns, and the
-  driver timeouts (``archer.db.engine``) bound how long that can be.
+- Threads are never abandoned on cancellation (``save_call`` excepted, see there): a write the
+  caller gave up on could still commit after Archer decided it failed. Cancellation takes
+  effect when the thread returns, and the driver timeouts (``archer.db.engine``) bound how long
+  that can be.
 - A ``trio.CapacityLimiter`` the size of the connection pool gates the threads, so DB work
   queues on the trio side instead of in pool checkout, and never starves trio's default pool.
 - Every SQLAlchemy error (and ``OSError``) becomes ``StoreError`` here; nothing above sees one.
@@ -128,7 +129,9 @@ class SqlCallStore:
         Raises:
             StoreError: the database is unavailable.
         """
-        await self._run("save_call", self._save_call_sync, record)
+        # The one write abandoned when the flush deadline passes: it is an idempotent upsert
+        # and the caller spools the record, so a late commit is harmless.
+        await self._run("save_call", self._save_call_sync, record, abandon_on_cancel=True)
 
     async def record_twilio_status(self, update: TwilioStatusUpdate) -> None:
         """Store Twilio's final status and duration; safe twice, late, or before the stream ends.
@@ -162,9 +165,17 @@ class SqlCallStore:
 
     # --- the trio/thread boundary ---------------------------------------------------------
 
-    async def _run(self, operation: str, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
+    async def _run(
+        self,
+        operation: str,
+        fn: Callable[[*_Ts], _T],
+        *args: *_Ts,
+        abandon_on_cancel: bool = False,
+    ) -> _T:
         try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            return await trio.to_thread.run_sync(
+                fn, *args, limiter=self._limiter, abandon_on_cancel=abandon_on_cancel
+            )
         except (SQLAlchemyError, OSError) as exc:
             message = f"{operation} failed: {_describe(exc)}"
             log.warning("db.operation_failed", operation=operation, error=message)

@@ -29,6 +29,8 @@ def health_blueprint(services: Services) -> Blueprint:
 
     @blueprint.get("/readyz")
     async def readyz() -> tuple[str, int]:
+        if services.drain.draining:
+            return f"draining: {services.drain.live_calls} calls still live\n", 503
         with trio.move_on_after(READY_TIMEOUT) as deadline:
             try:
                 await services.store.check()

@@ -62,29 +62,39 @@ def media_blueprint(services: Services) -> Blueprint:
             if call is None:
                 return None
             log.info("call.started", customer_id=call.customer_id)
-            try:
-                await bridge_call(
-                    call,
-                    twilio,
-                    services.agents,
-                    services.tools,
-                    limits=limits,
-                    audio_format=settings.cartesia_audio_format,
-                    resample_quality=settings.resample_quality,
-                )
-            finally:
-                # Nothing finished the call: quart-trio cancelled us because the socket went.
-                call.finish("completed", "twilio_disconnected")
-                call.close(now=utc_now(), clock=trio.current_time())
-                # Shielded and time-boxed inside flush_call_record.
-                await flush_call_record(  # noqa: ASYNC102
-                    services.store, call.snapshot(), timeout=limits.flush_timeout
-                )
-                log.info("call.finished", **call.summary())
+            with services.drain.call():
+                await _carry(services, call, twilio)
         # Returning closes Twilio's socket; the TwiML's <Hangup/> then ends the phone call.
         return None
 
     return blueprint
+
+
+async def _carry(services: Services, call: CallState, twilio: QuartTwilioStream) -> None:
+    """Bridge the call, then record it, however it ended (cancellation included)."""
+    settings, limits = services.settings, services.settings.limits
+    try:
+        await bridge_call(
+            call,
+            twilio,
+            services.agents,
+            services.tools,
+            limits=limits,
+            audio_format=settings.cartesia_audio_format,
+            resample_quality=settings.resample_quality,
+        )
+    finally:
+        # Nothing finished the call: we were cancelled, because Twilio's socket went (quart-trio
+        # cancels the route) or because the server stopped after draining.
+        if services.drain.draining:
+            call.finish("failed", "server_shutdown")
+        call.finish("completed", "twilio_disconnected")
+        call.close(now=utc_now(), clock=trio.current_time())
+        # Shielded and time-boxed inside flush_call_record.
+        await flush_call_record(  # noqa: ASYNC102
+            services.store, services.spool, call.snapshot(), timeout=limits.flush_timeout
+        )
+        log.info("call.finished", **call.summary())
 
 
 async def _claim(services: Services, start: Start) -> CallState | None:

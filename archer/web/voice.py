@@ -51,6 +51,10 @@ def voice_blueprint(services: Services) -> Blueprint:
         call_sid = params.get("CallSid", "")
         if not call_sid:
             return "CallSid is required", 400
+        if services.drain.draining:
+            # Shutting down: this process takes no new call; the caller can try again at once.
+            log.info("call.refused_draining", call_sid=call_sid)
+            return Response(twiml.apology(APOLOGY), content_type=TWIML_CONTENT_TYPE)
         from_number = params.get("From", "")
         caller_e164 = e164_or_none(from_number)
         token = secrets.token_urlsafe(32)

@@ -57,3 +57,31 @@ def test_standard_library_loggers_render_as_json(output: io.StringIO) -> None:
 def test_phone_numbers_are_masked_to_the_last_four_digits(number: str | None, masked: str) -> None:
     """Only the last four digits of a caller's number may reach a log line."""
     assert mask_phone(number) == masked
+
+
+def test_secrets_are_redacted_from_every_line() -> None:
+    """Secret keys, known secret values and phone numbers never survive rendering."""
+    stream = io.StringIO()
+    configure_logging(
+        "info", "json", stream=stream, cache=False, secrets=("super-secret-auth-token",)
+    )
+    try:
+        log = structlog.get_logger("archer.test")
+        log.info(
+            "tool.started",
+            arguments={"pin": "2468", "account_type": "checking"},
+            api_key="sk_car_xyz",
+            note="token super-secret-auth-token leaked, caller +15555550101",
+            call_sid="CA0387698112233445566778899aabbcc",
+        )
+        logging.getLogger("twilio.http_client").warning("auth super-secret-auth-token")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    text = stream.getvalue()
+    for secret in ("2468", "sk_car_xyz", "super-secret-auth-token", "+15555550101"):
+        assert secret not in text
+    entry = json.loads(text.splitlines()[0])
+    assert entry["arguments"] == {"pin": "***", "account_type": "checking"}
+    assert entry["note"] == "token *** leaked, caller ***0101"
+    assert entry["call_sid"] == "CA0387698112233445566778899aabbcc"

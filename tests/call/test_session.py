@@ -12,17 +12,19 @@ from datetime import UTC, datetime
 
 import attrs
 import pytest
+import structlog
 import trio
 import trio.testing
 
 from archer.call.events import TurnStarted
+from archer.call.records import CallRecord
 from archer.call.session import bridge_call, flush_call_record
 from archer.call.state import CallState
 from archer.call.tools import MAX_RESULT_BYTES, Tool, ToolContext, ToolRegistry, ToolResult
 from archer.errors import AgentClosedError, AgentFatalError, AgentUnavailableError, ToolError
 from archer.settings import CallLimits
 from tests.fakes.agent import FakeAgent, FakeAgentConnector
-from tests.fakes.store import FakeCallStore
+from tests.fakes.store import FakeCallStore, FakeSpool
 from tests.fakes.twilio import FakeTwilio
 from tests.helpers import audio, live_archer_tasks
 
@@ -409,13 +411,47 @@ async def test_caller_audio_is_dropped_not_queued_when_the_agent_stalls(
 
 
 async def test_flush_survives_cancellation_and_a_dead_store(autojump_clock: trio.abc.Clock) -> None:
-    """The flush writes through a cancelled scope, and a dead store returns False, not raises."""
-    store = FakeCallStore()
+    """The flush writes through a cancelled scope; a dead store sends the record to the spool."""
+    store, spool = FakeCallStore(), FakeSpool()
     call = new_call()
     call.finish("completed", "caller_hangup")
     with trio.CancelScope() as scope:
         scope.cancel()
-        assert await flush_call_record(store, call.snapshot(), timeout=5)
+        assert await flush_call_record(store, spool, call.snapshot(), timeout=5)
     assert store.calls[call.call_sid].end_reason == "caller_hangup"
+    assert spool.records == []
     store.down = True
-    assert not await flush_call_record(store, call.snapshot(), timeout=5)
+    assert not await flush_call_record(store, spool, call.snapshot(), timeout=5)
+    assert [record.call_sid for record in spool.records] == [call.call_sid]
+
+
+async def test_a_hung_store_is_given_up_on_at_the_flush_deadline(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A save that never returns costs the flush timeout, then the record is spooled."""
+
+    class HungStore(FakeCallStore):
+        async def save_call(self, record: CallRecord) -> None:
+            await trio.sleep_forever()
+
+    spool = FakeSpool()
+    call = new_call()
+    call.finish("completed", "caller_hangup")
+    started = trio.current_time()
+    assert not await flush_call_record(HungStore(), spool, call.snapshot(), timeout=5)
+    assert trio.current_time() - started == pytest.approx(5)
+    assert len(spool.records) == 1
+
+
+async def test_when_even_the_spool_fails_the_record_is_logged(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Database down and disk full: the whole record goes to the log, and nothing raises."""
+    store, spool = FakeCallStore(down=True), FakeSpool(broken=True)
+    call = new_call()
+    call.finish("completed", "caller_hangup")
+    with structlog.testing.capture_logs() as logs:
+        assert not await flush_call_record(store, spool, call.snapshot(), timeout=5)
+    [entry] = [e for e in logs if e["event"] == "call.spool_failed"]
+    assert entry["record"]["call_sid"] == call.call_sid
+    assert entry["record"]["from_number"] == "***0101"  # masked even here

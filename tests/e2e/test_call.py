@@ -8,10 +8,12 @@ is bounded by ``fail_after``. Each test runs on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import socket
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import attrs
 import pytest
@@ -33,7 +35,12 @@ async def _echo(context: ToolContext, arguments: Mapping[str, object]) -> ToolRe
     return ToolResult({"echo": dict(arguments), "customer_id": context.customer_id})
 
 
-E2E_TOOLS = ToolRegistry.of(Tool("echo", _echo))
+async def _slow_echo(context: ToolContext, arguments: Mapping[str, object]) -> ToolResult:
+    await trio.sleep(5)
+    return ToolResult({"echo": dict(arguments)})
+
+
+E2E_TOOLS = ToolRegistry.of(Tool("echo", _echo), Tool("slow_echo", _slow_echo))
 
 
 @attrs.define
@@ -44,6 +51,10 @@ class System:
     agent: AgentServer
     caller: TwilioCaller
     store: SqlCallStore
+
+    @property
+    def settings_spool_path(self) -> Path:
+        return Path(self.settings.spool_path)
 
     async def peer(self) -> AgentPeer:
         return await self.agent.first_peer()
@@ -76,8 +87,10 @@ async def running_system(
     twilio_api_base_url: str = "https://api.twilio.invalid",
     human_agent_number: str = "",
     audio_format: str = "mulaw_8000",
+    spool_replay_interval: float = 30.0,
 ) -> AsyncIterator[System]:
     """Archer (with ``tools``; None for the real banking tools) and its agent, on loopback."""
+    spool_dir = Path(tempfile.mkdtemp(prefix="archer-spool-"))
     async with trio.open_nursery() as nursery:
         agent = AgentServer(behaviour)
         await nursery.start(agent.run)
@@ -85,6 +98,8 @@ async def running_system(
             twilio_api_base_url=twilio_api_base_url,
             human_agent_number=human_agent_number,
             cartesia_audio_format=audio_format,
+            spool_path=str(spool_dir / "calls.jsonl"),
+            spool_replay_interval=spool_replay_interval,
             database_url=database_url,
             webhook_base_url=PUBLIC_BASE_URL,
             twilio_account_sid="AC" + "e2e2" * 8,

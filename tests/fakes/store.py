@@ -72,3 +72,17 @@ class FakeCallStore:
 
     async def check(self) -> None:
         await self._io()
+
+
+@attrs.define
+class FakeSpool:
+    """``RecordSpool`` in a list; ``broken`` makes it fail like a full disk."""
+
+    records: list[CallRecord] = attrs.Factory(list)
+    broken: bool = False
+
+    async def append(self, record: CallRecord) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.broken:
+            raise OSError("No space left on device (fake)")
+        self.records.append(record)

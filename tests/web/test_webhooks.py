@@ -17,7 +17,7 @@ from archer.call.tools import ToolRegistry
 from archer.settings import Settings
 from archer.twilio.signature import SignatureChecker
 from tests.fakes.agent import FakeAgentConnector
-from tests.fakes.store import FakeCallStore
+from tests.fakes.store import FakeCallStore, FakeSpool
 
 BASE_URL = "https://archer.example.com"
 TOKEN = "webhook-test-auth-token"
@@ -38,6 +38,7 @@ FIELDS = {
 class Harness:
     app: QuartTrio
     store: FakeCallStore
+    app_services: Services
 
     async def post(
         self, path: str, fields: dict[str, str], *, signature: str | None = "valid"
@@ -68,8 +69,9 @@ async def harness() -> Harness:
         agents=FakeAgentConnector(),
         tools=ToolRegistry(),
         signatures=SignatureChecker(TOKEN),
+        spool=FakeSpool(),
     )
-    return Harness(create_app(services), store)
+    return Harness(create_app(services), store, services)
 
 
 async def test_incoming_call_gets_stream_twiml_and_a_call_row(harness: Harness) -> None:
@@ -186,3 +188,15 @@ async def test_health_and_readiness(harness: Harness) -> None:
     response = await client.get("/readyz")
     assert response.status_code == 503
     assert "database" in await response.get_data(as_text=True)
+
+
+async def test_draining_refuses_new_calls_politely_and_is_not_ready(harness: Harness) -> None:
+    """While draining, new calls hear the apology (no call row) and /readyz answers 503."""
+    harness.app_services.drain.start()
+    status, body = await harness.post("/twilio/voice", FIELDS)
+    assert status == 200
+    assert [child.tag for child in ET.fromstring(body)] == ["Say", "Hangup"]
+    assert harness.store.calls == {}
+    response = await harness.app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert "draining" in await response.get_data(as_text=True)

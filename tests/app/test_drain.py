@@ -1,0 +1,147 @@
+"""SIGTERM with calls in progress: a real ``archer serve`` process drains, then stops.
+
+Three calls are live when the signal arrives. From then on ``/readyz`` answers 503 and a new
+call hears the apology; one call ends on its own during the drain, the other two are cut at
+``DRAIN_TIMEOUT`` and flushed as ``server_shutdown``; the process exits within the drain timeout
+plus the flush timeout (and hypercorn's one-second grace).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import trio
+
+from tests.e2e.peers import AgentPeer, AgentServer, TwilioCaller
+from tests.helpers import eventually
+
+DRAIN_TIMEOUT = 2.0
+FLUSH_TIMEOUT = 2.0
+AUTH_TOKEN = "drain-test-auth-token"
+BASE_URL = "https://archer.drain.test"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def readyz(port: int) -> int:
+    """The HTTP status of ``/readyz`` (0 when nothing answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as refused:
+        return refused.code
+    except OSError:
+        return 0
+
+
+async def stay_on_the_line(peer: AgentPeer) -> None:
+    await peer.accept_session()
+    await peer.closed.wait()
+
+
+async def test_sigterm_drains_live_calls_and_records_them_all(tmp_path: Path) -> None:
+    """/readyz 503 while draining, new calls refused politely, every record lands, quick exit."""
+    port = free_port()
+    database = tmp_path / "archer.db"
+    async with trio.open_nursery() as nursery:
+        agent = AgentServer(stay_on_the_line)
+        await nursery.start(agent.run)
+        env = {
+            "PATH": os.environ["PATH"],
+            "DATABASE_URL": f"sqlite:///{database}",
+            "WEBHOOK_BASE_URL": BASE_URL,
+            "TWILIO_ACCOUNT_SID": "AC" + "d" * 32,
+            "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+            "CARTESIA_API_KEY": agent.api_key,
+            "CARTESIA_AGENT_ID": "agent_drain",
+            "CARTESIA_WS_URL": agent.url,
+            "DRAIN_TIMEOUT": str(DRAIN_TIMEOUT),
+            "FLUSH_TIMEOUT": str(FLUSH_TIMEOUT),
+            "SPOOL_PATH": str(tmp_path / "spool.jsonl"),
+        }
+        server = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "archer", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+
+            async def ready() -> bool:
+                return await trio.to_thread.run_sync(readyz, port) == 200
+
+            with trio.fail_after(30):
+                await eventually(ready)
+            callers = [
+                TwilioCaller(
+                    archer_url=f"http://127.0.0.1:{port}",
+                    public_base_url=BASE_URL,
+                    auth_token=AUTH_TOKEN,
+                    call_sid=f"CA{n:032x}",
+                    stream_sid=f"MZ{n:032x}",
+                )
+                for n in range(1, 4)
+            ]
+            for caller in callers:
+                await caller.dial()
+                await caller.connect(nursery)
+
+            async def three_live() -> bool:
+                return len(agent.peers) == 3
+
+            with trio.fail_after(10):
+                await eventually(three_live)
+
+            signalled = trio.current_time()
+            server.send_signal(signal.SIGTERM)
+
+            async def draining() -> bool:
+                return await trio.to_thread.run_sync(readyz, port) == 503
+
+            with trio.fail_after(5):
+                await eventually(draining)
+            newcomer = TwilioCaller(
+                archer_url=f"http://127.0.0.1:{port}",
+                public_base_url=BASE_URL,
+                auth_token=AUTH_TOKEN,
+                call_sid="CA" + "e" * 32,
+            )
+            apology = await newcomer.dial()
+            assert apology.status == 200
+            assert "<Say>" in apology.text
+            assert "<Stream" not in apology.text
+            await callers[0].stop()  # one call ends on its own while the server drains
+            with trio.fail_after(DRAIN_TIMEOUT + FLUSH_TIMEOUT + 10):
+                exit_code = await server.wait()
+            took = trio.current_time() - signalled
+        finally:
+            if server.returncode is None:
+                server.kill()
+                await server.wait()
+            nursery.cancel_scope.cancel()
+    assert exit_code == 0
+    assert took <= DRAIN_TIMEOUT + FLUSH_TIMEOUT + 1.0 + 1.0  # + grace + process exit
+    with sqlite3.connect(database) as db:
+        rows = dict(
+            ((sid, (status, end_reason)) for sid, status, end_reason in db.execute(
+                "SELECT call_sid, status, end_reason FROM calls"
+            ))
+        )  # fmt: skip
+    assert rows == {
+        callers[0].call_sid: ("completed", "caller_hangup"),
+        callers[1].call_sid: ("failed", "server_shutdown"),
+        callers[2].call_sid: ("failed", "server_shutdown"),
+    }
