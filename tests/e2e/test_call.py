@@ -428,7 +428,7 @@ async def test_a_stream_without_a_valid_token_is_refused(database_url: str) -> N
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("signature", ["forged", ""])
+@pytest.mark.parametrize("signature", ["forged", "", "other-url"])
 async def test_a_forged_stream_upgrade_is_refused_before_accept(
     database_url: str, signature: str
 ) -> None:
@@ -440,6 +440,8 @@ async def test_a_forged_stream_upgrade_is_refused_before_accept(
     async with running_system(database_url, unused) as system:
         caller = system.caller
         await caller.dial()
+        if signature == "other-url":  # Twilio's real signature, but of another stream URL
+            signature = caller.signer.sign("wss://archer.evil.example/ws/cartesia", {})
         async with trio.open_nursery() as nursery:
             await caller.connect(nursery, signature=signature)
         assert caller.rejected_status == 403
