@@ -1,24 +1,39 @@
 # syntax=docker/dockerfile:1
 # Archer: `archer serve` on the official (optimised) CPython image, as a non-root user.
+#
+# Two stages: the build stage installs Archer and its dependencies (all binary wheels) into a
+# virtualenv; the final stage copies only that virtualenv and config/ — no pip run, no source
+# tree, no compilers. The Python minor version and the Debian release are pinned; the patch
+# level floats so a rebuild picks up security fixes. Pin a digest (python:3.12-slim-trixie@sha256:…)
+# in the deploy pipeline when builds must be byte-for-byte reproducible.
+ARG PYTHON_IMAGE=python:3.12-slim-trixie
 
-FROM python:3.12-slim AS build
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/archer
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY archer ./archer
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# A regular (not editable) install: the package data (schema.sql, tools.json, speech clips,
+# emulator scripts) goes into site-packages with the code.
+RUN /opt/archer/bin/pip install --no-cache-dir .
 
-FROM python:3.12-slim
+FROM ${PYTHON_IMAGE}
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PIP_NO_CACHE_DIR=1 \
-    ARCHER_PORT=8000
-RUN useradd --create-home --uid 10001 archer
-COPY --from=build /wheels /wheels
-RUN pip install --no-index --find-links=/wheels archer && rm -rf /wheels
+    PATH=/opt/archer/bin:$PATH
+RUN groupadd --gid 10001 archer \
+    && useradd --uid 10001 --gid 10001 --no-log-init --create-home --home-dir /home/archer archer
+COPY --from=build /opt/archer /opt/archer
 WORKDIR /home/archer
-COPY --chown=archer:archer config ./config
-USER archer
+COPY --chown=10001:10001 config ./config
+# The working directory holds the SQLite default and the spool (spool/calls.jsonl); compose
+# mounts a volume on spool/ so spooled records survive a new container.
+RUN install -d -o 10001 -g 10001 /home/archer/spool
+USER 10001:10001
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('ARCHER_PORT', '8000')}/healthz\", timeout=2)"]
+# Liveness on /healthz, on the port `archer serve` binds (ARCHER_PORT, then PORT, then 8000).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('ARCHER_PORT') or os.environ.get('PORT') or '8000'; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2)"]
 CMD ["archer", "serve", "--hypercorn-config", "config/hypercorn.toml"]

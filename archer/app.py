@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Final
 import attrs
 from quart_trio import QuartTrio
 
+from archer.metrics import Metrics
 from archer.web.drain import Drain
 from archer.web.health import health_blueprint
 from archer.web.media import media_blueprint
+from archer.web.metrics import metrics_blueprint
 from archer.web.status import status_blueprint
 from archer.web.voice import voice_blueprint
 
@@ -39,6 +41,7 @@ class Services:
     signatures: SignatureChecker
     spool: RecordSpool
     drain: Drain = attrs.Factory(Drain)
+    metrics: Metrics = attrs.Factory(Metrics)
 
 
 def create_app(services: Services) -> QuartTrio:
@@ -49,4 +52,5 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(status_blueprint(services))
     app.register_blueprint(media_blueprint(services))
     app.register_blueprint(health_blueprint(services))
+    app.register_blueprint(metrics_blueprint(services.metrics))
     return app

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Final
 
+import attrs
 import structlog
 import trio
 from hypercorn.config import Config
@@ -28,6 +29,7 @@ from archer.db.engine import init_schema
 from archer.db.spool import JsonlSpool, run_spool_replay
 from archer.db.store import SqlCallStore
 from archer.errors import StoreError
+from archer.metrics import Metrics
 from archer.settings import Settings
 from archer.twilio.rest import TwilioRestControl
 from archer.twilio.signature import SignatureChecker
@@ -48,8 +50,17 @@ async def open_services(
 
     Cancellation: the database engine and Twilio's HTTP connections are released on the way out.
     """
-    store = SqlCallStore.open(settings.database_url, pool_size=settings.db_pool_size)
-    telephony = TwilioRestControl.from_settings(settings)
+    metrics = Metrics()
+    store = attrs.evolve(
+        SqlCallStore.open(settings.database_url, pool_size=settings.db_pool_size),
+        observe=metrics.db_operation,
+    )
+    telephony = TwilioRestControl(
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token,
+        api_base_url=settings.twilio_api_base_url,
+        observe=metrics.twilio_rest,
+    )
     try:
         try:
             await trio.to_thread.run_sync(init_schema, store.engine)
@@ -76,6 +87,7 @@ async def open_services(
             tools=tools,
             signatures=SignatureChecker(settings.twilio_auth_token),
             spool=spool,
+            metrics=metrics,
         )
     finally:
         telephony.close()
@@ -155,6 +167,7 @@ async def serve(  # noqa: ASYNC128
                     spool,
                     services.store,
                     interval=settings.spool_replay_interval,
+                    depth=services.metrics.spool_depth,
                 )
             )
             await hypercorn_serve(

@@ -56,6 +56,8 @@ DOWNLINK_BUFFER: Final = 50
 #: How often the inbound keepalive looks for a stalled Twilio stream, and how much silence it
 #: sends the agent for each stalled period.
 INBOUND_CHECK_MS: Final = 250
+#: One frame in this many is timed through Archer (the rest cost nothing extra).
+LATENCY_SAMPLE_EVERY: Final = 50
 #: Milliseconds per byte of μ-law at 8 kHz is 1/8.
 _ULAW_BYTES_PER_MS: Final = 8
 
@@ -68,6 +70,14 @@ class CallerDtmf:
 
 
 @attrs.frozen(slots=True)
+class SampledAudio:
+    """One caller frame in ``LATENCY_SAMPLE_EVERY``, timed from Twilio's socket to the agent's."""
+
+    payload: str
+    received_at: float
+
+
+@attrs.frozen(slots=True)
 class CallerSilence:
     """Silence to send the agent while Twilio's audio has stalled."""
 
@@ -75,7 +85,7 @@ class CallerSilence:
 
 
 #: Caller audio travels as its bare base64 ``str`` (no wrapper object per frame).
-UplinkItem = str | CallerDtmf | CallerSilence
+UplinkItem = str | SampledAudio | CallerDtmf | CallerSilence
 
 
 @attrs.frozen(slots=True)
@@ -91,6 +101,8 @@ class AgentChunk:
     epoch: int
     turn: int | None = None
     turn_ms: int = 0
+    #: Set on one chunk in ``LATENCY_SAMPLE_EVERY``: when the agent's message arrived.
+    received_at: float | None = None
 
 
 @attrs.frozen(slots=True)
@@ -153,8 +165,11 @@ async def receive_from_twilio(
             match event:
                 case Media(payload=payload):
                     call.frames_in += 1
+                    item: UplinkItem = payload
+                    if call.frames_in % LATENCY_SAMPLE_EVERY == 0:
+                        item = SampledAudio(payload, trio.current_time())
                     try:
-                        uplink.send_nowait(payload)
+                        uplink.send_nowait(item)
                     except trio.WouldBlock:
                         call.frames_dropped += 1
                 case Dtmf(digit=digit):
@@ -173,6 +188,7 @@ async def forward_to_agent(
     agent: AgentStream,
     uplink: trio.MemoryReceiveChannel[UplinkItem],
     transcoder: Transcoder,
+    call: CallState,
 ) -> None:
     """Send caller audio (transcoded if the agent wants PCM) and DTMF to the agent, in order.
 
@@ -184,6 +200,11 @@ async def forward_to_agent(
                 converted = transcoder.to_agent(item)
                 if converted is not None:
                     await agent.send_audio(converted)
+            elif type(item) is SampledAudio:
+                converted = transcoder.to_agent(item.payload)
+                if converted is not None:
+                    await agent.send_audio(converted)
+                call.latency_samples.append(("to_agent", trio.current_time() - item.received_at))
             elif type(item) is CallerDtmf:
                 await agent.send_dtmf(item.digit)
             else:
@@ -210,8 +231,13 @@ async def receive_from_agent(
     def queue(frames: list[str], *, turn: int | None) -> None:
         for frame in frames:
             playback.audio_queued(_ulaw_ms(frame))
+            sampled = (
+                trio.current_time() if playback.chunks_queued % LATENCY_SAMPLE_EVERY == 0 else None
+            )
             try:
-                downlink.send_nowait(AgentChunk(frame, playback.epoch, turn, playback.turn_ms))
+                downlink.send_nowait(
+                    AgentChunk(frame, playback.epoch, turn, playback.turn_ms, sampled)
+                )
             except trio.WouldBlock:
                 call.frames_dropped += 1
 
@@ -287,6 +313,10 @@ async def play_to_caller(
                     continue  # queued before the caller interrupted: never play it
                 await twilio.send_media(item.payload)
                 call.frames_out += 1
+                if item.received_at is not None:
+                    call.latency_samples.append(
+                        ("to_caller", trio.current_time() - item.received_at)
+                    )
                 if item.turn is not None:
                     if item.turn != marked_turn:
                         marked_turn, marked_ms = item.turn, 0

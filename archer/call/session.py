@@ -121,7 +121,7 @@ async def run_call(
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(until_agent_hangs_up)
-            nursery.start_soon(forward_to_agent, agent, uplink_receive, transcoder)
+            nursery.start_soon(forward_to_agent, agent, uplink_receive, transcoder, call)
             nursery.start_soon(play_to_caller, twilio, downlink_receive, call, playback)
             nursery.start_soon(tool_runner.run)
             nursery.start_soon(keep_agent_alive, agent, limits.agent_ping_interval)
@@ -158,9 +158,11 @@ async def bridge_call(
         customer_id=call.customer_id,
         audio_format=audio_format,
     )
+    connecting = trio.current_time()
     try:
         async with agents.open_session(session) as agent:
             call.agent_call_id = agent.agent_call_id
+            call.agent_setup_seconds = trio.current_time() - connecting
             log.info("agent.ready", agent_call_id=agent.agent_call_id)
             await run_call(
                 call,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Literal
 
 import attrs
 
@@ -52,6 +53,8 @@ class CallState:
     from_number: str | None = None
     to_number: str | None = None
     agent_call_id: str | None = None
+    #: From opening the agent's socket to its ``session_ready``.
+    agent_setup_seconds: float | None = None
     frames_in: int = 0
     frames_out: int = 0
     frames_dropped: int = 0
@@ -61,6 +64,8 @@ class CallState:
     barge_ins: int = 0
     #: Milliseconds Twilio's audio stalled, filled with silence towards the agent.
     inbound_gap_ms: int = 0
+    #: Sampled time one frame spent inside Archer: (direction, seconds), for the metrics.
+    latency_samples: list[tuple[Literal["to_agent", "to_caller"], float]] = attrs.Factory(list)
     status: CallStatus = "in_progress"
     end_reason: str | None = None
     error: str | None = None

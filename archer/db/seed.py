@@ -37,8 +37,13 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 
 
-#: The demo bank shipped with the repository (``archer db seed`` and ``archer demo`` load it).
-DEMO_BANK: Final = Path(__file__).resolve().parents[2] / "config" / "demo_bank.json"
+#: The demo bank shipped with the repository (``archer db seed`` and ``archer demo`` load it):
+#: next to the package in a checkout, or ``config/`` in the working directory of an installed
+#: Archer (the container image's working directory has it).
+_CHECKOUT_DEMO_BANK: Final = Path(__file__).resolve().parents[2] / "config" / "demo_bank.json"
+DEMO_BANK: Final = (
+    _CHECKOUT_DEMO_BANK if _CHECKOUT_DEMO_BANK.is_file() else Path("config") / "demo_bank.json"
+)
 
 
 @attrs.frozen(slots=True)

@@ -23,7 +23,7 @@ Rules:
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple, cast
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, TypeVarTuple, cast
 
 import attrs
 import sqlalchemy as sa
@@ -60,6 +60,12 @@ _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
 
+class DbObserver(Protocol):
+    """Receives the duration and outcome of each database operation (the metrics)."""
+
+    def __call__(self, operation: str, seconds: float, *, error: bool) -> None: ...
+
+
 @attrs.frozen(slots=True)
 class StoredCall:
     """A call as the database holds it: the record plus what only Twilio's callback writes."""
@@ -80,6 +86,8 @@ class SqlCallStore:
     _engine: sa.Engine
     #: Tokens == connections the pool can hand out (pool_size + max_overflow).
     _limiter: trio.CapacityLimiter
+    #: Told ``(operation, seconds, error=...)`` after every unit of work (for the metrics).
+    observe: DbObserver | None = attrs.field(default=None, kw_only=True)
 
     @classmethod
     def open(cls, url: str, pool_size: int) -> Self:
@@ -172,14 +180,20 @@ class SqlCallStore:
         *args: *_Ts,
         abandon_on_cancel: bool = False,
     ) -> _T:
+        started = trio.current_time()
         try:
-            return await trio.to_thread.run_sync(
+            result = await trio.to_thread.run_sync(
                 fn, *args, limiter=self._limiter, abandon_on_cancel=abandon_on_cancel
             )
         except (SQLAlchemyError, OSError) as exc:
+            if self.observe is not None:
+                self.observe(operation, trio.current_time() - started, error=True)
             message = f"{operation} failed: {_describe(exc)}"
             log.warning("db.operation_failed", operation=operation, error=message)
             raise StoreError(message) from exc
+        if self.observe is not None:
+            self.observe(operation, trio.current_time() - started, error=False)
+        return result
 
     # --- units of work (each runs in a worker thread) ------------------------------------
 

@@ -39,7 +39,7 @@ from archer.logs import mask_phone
 from archer.twilio import twiml
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from archer.call.ports import TelephonyControl
     from archer.settings import Settings
@@ -77,6 +77,8 @@ class TwilioRestControl:
     #: Where the REST API lives; an emulator's ``http://127.0.0.1:PORT`` in tests and the demo.
     api_base_url: str = DEFAULT_API_BASE_URL
     timeout: float = DEFAULT_TIMEOUT
+    #: Told ``(operation, outcome)`` after every request: ok, call_over, refused or error.
+    observe: Callable[[str, str], None] | None = attrs.field(default=None, repr=False)
     _client: Any = attrs.field(init=False, repr=False)
     _limiter: trio.CapacityLimiter = attrs.field(
         init=False, repr=False, factory=lambda: trio.CapacityLimiter(MAX_CONCURRENT_REQUESTS)
@@ -181,27 +183,43 @@ class TwilioRestControl:
         if not _SID.fullmatch(call_sid):
             raise TelephonyError(f"{operation} refused before sending: malformed call SID")
         try:
-            return await trio.to_thread.run_sync(
+            status = await trio.to_thread.run_sync(
                 self._update_sync, call_sid, fields, limiter=self._limiter
             )
         except TwilioRestException as exc:
+            self._observe(operation, _refusal(operation, exc.code, exc.status))
             raise TelephonyError(
                 f"{operation} refused by Twilio: {exc.msg}", code=exc.code, status=exc.status
             ) from exc
         except TwilioServiceException as exc:
+            self._observe(operation, _refusal(operation, exc.code, exc.status))
             raise TelephonyError(
                 f"{operation} refused by Twilio: {exc.title}", code=exc.code, status=exc.status
             ) from exc
         except (TwilioException, requests.RequestException, OSError) as exc:
+            self._observe(operation, "error")
             raise TelephonyError(
                 f"{operation} failed: {type(exc).__name__}: {_first_line(exc)}"
             ) from exc
+        self._observe(operation, "ok")
+        return status
+
+    def _observe(self, operation: str, outcome: str) -> None:
+        if self.observe is not None:
+            self.observe(operation, outcome)
 
     def _update_sync(self, call_sid: str, fields: Mapping[str, str]) -> str:
         # Runs in a worker thread: touches only the client, which nothing on the trio side
         # mutates (urllib3's connection pool is thread-safe; twilio needs no cookies).
         call = self._client.calls(call_sid).update(**fields)
         return str(call.status)
+
+
+def _refusal(operation: str, code: int | None, status: int | None) -> str:
+    """How a refusal counts: a hang-up of a call already over is not a failure."""
+    if operation == "hang_up" and (code in _CALL_OVER_CODES or status == 404):
+        return "call_over"
+    return "refused"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -18,7 +18,7 @@ import structlog
 import trio
 from quart import Blueprint, websocket
 
-from archer.call.records import StreamClaim
+from archer.call.records import CallRecord, StreamClaim
 from archer.call.session import bridge_call, flush_call_record
 from archer.call.state import CallState, utc_now
 from archer.errors import StoreError, TwilioProtocolError
@@ -62,6 +62,7 @@ def media_blueprint(services: Services) -> Blueprint:
             if call is None:
                 return None
             log.info("call.started", customer_id=call.customer_id)
+            services.metrics.call_started()
             with services.drain.call():
                 await _carry(services, call, twilio)
         # Returning closes Twilio's socket; the TwiML's <Hangup/> then ends the phone call.
@@ -90,11 +91,26 @@ async def _carry(services: Services, call: CallState, twilio: QuartTwilioStream)
             call.finish("failed", "server_shutdown")
         call.finish("completed", "twilio_disconnected")
         call.close(now=utc_now(), clock=trio.current_time())
+        record = call.snapshot()
         # Shielded and time-boxed inside flush_call_record.
         await flush_call_record(  # noqa: ASYNC102
-            services.store, services.spool, call.snapshot(), timeout=limits.flush_timeout
+            services.store, services.spool, record, timeout=limits.flush_timeout
         )
-        log.info("call.finished", **call.summary())
+        summary = call.summary()
+        log.info("call.finished", **summary)
+        _report(services, call, summary, record)
+
+
+def _report(
+    services: Services, call: CallState, summary: dict[str, object], record: CallRecord
+) -> None:
+    """The call, once, to the metrics (nothing per frame reaches them)."""
+    metrics = services.metrics
+    metrics.call_finished(summary, record)
+    if call.agent_setup_seconds is not None:
+        metrics.agent_ready(call.agent_setup_seconds)
+    for direction, seconds in call.latency_samples:
+        metrics.frame_latency(direction, seconds)
 
 
 async def _claim(services: Services, start: Start) -> CallState | None:

@@ -32,6 +32,7 @@ async def signed_form(services: Services, path: str) -> dict[str, str] | None:
     if services.signatures.valid_webhook(url, params, request.headers.get("X-Twilio-Signature")):
         return params
     log.warning("twilio.signature_rejected", path=path)
+    services.metrics.signature_rejected(path)
     return None
 
 
@@ -43,4 +44,5 @@ def stream_upgrade_signed(services: Services) -> bool:
     if services.signatures.valid_stream_upgrade(services.settings.media_stream_url, signature):
         return True
     log.warning("twilio.signature_rejected", path=websocket.path)
+    services.metrics.signature_rejected("/ws/cartesia")
     return False

@@ -54,6 +54,7 @@ def voice_blueprint(services: Services) -> Blueprint:
         if services.drain.draining:
             # Shutting down: this process takes no new call; the caller can try again at once.
             log.info("call.refused_draining", call_sid=call_sid)
+            services.metrics.apology()
             return Response(twiml.apology(APOLOGY), content_type=TWIML_CONTENT_TYPE)
         from_number = params.get("From", "")
         caller_e164 = e164_or_none(from_number)
@@ -73,6 +74,7 @@ def voice_blueprint(services: Services) -> Blueprint:
                 opened = await services.store.open_call(new_call)
             except StoreError as exc:
                 log.error("call.rejected_database_unavailable", error=str(exc))
+                services.metrics.apology()
                 return Response(twiml.apology(APOLOGY), content_type=TWIML_CONTENT_TYPE)
             log.info(
                 "call.incoming",

@@ -1,0 +1,373 @@
+"""Prometheus metrics: one ``Metrics`` per server, with its own registry, passed explicitly.
+
+Layer: process wiring (like ``server``). The rest of the code calls one cheap method at one
+place for each thing it counts; ``archer.web.metrics`` serves ``render()`` on ``GET /metrics``.
+
+Rules:
+- Every label value comes from a fixed enumeration below; anything else becomes ``"other"``.
+  A CallSid, a phone number or a customer id is never a label value: per-call detail belongs in
+  the ``call.finished`` log line and the call record, not in a time series.
+- Nothing here runs per frame except ``frame_latency``, and that is fed a sample (one frame in
+  ``FRAME_LATENCY_SAMPLE_EVERY``). The per-call counters (frames, barge-ins, tool calls) are
+  plain ints on ``CallState`` and reach the metrics once, in ``call_finished``.
+- The registry is this object's own, not ``prometheus_client.REGISTRY``: tests build several
+  apps in one process, and a server is one process (scale out with more processes, each
+  scraped on its own; no multiprocess mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Final, Literal, get_args
+
+import attrs
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+from archer.call.records import END_REASONS, CallStatus
+
+if TYPE_CHECKING:
+    from archer.call.records import CallRecord
+
+#: The value of any label that is not one of its fixed set.
+OTHER: Final = "other"
+
+FrameDirection = Literal["to_agent", "to_caller"]
+#: ``to_agent``: caller audio from Twilio towards the agent; ``to_caller``: the reverse.
+FRAME_DIRECTIONS: Final[tuple[FrameDirection, ...]] = get_args(FrameDirection)
+#: Drops of a call whose state keeps one combined dropped counter (see ``call_finished``).
+EITHER_DIRECTION: Final = "either"
+FRAME_OUTCOMES: Final = ("sent", "dropped")
+#: Feed ``frame_latency`` one frame in this many (at 50 frames/s: one a second per direction).
+FRAME_LATENCY_SAMPLE_EVERY: Final = 50
+
+CALL_STATUSES: Final[tuple[str, ...]] = get_args(CallStatus)
+
+#: ``ok``: the tool answered; ``error``: an ``is_error`` result (refusal, failure, timeout,
+#: unknown tool, bad arguments, busy); ``unfinished``: cancelled with the call before answering.
+TOOL_OUTCOMES: Final = ("ok", "error", "unfinished")
+
+#: The Twilio REST operations Archer performs (``archer.twilio.rest``).
+TWILIO_OPERATIONS: Final = ("transfer", "hang_up")
+#: ``ok``: Twilio accepted; ``call_over``: a hang-up of a call that had already ended (harmless);
+#: ``refused``: Twilio answered with an error; ``error``: Twilio was not reached (network,
+#: timeout) or the request was malformed before sending.
+TWILIO_OUTCOMES: Final = ("ok", "call_over", "refused", "error")
+
+#: The database units of work (``SqlCallStore`` and ``SqlBankStore`` name each ``_run``).
+DB_OPERATIONS: Final = (
+    "open_call",
+    "claim_stream",
+    "save_call",
+    "record_twilio_status",
+    "check",
+    "load_call",
+    "pin_hash",
+    "accounts",
+    "recent_transactions",
+    "set_card_status",
+)
+
+#: Routes that check ``X-Twilio-Signature``.
+SIGNED_ROUTES: Final = ("/twilio/voice", "/twilio/status", "/ws/cartesia")
+
+# Buckets, in seconds. Calls run minutes (MAX_CALL_SECONDS caps them at an hour by default).
+CALL_DURATION_BUCKETS: Final = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+# Connect + session_ready; AGENT_READY_TIMEOUT (10 s) ends the call past the last bucket.
+AGENT_SETUP_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+# What Archer adds to one 20 ms frame: microseconds in passthrough, more when resampling.
+FRAME_LATENCY_BUCKETS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.25,
+)
+# Tools run against the bank's database; TOOL_TIMEOUT (8 s) turns a slower one into an error.
+TOOL_LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+# Statements and pool checkouts give up after 5 s (archer.db.engine).
+DB_LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+def _bounded(value: str, allowed: Iterable[str]) -> str:
+    return value if value in allowed else OTHER
+
+
+def _count(value: object) -> int:
+    """A counter from a summary or record field: a non-negative int, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _default_tool_names() -> frozenset[str]:
+    from archer.bank.definitions import load_definitions
+
+    return frozenset(definition.name for definition in load_definitions())
+
+
+@attrs.define(eq=False)
+class Metrics:
+    """Archer's metrics and the registry they live in; build once per server.
+
+    ``tool_names`` bounds the ``tool`` label: the names in ``config/tools.json`` by default;
+    any other tool name is counted as ``"other"``.
+    """
+
+    tool_names: frozenset[str] = attrs.field(factory=_default_tool_names, converter=frozenset)
+    registry: CollectorRegistry = attrs.field(init=False, factory=CollectorRegistry)
+
+    calls_active: Gauge = attrs.field(init=False)
+    calls: Counter = attrs.field(init=False)
+    call_duration: Histogram = attrs.field(init=False)
+    agent_setup: Histogram = attrs.field(init=False)
+    frames: Counter = attrs.field(init=False)
+    frame_latency_seconds: Histogram = attrs.field(init=False)
+    barge_ins: Counter = attrs.field(init=False)
+    tool_calls: Counter = attrs.field(init=False)
+    tool_latency: Histogram = attrs.field(init=False)
+    twilio_rest_requests: Counter = attrs.field(init=False)
+    db_latency: Histogram = attrs.field(init=False)
+    db_errors: Counter = attrs.field(init=False)
+    spool_depth_gauge: Gauge = attrs.field(init=False)
+    signature_rejections: Counter = attrs.field(init=False)
+    webhook_apologies: Counter = attrs.field(init=False)
+    _latency_by_direction: dict[str, Histogram] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        registry = self.registry
+        # CPU, memory, open files and start time of this process (Linux; nothing elsewhere).
+        ProcessCollector(registry=registry)
+        self.calls_active = Gauge(
+            "archer_calls_active", "Calls being bridged now.", registry=registry
+        )
+        self.calls = Counter(
+            "archer_calls_total",
+            "Calls finished, by status and end reason (calls.status, calls.end_reason).",
+            ["status", "end_reason"],
+            registry=registry,
+        )
+        self.call_duration = Histogram(
+            "archer_call_duration_seconds",
+            "Media-stream duration of finished calls (calls.duration_ms).",
+            buckets=CALL_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.agent_setup = Histogram(
+            "archer_agent_setup_seconds",
+            "Time from opening the agent session to session_ready.",
+            buckets=AGENT_SETUP_BUCKETS,
+            registry=registry,
+        )
+        self.frames = Counter(
+            "archer_frames_total",
+            "20 ms audio frames of finished calls, by direction and outcome. direction=either"
+            " holds drops of calls whose direction was not recorded.",
+            ["direction", "outcome"],
+            registry=registry,
+        )
+        self.frame_latency_seconds = Histogram(
+            "archer_frame_latency_seconds",
+            f"Latency Archer adds to one audio frame (sampled: 1 frame in"
+            f" {FRAME_LATENCY_SAMPLE_EVERY}).",
+            ["direction"],
+            buckets=FRAME_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.barge_ins = Counter(
+            "archer_barge_ins_total", "Times callers interrupted the agent.", registry=registry
+        )
+        self.tool_calls = Counter(
+            "archer_tool_calls_total",
+            "Client tool invocations, by tool and outcome.",
+            ["tool", "outcome"],
+            registry=registry,
+        )
+        self.tool_latency = Histogram(
+            "archer_tool_latency_seconds",
+            "Time from a tool request to its result, for answered invocations.",
+            ["tool"],
+            buckets=TOOL_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.twilio_rest_requests = Counter(
+            "archer_twilio_rest_requests_total",
+            "Twilio REST API requests (call updates), by operation and outcome.",
+            ["operation", "outcome"],
+            registry=registry,
+        )
+        self.db_latency = Histogram(
+            "archer_db_operation_seconds",
+            "Database units of work, including the wait for a pooled connection.",
+            ["operation"],
+            buckets=DB_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.db_errors = Counter(
+            "archer_db_errors_total",
+            "Database units of work that failed (StoreError).",
+            ["operation"],
+            registry=registry,
+        )
+        self.spool_depth_gauge = Gauge(
+            "archer_spool_depth",
+            "Call records in the local spool waiting to be replayed into the database.",
+            registry=registry,
+        )
+        self.signature_rejections = Counter(
+            "archer_signature_rejections_total",
+            "Requests refused because X-Twilio-Signature did not match, by route.",
+            ["route"],
+            registry=registry,
+        )
+        self.webhook_apologies = Counter(
+            "archer_webhook_apologies_total",
+            "Incoming calls answered with the apology TwiML (database down or draining).",
+            registry=registry,
+        )
+        # Series with fixed label sets start at zero, so rate() and alerts see them at once.
+        for direction in FRAME_DIRECTIONS:
+            for outcome in FRAME_OUTCOMES:
+                self.frames.labels(direction, outcome)
+        self._latency_by_direction = {
+            direction: self.frame_latency_seconds.labels(direction)
+            for direction in FRAME_DIRECTIONS
+        }
+        for tool in (*sorted(self.tool_names), OTHER):
+            self.tool_latency.labels(tool)
+            for outcome in TOOL_OUTCOMES:
+                self.tool_calls.labels(tool, outcome)
+        for operation in TWILIO_OPERATIONS:
+            for outcome in TWILIO_OUTCOMES:
+                self.twilio_rest_requests.labels(operation, outcome)
+        for operation in DB_OPERATIONS:
+            self.db_latency.labels(operation)
+            self.db_errors.labels(operation)
+        for route in SIGNED_ROUTES:
+            self.signature_rejections.labels(route)
+
+    # --- calls --------------------------------------------------------------------------------
+
+    def call_started(self) -> None:
+        """A media stream proved its token and the call is being bridged."""
+        self.calls_active.inc()
+
+    def call_finished(self, summary: Mapping[str, object], record: CallRecord) -> None:
+        """A call started with ``call_started`` is over and flushed (or spooled).
+
+        Reads status, end reason, duration, frames and tool calls from ``record`` and the
+        barge-ins from ``summary`` (``CallState.summary()``). Frames: ``to_agent`` counts
+        Twilio media frames received (``frames_in``) less those dropped on the way to the
+        agent; ``to_caller`` counts frames sent to Twilio (``frames_out``). Audio of an
+        interrupted turn discarded at a barge-in is neither sent nor dropped. If ``summary`` has
+        ``frames_dropped_to_agent`` and ``frames_dropped_to_caller`` the drops are attributed;
+        otherwise ``frames_dropped`` is counted under ``direction="either"``.
+        """
+        self.calls_active.dec()
+        self.calls.labels(
+            _bounded(record.status, CALL_STATUSES),
+            _bounded(record.end_reason or "", END_REASONS),
+        ).inc()
+        if record.duration_ms is not None:
+            self.call_duration.observe(record.duration_ms / 1000)
+        self._count_frames(summary, record)
+        barge_ins = _count(summary.get("barge_ins"))
+        if barge_ins:
+            self.barge_ins.inc(barge_ins)
+        for tool_call in record.tool_calls:
+            tool = _bounded(tool_call.name, self.tool_names)
+            if tool_call.finished_at is None:
+                self.tool_calls.labels(tool, "unfinished").inc()
+                continue
+            self.tool_calls.labels(tool, "error" if tool_call.is_error else "ok").inc()
+            elapsed = (tool_call.finished_at - tool_call.started_at).total_seconds()
+            self.tool_latency.labels(tool).observe(max(0.0, elapsed))
+
+    def _count_frames(self, summary: Mapping[str, object], record: CallRecord) -> None:
+        frames_in, frames_out = _count(record.frames_in), _count(record.frames_out)
+        if "frames_dropped_to_agent" in summary and "frames_dropped_to_caller" in summary:
+            to_agent = _count(summary["frames_dropped_to_agent"])
+            to_caller = _count(summary["frames_dropped_to_caller"])
+            either = 0
+        else:
+            to_agent, to_caller, either = 0, 0, _count(record.frames_dropped)
+        sent_to_agent = max(0, frames_in - to_agent)
+        for direction, outcome, amount in (
+            ("to_agent", "sent", sent_to_agent),
+            ("to_agent", "dropped", to_agent),
+            ("to_caller", "sent", frames_out),
+            ("to_caller", "dropped", to_caller),
+            (EITHER_DIRECTION, "dropped", either),
+        ):
+            if amount:
+                self.frames.labels(direction, outcome).inc(amount)
+
+    def agent_ready(self, seconds: float) -> None:
+        """The agent session answered ``session_ready`` ``seconds`` after it was opened."""
+        self.agent_setup.observe(seconds)
+
+    def frame_latency(self, direction: FrameDirection, seconds: float) -> None:
+        """One sampled frame spent ``seconds`` inside Archer (feed 1 in the sample rate)."""
+        child = self._latency_by_direction.get(direction)
+        if child is not None:
+            child.observe(seconds)
+
+    # --- dependencies -------------------------------------------------------------------------
+
+    def twilio_rest(self, operation: str, outcome: str) -> None:
+        """One Twilio REST request ended with ``outcome`` (see ``TWILIO_OUTCOMES``)."""
+        self.twilio_rest_requests.labels(
+            _bounded(operation, TWILIO_OPERATIONS), _bounded(outcome, TWILIO_OUTCOMES)
+        ).inc()
+
+    def db_operation(self, operation: str, seconds: float, *, error: bool) -> None:
+        """One database unit of work took ``seconds``; ``error`` if it raised ``StoreError``."""
+        name = _bounded(operation, DB_OPERATIONS)
+        self.db_latency.labels(name).observe(seconds)
+        if error:
+            self.db_errors.labels(name).inc()
+
+    def spool_depth(self, n: int) -> None:
+        """The spool now holds ``n`` records waiting for the database."""
+        self.spool_depth_gauge.set(n)
+
+    # --- the web edge -------------------------------------------------------------------------
+
+    def signature_rejected(self, route: str) -> None:
+        """A request to ``route`` was refused: its Twilio signature did not match."""
+        self.signature_rejections.labels(_bounded(route, SIGNED_ROUTES)).inc()
+
+    def apology(self) -> None:
+        """An incoming call was answered with the apology TwiML instead of a stream."""
+        self.webhook_apologies.inc()
+
+    # --- exposition ---------------------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        """The registry in Prometheus' text format, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
