@@ -411,7 +411,7 @@ def parse_client_event(message: str | bytes) -> ClientEvent:
         if not isinstance(is_error, bool):
             raise CartesiaProtocolError("client_tool_result.is_error is not a boolean")
         error_type = _optional_text(event, "error_type", kind)
-        if error_type is not None and len(error_type.encode()) > MAX_ERROR_TYPE_BYTES:
+        if error_type is not None and _utf8_length(error_type, "error_type") > MAX_ERROR_TYPE_BYTES:
             raise CartesiaProtocolError(
                 f"client_tool_result.error_type is over {MAX_ERROR_TYPE_BYTES} UTF-8 bytes"
             )
@@ -642,11 +642,21 @@ def _integer(parent: Mapping[str, object], key: str, where: str) -> int:
     return value
 
 
+def _utf8_length(text: str, name: str) -> int:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # JSON can carry a lone surrogate; UTF-8 cannot
+        raise CartesiaProtocolError(f"{name} is not valid UTF-8 text") from None
+
+
 def _number(parent: Mapping[str, object], key: str, where: str) -> float:
     value = parent.get(key)
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise CartesiaProtocolError(f"{where}.{key} is missing or not a number")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer with hundreds of digits
+        raise CartesiaProtocolError(f"{where}.{key} is out of range") from None
 
 
 def _enum(parent: Mapping[str, object], key: str, where: str, allowed: frozenset[str]) -> str:

@@ -81,15 +81,16 @@ TwilioFrame = Connected | Start | TwilioEvent
 DTMF_DIGITS: Final = frozenset("0123456789*#")
 
 
-def parse_frame(message: str | bytes) -> TwilioFrame:
+def parse_frame(message: str | bytes | None) -> TwilioFrame:
     """Parse one media-stream message.
 
     Raises:
         TwilioProtocolError: not JSON, not an object, an unknown event, or a required field
             missing or of the wrong type.
     """
-    if isinstance(message, bytes):
-        # Twilio only sends text frames; a binary frame is a peer that is not Twilio.
+    if not isinstance(message, str):
+        # Twilio only sends text frames; a binary frame is a peer that is not Twilio. (quart-trio
+        # hands an empty binary frame on as None.)
         raise TwilioProtocolError("binary frame on a media stream")
     try:
         frame = json.loads(message)
@@ -175,7 +176,8 @@ def _text(parent: Mapping[str, object], key: str, where: str) -> str:
 def _number_text(media: Mapping[str, object], key: str) -> int:
     # Twilio sends numbers as strings ("155"); tolerate a JSON number, refuse anything else.
     value = media.get(key)
-    if isinstance(value, str) and value.isdigit() and len(value) <= 12:
+    # isascii(): str.isdigit() also accepts "²" and "①", which int() refuses.
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
