@@ -67,20 +67,6 @@ PARSERS: Final = {
 }
 
 
-def _overflows_float(value: object) -> bool:
-    if not isinstance(value, int) or isinstance(value, bool):
-        return False
-    try:
-        float(value)
-    except OverflowError:
-        return True
-    return False
-
-
-def _has_surrogate(text: str) -> bool:
-    return any(0xD800 <= ord(char) <= 0xDFFF for char in text)
-
-
 def check(parser: str, message: str | bytes) -> object | None:
     """Run ``parser``: its event (of its union), or None when it raised its protocol error."""
     parse, error, union = PARSERS[parser]
