@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import socket
 from collections.abc import Awaitable, Callable
 
+import numpy as np
 import trio
 
 #: Packages whose tasks belong to a call; the server's own long-lived tasks are not listed.
@@ -39,3 +41,21 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, interval: float = 
         if await check():
             return
         await trio.sleep(interval)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a server a test starts as another process)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def similarity(received: np.ndarray, reference: np.ndarray) -> float:
+    """Normalised cross-correlation of two signals at the best lag (resamplers delay audio)."""
+    a, b = received.astype(np.float64), reference.astype(np.float64)
+    size = len(a) + len(b)
+    correlation = np.fft.irfft(np.fft.rfft(a, size) * np.conj(np.fft.rfft(b, size)), size)
+    lag = int(np.argmax(correlation[: len(a)]))
+    window = a[lag : lag + len(b)]
+    overlap = b[: len(window)]
+    return float(np.dot(window, overlap) / (np.linalg.norm(window) * np.linalg.norm(overlap)))

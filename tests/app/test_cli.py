@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import free_port
 
 SERVING = {
     "WEBHOOK_BASE_URL": "https://archer.example.com",
@@ -32,12 +33,6 @@ def archer(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedPr
         timeout=60,
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_serve_without_a_required_setting_prints_one_line(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,18 +20,12 @@ from pathlib import Path
 import trio
 
 from tests.e2e.peers import AgentPeer, AgentServer, TwilioCaller
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 
 DRAIN_TIMEOUT = 2.0
 FLUSH_TIMEOUT = 2.0
 AUTH_TOKEN = "drain-test-auth-token"
 BASE_URL = "https://archer.drain.test"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def readyz(port: int) -> int:

@@ -18,7 +18,7 @@ from archer.audio.clips import speech_clip
 from archer.audio.dtmf import detect_digits
 from archer.call.events import TurnEnded, TurnStarted
 from tests.call.test_session import LIMITS, Bridge
-from tests.helpers import audio
+from tests.helpers import audio, similarity
 
 
 def start_turn(bridge: Bridge, turn: int, role: str = "assistant") -> None:
@@ -170,26 +170,14 @@ async def test_pcm_agents_get_pcm_and_the_caller_gets_whole_mulaw_frames(
         b"".join(base64.b64decode(p) for p in bridge.agent.sent("audio")),  # type: ignore[arg-type]
         dtype="<i2",
     )
-    assert _similarity(to_agent, pcm16k_of(clip)) >= 0.9
+    assert similarity(to_agent, pcm16k_of(clip)) >= 0.9
     frames = [base64.b64decode(payload) for payload in bridge.twilio.sent("media")]
     assert {len(frame) for frame in frames} == {160}
     assert bridge.call.frames_dropped == 0
     heard = g711.decode_samples(b"".join(frames))
     assert len(heard) >= len(clip)  # all of it, the resampler's tail flushed at the turn's end
-    assert _similarity(heard.astype(np.int16), g711.decode_samples(clip)) >= 0.9
+    assert similarity(heard.astype(np.int16), g711.decode_samples(clip)) >= 0.9
 
 
 def pcm16k_of(ulaw: bytes) -> np.ndarray:
     return soxr.resample(g711.decode_samples(ulaw), 8000, 16000).astype(np.int16)
-
-
-def _similarity(received: np.ndarray, reference: np.ndarray) -> float:
-    """Normalised cross-correlation at the best lag (the resampler delays what it passes on)."""
-    a = received.astype(np.float64)
-    b = reference.astype(np.float64)
-    size = len(a) + len(b)
-    correlation = np.fft.irfft(np.fft.rfft(a, size) * np.conj(np.fft.rfft(b, size)), size)
-    lag = int(np.argmax(correlation[: len(a)]))
-    window = a[lag : lag + len(b)]
-    overlap = b[: len(window)]
-    return float(np.dot(window, overlap) / (np.linalg.norm(window) * np.linalg.norm(overlap)))

@@ -21,20 +21,10 @@ from archer.audio.dtmf import detect_digits
 from archer.cartesia import managed
 from tests.e2e.peers import AgentPeer
 from tests.e2e.test_call import running_system
+from tests.helpers import similarity
 
 RATES = {"pcm_16000": 16000, "pcm_44100": 44100}
 CLIP = speech_clip("caller_balance")[: 160 * 100]  # two seconds of real speech
-
-
-def similarity(received: np.ndarray, reference: np.ndarray) -> float:
-    """Normalised cross-correlation at the best lag."""
-    a, b = received.astype(np.float64), reference.astype(np.float64)
-    size = len(a) + len(b)
-    correlation = np.fft.irfft(np.fft.rfft(a, size) * np.conj(np.fft.rfft(b, size)), size)
-    lag = int(np.argmax(correlation[: len(a)]))
-    window = a[lag : lag + len(b)]
-    overlap = b[: len(window)]
-    return float(np.dot(window, overlap) / (np.linalg.norm(window) * np.linalg.norm(overlap)))
 
 
 def at_rate(ulaw: bytes, rate: int) -> np.ndarray:
