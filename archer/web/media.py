@@ -35,8 +35,7 @@ log = structlog.get_logger(__name__)
 
 def media_blueprint(services: Services) -> Blueprint:
     blueprint = Blueprint("media", __name__)
-    settings = services.settings
-    limits = settings.limits
+    limits = services.settings.limits
 
     @blueprint.websocket("/ws/cartesia")
     async def media_stream() -> tuple[str, int] | None:
