@@ -3,8 +3,9 @@
 Layer: pure audio. No I/O, no trio. The stdlib ``audioop`` is deprecated and gone in Python 3.13,
 so this is Archer's own codec: two lookup tables built once at import from the reference
 algorithm (ITU-T G.711 as implemented by Sun's ``g711.c``, which ``audioop`` uses), then one
-numpy ``take`` per call. Decoding is a 256-entry table; encoding indexes a 65,536-entry table by
-the sample's bit pattern, so it costs the same for every sample and never branches.
+numpy ``take`` per call. Decoding reads a table of byte *pairs* (65,536 entries, two samples a
+lookup); encoding indexes a 65,536-entry table by the sample's bit pattern; both cost the same
+for every sample and never branch.
 
 PCM is signed 16-bit little-endian mono, as Cartesia's ``pcm_*`` formats and WAV files carry it.
 An odd trailing byte of PCM (half a sample) is ignored, like ``audioop`` refuses it; μ-law has
@@ -47,15 +48,27 @@ def _encode_table() -> npt.NDArray[np.uint8]:
     return encoded.astype(np.uint8)
 
 
+def _pair_table(single: npt.NDArray[np.int16]) -> npt.NDArray[np.uint32]:
+    # Index: two μ-law bytes read as one little-endian uint16; value: both decoded samples as
+    # one little-endian uint32. One gather per two samples: bulk decoding runs about twice as
+    # fast as a gather per sample, for a 256 KiB table.
+    low = single.astype(np.int32) & 0xFFFF
+    index = np.arange(65536, dtype=np.uint32)
+    pairs: npt.NDArray[np.uint32] = (low[index & 0xFF] | (low[index >> 8] << 16)).astype("<u4")
+    return pairs
+
+
 _DECODE: Final = _decode_table()
+_DECODE_PAIRS: Final = _pair_table(_DECODE)
 _ENCODE: Final = _encode_table()
 
 
 def decode(ulaw: bytes) -> bytes:
     """μ-law bytes → 16-bit little-endian PCM (``audioop.ulaw2lin(ulaw, 2)``)."""
-    decoded: bytes = (
-        _DECODE[np.frombuffer(ulaw, dtype=np.uint8)].astype("<i2", copy=False).tobytes()
-    )
+    pairs = np.frombuffer(ulaw, dtype="<u2", count=len(ulaw) // 2)
+    decoded: bytes = _DECODE_PAIRS.take(pairs).tobytes()
+    if len(ulaw) & 1:
+        decoded += _DECODE[ulaw[-1] : ulaw[-1] + 1].tobytes()
     return decoded
 
 
