@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--out", type=Path, default=Path("archer-demo-caller.wav"), help="what the caller heard"
     )
+    demo.add_argument(
+        "--protocol",
+        choices=("managed", "line"),
+        default="managed",
+        help="the agent's protocol: Managed Agents (default) or a Line agent (Calls API)",
+    )
 
     emulate = commands.add_parser("emulate", help="run an emulator against any Archer")
     emulators = emulate.add_subparsers(dest="emulator", required=True)
@@ -144,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             case "demo":
                 from archer.demo import main_demo
 
-                return main_demo(transfer=args.transfer, out=args.out)
+                return main_demo(transfer=args.transfer, out=args.out, protocol=args.protocol)
             case "emulate":
                 from archer import emulate
 

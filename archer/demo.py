@@ -51,7 +51,13 @@ class DemoResult:
     problems: tuple[str, ...]
 
 
-async def run_demo(*, transfer: bool, workdir: Path, progress: Callable[[str], None]) -> DemoResult:
+async def run_demo(
+    *,
+    transfer: bool,
+    workdir: Path,
+    progress: Callable[[str], None],
+    protocol: str = "managed",
+) -> DemoResult:
     """Run the scripted call end to end and check its record.
 
     Cancellation: every server is stopped; the temporary database stays in ``workdir``.
@@ -63,11 +69,13 @@ async def run_demo(*, transfer: bool, workdir: Path, progress: Callable[[str], N
     auth_token = secrets.token_hex(16)
     api_key = "sk_car_demo_" + secrets.token_hex(12)
     variant = "_transfer" if transfer else ""
+    # The same bank conversation on either protocol; a Line agent transfers by transfer_call.
+    agent_script = f"bank_demo{variant}" + ("_line" if protocol == "line" and transfer else "")
     async with trio.open_nursery() as nursery:
         rest = TwilioRestState(account_sid=account_sid, auth_token=auth_token)
         rest_url = await nursery.start(serve_twilio_rest, rest)
         agent = CartesiaEmulator(
-            api_key=api_key, script=load_agent_script(f"bank_demo{variant}"), progress=progress
+            api_key=api_key, script=load_agent_script(agent_script), progress=progress
         )
         agent_url = await nursery.start(serve_cartesia_emulator, agent)
         settings = Settings(
@@ -79,7 +87,9 @@ async def run_demo(*, transfer: bool, workdir: Path, progress: Callable[[str], N
             cartesia_api_key=api_key,
             cartesia_agent_id=agent.agent_id,
             cartesia_ws_url=agent_url,
+            cartesia_protocol=protocol,
             human_agent_number=HUMAN_AGENT_NUMBER,
+            transfer_allowlist=frozenset({HUMAN_AGENT_NUMBER}),
         )
         urls = await nursery.start(
             partial(serve, settings, host="127.0.0.1", port=0, shutdown_trigger=trio.sleep_forever)
@@ -103,7 +113,9 @@ async def run_demo(*, transfer: bool, workdir: Path, progress: Callable[[str], N
         finally:
             await store.aclose()
         nursery.cancel_scope.cancel()
-    problems = check_record(stored, outcome, card_status, transfer=transfer)
+    problems = check_record(
+        stored, outcome, card_status, transfer=transfer, turns=protocol == "managed"
+    )
     return DemoResult(stored, outcome, card_status, tuple(problems))
 
 
@@ -128,9 +140,18 @@ def _card_status(engine: sa.Engine) -> str | None:
 
 
 def check_record(
-    stored: StoredCall | None, outcome: CallOutcome, card_status: str | None, *, transfer: bool
+    stored: StoredCall | None,
+    outcome: CallOutcome,
+    card_status: str | None,
+    *,
+    transfer: bool,
+    turns: bool = True,
 ) -> list[str]:
-    """Everything about the call that is not what the demo's scripts make happen."""
+    """Everything about the call that is not what the demo's scripts make happen.
+
+    ``turns``: whether the agent reports turns (Managed agents do; Line agents have no turn
+    events, so their calls are checked by tools, audio and counters alone).
+    """
     if stored is None:
         return ["no call record was stored"]
     record = stored.record
@@ -147,10 +168,12 @@ def check_record(
     if record.duration_ms is None or record.ended_at is None or record.agent_call_id is None:
         problems.append("duration, end time or agent call id missing")
     roles = [turn.role for turn in record.turns]
-    if roles.count("user") < 2 or roles.count("assistant") < 3:
+    if turns and (roles.count("user") < 2 or roles.count("assistant") < 3):
         problems.append(f"turns by role {roles}")
-    if not any(turn.role == "assistant" and turn.interrupted for turn in record.turns):
+    if turns and not any(turn.role == "assistant" and turn.interrupted for turn in record.turns):
         problems.append("no agent turn was recorded as interrupted by the barge-in")
+    if outcome.clears_received < 1:
+        problems.append("the caller's barge-in never cleared Twilio's buffer")
     wanted_tools = ["verify_caller", "get_account_balance"]
     wanted_tools += ["transfer_to_human"] if transfer else ["freeze_card", "end_call"]
     tools = {tool.name: tool for tool in record.tool_calls}
@@ -210,16 +233,25 @@ def format_record(result: DemoResult) -> str:
     return "\n".join(lines)
 
 
-def main_demo(*, transfer: bool, out: Path) -> int:
+def main_demo(*, transfer: bool, out: Path, protocol: str = "managed") -> int:
     """Run the demo, print progress and the record, write the caller's audio; 0 if correct."""
 
     def progress(line: str) -> None:
         print(f"  · {line}", flush=True)
 
-    print(f"archer demo{' --transfer' if transfer else ''}: one emulated call, in real time")
+    flags = (" --transfer" if transfer else "") + (
+        f" --protocol {protocol}" if protocol != "managed" else ""
+    )
+    print(f"archer demo{flags}: one emulated call, in real time")
     with tempfile.TemporaryDirectory(prefix="archer-demo-") as workdir:
         result = trio.run(
-            partial(run_demo, transfer=transfer, workdir=Path(workdir), progress=progress)
+            partial(
+                run_demo,
+                transfer=transfer,
+                workdir=Path(workdir),
+                progress=progress,
+                protocol=protocol,
+            )
         )
     write_wav(out, Audio(8000, "mulaw", result.outcome.heard))
     print()

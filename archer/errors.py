@@ -54,6 +54,10 @@ class AgentClosedError(UpstreamError):
         self.reason = reason
 
 
+class AgentIdleError(UpstreamError):
+    """The agent closed the session for inactivity (Line's "connection idle timeout")."""
+
+
 class AgentFatalError(UpstreamError):
     """The agent reported a fatal ``error`` event; it is about to close the socket."""
 

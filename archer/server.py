@@ -22,8 +22,10 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from archer.app import Services, create_app
 from archer.bank.tools import bank_tools
+from archer.call.ports import AgentConnector
 from archer.call.tools import ToolRegistry
 from archer.cartesia.client import CartesiaManagedConnector
+from archer.cartesia.line_client import CartesiaLineConnector
 from archer.db.bank import SqlBankStore
 from archer.db.engine import init_schema
 from archer.db.spool import JsonlSpool, run_spool_replay
@@ -72,18 +74,12 @@ async def open_services(
                 SqlBankStore.from_call_store(store),
                 telephony,
                 human_agent_number=settings.human_agent_number,
+                transfer_allowlist=settings.transfer_allowlist,
             )
         yield Services(
             settings=settings,
             store=store,
-            agents=CartesiaManagedConnector(
-                ws_url=settings.cartesia_ws_url,
-                agent_id=settings.cartesia_agent_id,
-                api_key=settings.cartesia_api_key,
-                version=settings.cartesia_version,
-                ready_timeout=settings.limits.agent_ready_timeout,
-                max_message_bytes=settings.limits.max_message_bytes,
-            ),
+            agents=agent_connector(settings),
             tools=tools,
             signatures=SignatureChecker(settings.twilio_auth_token),
             spool=spool,
@@ -93,6 +89,32 @@ async def open_services(
         telephony.close()
         with trio.move_on_after(5, shield=True):
             await store.aclose()
+
+
+def agent_connector(settings: Settings) -> AgentConnector:
+    """The agent connector ``CARTESIA_PROTOCOL`` names: Managed Agents or a Line agent."""
+    limits = settings.limits
+    if settings.cartesia_protocol == "line":
+        return CartesiaLineConnector(
+            ws_url=settings.cartesia_ws_url,
+            agent_id=settings.cartesia_agent_id,
+            api_key=settings.cartesia_api_key,
+            version=settings.cartesia_version,
+            ready_timeout=limits.agent_ready_timeout,
+            max_message_bytes=limits.max_message_bytes,
+            output_format=settings.agent_output_format,
+            voice_id=settings.cartesia_voice_id,
+            introduction=settings.cartesia_line_introduction,
+            system_prompt=settings.cartesia_line_system_prompt,
+        )
+    return CartesiaManagedConnector(
+        ws_url=settings.cartesia_ws_url,
+        agent_id=settings.cartesia_agent_id,
+        api_key=settings.cartesia_api_key,
+        version=settings.cartesia_version,
+        ready_timeout=limits.agent_ready_timeout,
+        max_message_bytes=limits.max_message_bytes,
+    )
 
 
 def hypercorn_config(

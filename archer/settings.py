@@ -10,6 +10,7 @@ the variable. Secrets are ``repr=False`` so they never reach a log line or a tra
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, Self, TypeVar
@@ -35,6 +36,7 @@ REQUIRED_FOR_SERVING: Final = (
 )
 
 _T = TypeVar("_T")
+_E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
 @attrs.frozen(kw_only=True)
@@ -76,6 +78,14 @@ class Settings:
     cartesia_protocol: str = "managed"
     cartesia_audio_format: str = "mulaw_8000"
     cartesia_voice_id: str = ""
+    #: Line agents only: the format ``media_output`` arrives in ("" means the input format).
+    cartesia_line_output_format: str = ""
+    #: Line agents only: optional overrides sent in ``start`` (the agent's code must read them).
+    cartesia_line_introduction: str = ""
+    cartesia_line_system_prompt: str = ""
+    #: Numbers an agent may transfer to by name (Line's transfer_call); others go to
+    #: HUMAN_AGENT_NUMBER.
+    transfer_allowlist: frozenset[str] = frozenset()
     #: soxr quality for PCM agent formats (see bench/resample_quality.py for the trade-off).
     resample_quality: str = "HQ"
     human_agent_number: str = ""
@@ -126,6 +136,12 @@ class Settings:
             cartesia_protocol=env.choice("CARTESIA_PROTOCOL", "managed", PROTOCOLS),
             cartesia_audio_format=env.choice("CARTESIA_AUDIO_FORMAT", "mulaw_8000", AUDIO_FORMATS),
             cartesia_voice_id=env.text("CARTESIA_VOICE_ID", ""),
+            cartesia_line_output_format=env.choice(
+                "CARTESIA_LINE_OUTPUT_FORMAT", "", ("", *AUDIO_FORMATS)
+            ),
+            cartesia_line_introduction=env.text("CARTESIA_LINE_INTRODUCTION", ""),
+            cartesia_line_system_prompt=env.text("CARTESIA_LINE_SYSTEM_PROMPT", ""),
+            transfer_allowlist=env.numbers("TRANSFER_ALLOWLIST"),
             resample_quality=env.choice("RESAMPLE_QUALITY", "hq", RESAMPLE_QUALITIES).upper(),
             human_agent_number=env.text("HUMAN_AGENT_NUMBER", ""),
             log_level=env.choice("LOG_LEVEL", "info", LOG_LEVELS),
@@ -154,11 +170,13 @@ class Settings:
         for name in REQUIRED_FOR_SERVING:
             if not present[name]:
                 raise ConfigError(f"{name} is required to serve calls but is not set")
-        if self.cartesia_protocol != "managed":
-            raise ConfigError(
-                f"CARTESIA_PROTOCOL={self.cartesia_protocol} is not supported by this version"
-                " (only 'managed')"
-            )
+
+    @property
+    def agent_output_format(self) -> str:
+        """The format agent audio arrives in (Managed agents: always their input format)."""
+        if self.cartesia_protocol == "line" and self.cartesia_line_output_format:
+            return self.cartesia_line_output_format
+        return self.cartesia_audio_format
 
     @property
     def public_host(self) -> str:
@@ -244,6 +262,17 @@ class _Reader:
         if not value > 0:
             raise ConfigError(f"{name}={value} must be greater than zero")
         return value
+
+    def numbers(self, name: str) -> frozenset[str]:
+        """A comma-separated list of E.164 phone numbers."""
+        value = self._get(name)
+        if value is None:
+            return frozenset()
+        numbers = frozenset(part.strip() for part in value.split(",") if part.strip())
+        bad = sorted(n for n in numbers if not _E164.fullmatch(n))
+        if bad:
+            raise ConfigError(f"{name} has {bad[0]!r}, which is not an E.164 number")
+        return numbers
 
     def boolean(self, name: str, default: bool) -> bool:
         return self._parse(name, default, _boolean, "true or false")

@@ -87,26 +87,35 @@ class Passthrough:
 
 @attrs.define
 class PcmTranscoder:
-    """16-bit PCM at ``rate`` on the agent's side, μ-law at 8 kHz on Twilio's."""
+    """PCM on at least one side of the agent: ``uplink_rate`` is the rate the agent hears,
+    ``downlink_rate`` the rate it speaks (None: μ-law at 8 kHz, nothing to convert that way)."""
 
-    rate: int
+    uplink_rate: int | None
+    downlink_rate: int | None
     quality: str
-    _uplink: StreamResampler = attrs.field(init=False)
-    _downlink: StreamResampler = attrs.field(init=False)
+    _uplink: StreamResampler | None = attrs.field(init=False)
+    _downlink: StreamResampler | None = attrs.field(init=False)
     #: An odd trailing byte of agent PCM (half a sample) waits for the next chunk.
     _odd_byte: bytes = b""
     #: μ-law bytes short of a whole Twilio frame wait for the next chunk.
     _partial_frame: bytes = b""
 
     def __attrs_post_init__(self) -> None:
-        self._uplink = StreamResampler(TWILIO_RATE, self.rate, quality=self.quality)
-        self._downlink = StreamResampler(self.rate, TWILIO_RATE, quality=self.quality)
+        up, down = self.uplink_rate, self.downlink_rate
+        self._uplink = (
+            None if up is None else StreamResampler(TWILIO_RATE, up, quality=self.quality)
+        )
+        self._downlink = (
+            None if down is None else StreamResampler(down, TWILIO_RATE, quality=self.quality)
+        )
 
     @property
     def passthrough(self) -> bool:
         return False
 
     def to_agent(self, payload: str) -> str | None:
+        if self._uplink is None:
+            return payload
         samples = g711.decode_samples(binascii.a2b_base64(payload))
         resampled = self._uplink.process(samples)
         if not len(resampled):
@@ -114,6 +123,8 @@ class PcmTranscoder:
         return _b64(resampled.astype("<i2", copy=False).tobytes())
 
     def to_caller(self, payload: str) -> list[str]:
+        if self._downlink is None:  # μ-law already: only cut into whole Twilio frames
+            return self._frames(binascii.a2b_base64(payload))
         raw = self._odd_byte + binascii.a2b_base64(payload)
         whole = len(raw) & ~1
         self._odd_byte = raw[whole:]
@@ -121,7 +132,8 @@ class PcmTranscoder:
         return self._frames(g711.encode_samples(self._downlink.process(samples)))
 
     def end_of_turn(self) -> list[str]:
-        frames = self._frames(g711.encode_samples(self._downlink.flush()))
+        tail = b"" if self._downlink is None else g711.encode_samples(self._downlink.flush())
+        frames = self._frames(tail)
         if self._partial_frame:
             rest = self._partial_frame.ljust(FRAME_BYTES, bytes([g711.SILENCE]))
             frames.append(_b64(rest))
@@ -130,12 +142,15 @@ class PcmTranscoder:
         return frames
 
     def interrupted(self) -> None:
-        self._downlink.reset()
+        if self._downlink is not None:
+            self._downlink.reset()
         self._odd_byte = b""
         self._partial_frame = b""
 
     def silence_for_agent(self, milliseconds: int) -> str:
-        return _b64(bytes(2 * self.rate * milliseconds // 1000))
+        if self.uplink_rate is None:
+            return _b64(bytes([g711.SILENCE]) * (TWILIO_RATE * milliseconds // 1000))
+        return _b64(bytes(2 * self.uplink_rate * milliseconds // 1000))
 
     def _frames(self, ulaw: bytes) -> list[str]:
         data = self._partial_frame + ulaw if self._partial_frame else ulaw
@@ -144,10 +159,15 @@ class PcmTranscoder:
         return [_b64(data[start : start + FRAME_BYTES]) for start in range(0, whole, FRAME_BYTES)]
 
 
-def transcoder_for(audio_format: str, *, quality: str) -> Transcoder:
-    """The transcoder for the agent's ``audio_format`` (``CARTESIA_AUDIO_FORMAT``)."""
-    if audio_format == "mulaw_8000":
+def transcoder_for(
+    audio_format: str, *, quality: str, output_format: str | None = None
+) -> Transcoder:
+    """The transcoder for an agent hearing ``audio_format`` and speaking ``output_format``
+    (the same unless given: Managed agents always answer in their input format)."""
+    output_format = output_format or audio_format
+    for name in (audio_format, output_format):
+        if name != "mulaw_8000" and name not in PCM_RATES:
+            raise ValueError(f"unsupported agent audio format {name!r}")
+    if audio_format == output_format == "mulaw_8000":
         return Passthrough()
-    if audio_format in PCM_RATES:
-        return PcmTranscoder(PCM_RATES[audio_format], quality)
-    raise ValueError(f"unsupported agent audio format {audio_format!r}")
+    return PcmTranscoder(PCM_RATES.get(audio_format), PCM_RATES.get(output_format), quality)

@@ -60,6 +60,7 @@ def bank_tools(
     telephony: TelephonyControl,
     *,
     human_agent_number: str,
+    transfer_allowlist: frozenset[str] = frozenset(),
     definitions: tuple[ToolDefinition, ...] | None = None,
 ) -> ToolRegistry:
     """The registry of banking tools, each checked against its definition's parameters."""
@@ -70,7 +71,7 @@ def bank_tools(
         "freeze_card": (_set_card_status(bank, "frozen"), None),
         "unfreeze_card": (_set_card_status(bank, "active"), None),
         "transfer_to_human": (
-            _transfer_to_human(telephony, human_agent_number),
+            _transfer_to_human(telephony, human_agent_number, transfer_allowlist),
             CALL_CONTROL_TIMEOUT,
         ),
         "end_call": (_end_call(telephony), CALL_CONTROL_TIMEOUT),
@@ -232,10 +233,17 @@ def _set_card_status(bank: BankStore, status: Literal["active", "frozen"]) -> To
     return set_card_status
 
 
-def _transfer_to_human(telephony: TelephonyControl, number: str) -> ToolFunction:
+def _transfer_to_human(
+    telephony: TelephonyControl, human_agent_number: str, allowed: frozenset[str]
+) -> ToolFunction:
     async def transfer_to_human(
         context: ToolContext, arguments: Mapping[str, object]
     ) -> ToolResult:
+        # An agent may name a number (Line's transfer_call); only allow-listed ones are dialled.
+        asked = arguments.get("number")
+        number = asked if isinstance(asked, str) and asked in allowed else human_agent_number
+        if asked is not None and number != asked:
+            log.warning("bank.transfer_number_not_allowed", asked=mask_phone(str(asked)))
         if not number:
             raise ToolError("Transfers are not available on this line; offer to end the call.")
         if not await context.control.wait_until_heard():

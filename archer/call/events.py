@@ -85,6 +85,20 @@ class AgentNotice:
 
 
 @attrs.frozen(slots=True)
+class AgentTransfer:
+    """The agent asks Archer to move the call to ``number`` (Line's ``transfer_call``)."""
+
+    number: str
+
+
+@attrs.frozen(slots=True)
+class AgentCustom:
+    """Free-form data the agent sent (Line's ``custom``); recorded on the call."""
+
+    metadata: Mapping[str, object]
+
+
+@attrs.frozen(slots=True)
 class AgentHangup:
     """The agent ended the call cleanly (WebSocket close 1000); always the last event."""
 
@@ -100,5 +114,7 @@ AgentEvent = (
     | TurnTextDelta
     | TurnEnded
     | AgentNotice
+    | AgentTransfer
+    | AgentCustom
     | AgentHangup
 )

@@ -56,6 +56,9 @@ PlaceMark = Callable[[str, int], Awaitable[None]]
 class Playback:
     """The epoch of the current stretch of agent speech, and the marks still in flight."""
 
+    #: Drop the rest of an interrupted turn until the next one starts (only for agents that
+    #: announce their turns; without turn events, audio after a clear is the new answer).
+    gate_after_clear: bool = True
     epoch: int = 0
     #: Agent audio chunks queued for the caller so far (all epochs).
     chunks_queued: int = 0
@@ -90,7 +93,7 @@ class Playback:
     def interrupt(self) -> None:
         """The caller barged in: start a new epoch, close the gate; nothing pending was heard."""
         self.epoch += 1
-        self.gated = True
+        self.gated = self.gate_after_clear
         for pending in self._pending.values():
             pending.settled.set()
         self._pending.clear()

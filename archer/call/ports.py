@@ -62,6 +62,11 @@ class AgentStream(Protocol):
         """The agent platform's id for this session (Cartesia's ``call_id``)."""
         ...
 
+    @property
+    def reports_turns(self) -> bool:
+        """Whether the agent announces its turns (after a clear, the next one is awaited)."""
+        ...
+
     async def receive(self) -> AgentEvent:
         """The next agent event; ``AgentHangup`` is the last one.
 

@@ -26,9 +26,11 @@ from archer.audio.transcoder import FRAME_BYTES
 from archer.call.events import (
     AgentAudio,
     AgentClear,
+    AgentCustom,
     AgentDtmf,
     AgentHangup,
     AgentNotice,
+    AgentTransfer,
     ToolCallRequest,
     TurnEnded,
     TurnStarted,
@@ -241,6 +243,7 @@ async def receive_from_agent(
             except trio.WouldBlock:
                 call.frames_dropped += 1
 
+    transfers = 0
     with downlink:
         while True:
             event = await agent.receive()
@@ -283,6 +286,24 @@ async def receive_from_agent(
                     ]
                     queue(frames, turn=None)
                     log.info("agent.dtmf", digit=digit)
+                case AgentTransfer(number=number):
+                    # The same tool as a Managed agent's transfer: it waits for the lead-in,
+                    # checks the number against the allow-list and records the invocation.
+                    transfers += 1
+                    await tools.submit(
+                        ToolCallRequest(
+                            tool_call_id=f"transfer_call-{transfers}",
+                            name="transfer_to_human",
+                            arguments={
+                                "reason": "the agent asked (transfer_call)",
+                                "number": number,
+                            },
+                            expects_response=False,
+                        ),
+                        playback_epoch=playback.epoch,
+                    )
+                case AgentCustom(metadata=metadata):
+                    call.agent_event(metadata)
                 case AgentNotice(code=code, message=message):
                     log.warning("agent.notice", code=code, message=message)
                 case AgentHangup(reason=reason):

@@ -30,6 +30,7 @@ END_REASONS: Final = frozenset(
         "agent_handshake_timeout",  # no session_ready in time
         "agent_error",  # the agent closed abnormally or reported a fatal error
         "agent_unresponsive",  # keepalive pings went unanswered
+        "agent_idle_timeout",  # the agent closed the session for inactivity
         "protocol_error",  # a peer sent something we could not understand
         "stream_rejected",  # the media stream's one-time token was missing, used or expired
         "max_duration",  # the call hit the maximum call length
@@ -93,6 +94,9 @@ class CallRecord:
     error: str | None = None
     turns: tuple[TurnRecord, ...] = ()
     tool_calls: tuple[ToolCallRecord, ...] = ()
+    #: Custom events the agent sent (Line agents), in order, as received (bounded by the call
+    #: state).
+    agent_events: tuple[Mapping[str, object], ...] = ()
 
 
 @attrs.frozen(slots=True)

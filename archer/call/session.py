@@ -43,6 +43,7 @@ from archer.call.tools import CallerVerification, ToolContext, ToolRunner
 from archer.errors import (
     AgentClosedError,
     AgentFatalError,
+    AgentIdleError,
     AgentUnavailableError,
     AgentUnresponsiveError,
     ProtocolError,
@@ -91,7 +92,7 @@ async def run_call(
     """
     uplink_send, uplink_receive = trio.open_memory_channel[UplinkItem](UPLINK_BUFFER)
     downlink_send, downlink_receive = trio.open_memory_channel[DownlinkItem](DOWNLINK_BUFFER)
-    playback = Playback()
+    playback = Playback(gate_after_clear=agent.reports_turns)
     verification = CallerVerification()
 
     with trio.move_on_after(limits.max_call_seconds) as call_deadline:
@@ -143,6 +144,7 @@ async def bridge_call(
     limits: CallLimits,
     audio_format: str,
     resample_quality: str = "HQ",
+    output_format: str | None = None,
 ) -> None:
     """Open the agent session and run the call; every failure is recorded on ``call``.
 
@@ -170,13 +172,17 @@ async def bridge_call(
                 agent,
                 tools,
                 limits=limits,
-                transcoder=transcoder_for(audio_format, quality=resample_quality),
+                transcoder=transcoder_for(
+                    audio_format, quality=resample_quality, output_format=output_format
+                ),
             )
     # Handlers in order of precedence: the first one to finish the call names its end.
     except* AgentUnavailableError as group:
         _fail(call, _leaves(group)[0].end_reason, group)
     except* AgentUnresponsiveError as group:
         _fail(call, "agent_unresponsive", group)
+    except* AgentIdleError as group:
+        _fail(call, "agent_idle_timeout", group)
     except* (AgentClosedError, AgentFatalError) as group:
         _fail(call, "agent_error", group)
     except* ProtocolError as group:

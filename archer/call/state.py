@@ -10,9 +10,10 @@ bumped on the per-frame path; nothing here allocates per frame.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Final, Literal
 
 import attrs
 
@@ -21,6 +22,12 @@ from archer.call.records import CallRecord, CallStatus, ClaimedCall, ToolCallRec
 
 #: End reasons that only say the media stream stopped, whatever stopped it.
 STREAM_END_REASONS = frozenset({"caller_hangup", "twilio_disconnected"})
+
+# An agent's custom events are stored on the call row, so one chatty or hostile agent must not
+# grow it without bound: keep the first MAX_AGENT_EVENTS (count the rest) and replace any event
+# whose compact JSON exceeds MAX_AGENT_EVENT_BYTES with a marker saying how big it was.
+MAX_AGENT_EVENTS: Final = 100
+MAX_AGENT_EVENT_BYTES: Final = 4096
 
 
 def utc_now() -> datetime:
@@ -71,10 +78,13 @@ class CallState:
     error: str | None = None
     ended_at: datetime | None = None
     duration_ms: int | None = None
+    #: Custom agent events not kept because the call already held MAX_AGENT_EVENTS.
+    agent_events_dropped: int = 0
     #: How the call is about to end, announced by a tool before it asks Twilio to end it.
     _expected: tuple[CallStatus, str] | None = None
     _turns: dict[int, _TurnDraft] = attrs.Factory(dict)
     _tool_calls: dict[str, ToolCallRecord] = attrs.Factory(dict)
+    _agent_events: list[dict[str, object]] = attrs.Factory(list)
 
     @classmethod
     def for_claimed(
@@ -188,6 +198,19 @@ class CallState:
     def tool_call_count(self) -> int:
         return len(self._tool_calls)
 
+    # --- agent events ------------------------------------------------------------------------
+
+    def agent_event(self, metadata: Mapping[str, object]) -> None:
+        """Record a custom event the agent sent, within the bounds above."""
+        if len(self._agent_events) >= MAX_AGENT_EVENTS:
+            self.agent_events_dropped += 1
+            return
+        event = dict(metadata)
+        size = len(json.dumps(event, separators=(",", ":"), default=str).encode())
+        if size > MAX_AGENT_EVENT_BYTES:
+            event = {"truncated": True, "bytes": size}
+        self._agent_events.append(event)
+
     # --- leaving the trio thread -------------------------------------------------------------
 
     def snapshot(self) -> CallRecord:
@@ -223,6 +246,7 @@ class CallState:
             error=self.error,
             turns=turns,
             tool_calls=tuple(self._tool_calls.values()),
+            agent_events=tuple(self._agent_events),
         )
 
     def summary(self) -> dict[str, object]:
@@ -239,6 +263,7 @@ class CallState:
             "inbound_gap_ms": self.inbound_gap_ms,
             "turns": self.turn_count,
             "tool_calls": self.tool_call_count,
+            "agent_events": len(self._agent_events),
             "agent_call_id": self.agent_call_id,
             "error": self.error,
         }

@@ -14,15 +14,13 @@ Reference: ../shared/reference/cartesia-agents.md §1, §2.B, §4.
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
 import attrs
 import structlog
-import trio
 import trio_websocket
 
 from archer.call.events import (
@@ -38,17 +36,13 @@ from archer.call.events import (
     TurnTextDelta,
 )
 from archer.cartesia import managed
+from archer.cartesia.connect import open_agent_socket
 from archer.errors import AgentClosedError, AgentFatalError, AgentUnavailableError
-from archer.websocket_client import open_websocket_client
 
 if TYPE_CHECKING:
     from archer.call.ports import AgentSession
 
 log = structlog.get_logger(__name__)
-
-_E = TypeVar("_E", bound=BaseException)
-#: Messages trio-websocket may hold for us; agent audio is paced, so a few are plenty.
-MESSAGE_QUEUE_SIZE: Final = 8
 
 
 @attrs.frozen(kw_only=True)
@@ -75,47 +69,27 @@ class CartesiaManagedConnector:
         """Connect, send ``session_create``, wait for ``session_ready``; close on exit.
 
         Raises:
-            AgentUnavailableError: unreachable, upgrade refused, or not ready within
-                ``ready_timeout`` of connecting (the error's ``end_reason`` says which).
+            AgentUnavailableError: unreachable, refused, or not ready in time (see
+                ``archer.cartesia.connect``).
 
         Cancellation: the socket is closed (see ``archer.websocket_client``).
         """
-        ready = False
-        try:
-            # One deadline for TCP, the upgrade and session_ready; lifted once ready.
-            with trio.move_on_after(self.ready_timeout) as handshake:
-                async with open_websocket_client(
-                    self.url,
-                    extra_headers=[
-                        (b"X-API-Key", self.api_key.encode()),
-                        (b"Cartesia-Version", self.version.encode()),
-                    ],
-                    message_queue_size=MESSAGE_QUEUE_SIZE,
-                    max_message_size=self.max_message_bytes,
-                ) as websocket:
-                    agent = ManagedAgentStream(websocket)
-                    await agent.start_session(session)
-                    ready = True
-                    handshake.deadline = math.inf
-                    yield agent
-        except* trio_websocket.ConnectionRejected as group:
-            if ready:
-                raise
-            status = _leaf(group).status_code
-            raise AgentUnavailableError(
-                f"agent refused the connection: HTTP {status}", end_reason="agent_rejected"
-            ) from None
-        except* (OSError, trio_websocket.HandshakeError, trio.BrokenResourceError) as group:
-            if ready:
-                raise
-            raise AgentUnavailableError(
-                f"agent unreachable: {_leaf(group)!s}", end_reason="agent_unreachable"
-            ) from None
-        if handshake.cancelled_caught:
-            raise AgentUnavailableError(
-                f"agent not ready within {self.ready_timeout:g} s (no WebSocket or session_ready)",
-                end_reason="agent_handshake_timeout",
-            )
+
+        async def handshake(websocket: trio_websocket.WebSocketConnection) -> ManagedAgentStream:
+            agent = ManagedAgentStream(websocket)
+            await agent.start_session(session)
+            return agent
+
+        async with open_agent_socket(
+            self.url,
+            api_key=self.api_key,
+            version=self.version,
+            ready_timeout=self.ready_timeout,
+            max_message_bytes=self.max_message_bytes,
+            handshake=handshake,
+            ready_event="session_ready",
+        ) as agent:
+            yield agent
 
 
 @attrs.define
@@ -129,6 +103,10 @@ class ManagedAgentStream:
     @property
     def agent_call_id(self) -> str:
         return self._agent_call_id
+
+    @property
+    def reports_turns(self) -> bool:
+        return True  # turn_started / turn_ended frame every agent answer
 
     async def start_session(self, session: AgentSession) -> None:
         """Send ``session_create`` and wait for ``session_ready`` (callers bound the wait).
@@ -247,12 +225,6 @@ class ManagedAgentStream:
                 f"agent closed during the handshake: {_describe(closed)}",
                 end_reason="agent_rejected",
             ) from None
-
-
-def _leaf(group: BaseExceptionGroup[_E]) -> _E:
-    """The first exception of a (possibly nested) group."""
-    first = group.exceptions[0]
-    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _role(role: str) -> Literal["user", "assistant"]:

@@ -160,5 +160,16 @@ def init_schema(engine: sa.Engine) -> None:
                 conn.exec_driver_sql(schema_sql())
             else:
                 metadata.create_all(conn)
+                _add_missing_sqlite_columns(conn)
     except (SQLAlchemyError, OSError) as exc:
         raise StoreError(f"could not create the schema: {exc}") from exc
+
+
+def _add_missing_sqlite_columns(conn: sa.Connection) -> None:
+    """Add columns newer than an existing SQLite database (``create_all`` only adds tables).
+
+    The SQLite counterpart of schema.sql's ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``.
+    """
+    columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(calls)")}
+    if "agent_events" not in columns:
+        conn.exec_driver_sql("ALTER TABLE calls ADD COLUMN agent_events JSON NOT NULL DEFAULT '[]'")

@@ -98,8 +98,14 @@ CREATE TABLE IF NOT EXISTS calls (
     -- SHA-256 hex of the one-time media-stream token (never the token itself); set to NULL
     -- when the stream claims it, so it can be spent once.
     stream_token_hash        text,
-    stream_token_expires_at  timestamptz
+    stream_token_expires_at  timestamptz,
+    -- Custom events the agent sent during the call (Line agents), in order, as a JSON array.
+    agent_events             jsonb NOT NULL DEFAULT '[]'::jsonb
 );
+
+-- CREATE TABLE IF NOT EXISTS never adds a column to an existing table: databases created
+-- before agent_events existed get it on the next `archer db init`.
+ALTER TABLE calls ADD COLUMN IF NOT EXISTS agent_events jsonb NOT NULL DEFAULT '[]'::jsonb;
 
 CREATE INDEX IF NOT EXISTS calls_customer_id_idx ON calls (customer_id);
 -- Ops and reports list recent calls.

@@ -64,6 +64,8 @@ def record_from_json(line: str) -> CallRecord:
                     )
                     for tool in data["tool_calls"]
                 ),
+                # Absent from lines spooled before agent events were recorded.
+                "agent_events": tuple(dict(event) for event in data.get("agent_events", ())),
             }
         )
     except (KeyError, TypeError, AttributeError) as exc:

@@ -429,6 +429,8 @@ def _call_row(record: CallRecord) -> dict[str, object]:
         "frames_out": record.frames_out,
         "frames_dropped": record.frames_dropped,
         "error": record.error,
+        # Read-only Mappings in the record; the JSON serialiser wants plain dicts.
+        "agent_events": [dict(event) for event in record.agent_events],
     }
 
 
@@ -478,6 +480,7 @@ def _record_from_rows(
         frames_in=call.frames_in,
         frames_out=call.frames_out,
         frames_dropped=call.frames_dropped,
+        agent_events=tuple(dict(event) for event in call.agent_events),
         error=call.error,
         turns=tuple(
             TurnRecord(

@@ -180,6 +180,8 @@ calls = sa.Table(
     # SHA-256 hex of the one-time stream token; NULL once the stream has spent it.
     sa.Column("stream_token_hash", sa.Text),
     sa.Column("stream_token_expires_at", UtcDateTime),
+    # Custom events the agent sent, in order (a JSON array of objects).
+    sa.Column("agent_events", _Json, nullable=False, server_default=sa.text("'[]'")),
     _check("status", "status IN (" + ", ".join(f"'{s}'" for s in CALL_STATUSES) + ")"),
     sa.Index("calls_customer_id_idx", "customer_id"),
     sa.Index("calls_started_at_idx", "started_at"),

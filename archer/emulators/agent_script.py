@@ -16,6 +16,12 @@ Rules: a script is data, not code. The file is a JSON object ``{"description": "
   client tool; ``{var}`` in any string argument is replaced by a variable an earlier step stored
   with ``into``.
 - ``{"dtmf": "5"}``: press keys; ``{"pause": 0.5}``: wait; ``{"hang_up": {"reason": "..."}}``.
+- ``{"transfer": {"number": "+15555550199"}}``: ask the client to transfer the call (Line's
+  ``transfer_call`` event). Line only: a managed session playing a script with this step fails
+  at its start (managed agents transfer with a tool such as ``transfer_to_human``).
+
+A script plays on either protocol: on Line, ``tool`` steps travel as ``custom`` events (Archer's
+convention in ``archer.cartesia.line``), so one script serves both.
 
 Everything is checked on load, so a typo fails before a call, naming the file, the step (from 1)
 and the problem. Unknown keys are errors, booleans are not numbers, and a placeholder must name a
@@ -46,6 +52,7 @@ __all__ = [
     "Say",
     "SendDtmf",
     "Step",
+    "Transfer",
     "bundled_script_names",
     "load_agent_script",
     "parse_agent_script",
@@ -63,6 +70,8 @@ _SCRIPTS_DIR: Final = "scripts"
 _BUNDLED_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 _VARIABLE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _TOOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: E.164: ``+``, then 2 to 15 digits, the first not 0.
+_E164: Final = re.compile(r"\+[1-9][0-9]{1,14}")
 #: ``{name}`` inside a string argument; braces around anything else are literal text.
 PLACEHOLDER: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -127,7 +136,14 @@ class HangUp:
     reason: str | None = None
 
 
-Step = Say | Listen | CollectDtmf | CallTool | SendDtmf | Pause | HangUp
+@attrs.frozen(slots=True)
+class Transfer:
+    """Ask the client to transfer the call to E.164 ``number`` (a Line ``transfer_call``)."""
+
+    number: str
+
+
+Step = Say | Listen | CollectDtmf | CallTool | SendDtmf | Pause | HangUp | Transfer
 
 
 @attrs.frozen(slots=True)
@@ -141,6 +157,10 @@ class AgentScript:
     def clip_names(self) -> frozenset[str]:
         """Every clip a ``say`` step speaks."""
         return frozenset(step.clip for step in self.steps if isinstance(step, Say))
+
+    def line_only(self) -> bool:
+        """Whether a step needs the Line protocol (``transfer``), so managed sessions fail."""
+        return any(isinstance(step, Transfer) for step in self.steps)
 
 
 def bundled_script_names() -> list[str]:
@@ -231,7 +251,16 @@ def placeholders(value: object) -> set[str]:
 # Steps
 # --------------------------------------------------------------------------------------------
 
-_ACTIONS: Final = ("say", "listen", "collect_dtmf", "tool", "dtmf", "pause", "hang_up")
+_ACTIONS: Final = (
+    "say",
+    "listen",
+    "collect_dtmf",
+    "tool",
+    "dtmf",
+    "pause",
+    "hang_up",
+    "transfer",
+)
 
 
 def _parse_step(raw: object, where: str) -> Step:
@@ -278,6 +307,11 @@ def _parse_step(raw: object, where: str) -> Step:
         if not _is_number(value) or not 0 <= value <= 3600:
             raise AgentScriptError(f"{where}: must be a number of seconds from 0 to 3600")
         return Pause(seconds=float(value))
+    if action == "transfer":
+        number = _fields(value, {"number"}, where).get("number")
+        if not isinstance(number, str) or not _E164.fullmatch(number):
+            raise AgentScriptError(f"{where}: 'number' must be an E.164 number like +15555550199")
+        return Transfer(number=number)
     fields = _fields(value, {"reason"}, where)
     reason = fields.get("reason")
     if reason is not None and not isinstance(reason, str):

@@ -1,15 +1,20 @@
-"""An emulator of Cartesia's Managed Agents WebSocket that plays a scripted agent.
+"""An emulator of Cartesia's agent WebSockets (Managed Agents and Line) playing a scripted agent.
 
 Layer: emulator (trio-websocket server). Product code: the demo, ``archer emulate cartesia`` and
 the end-to-end tests talk to it exactly as Archer talks to Cartesia. Wire format from
-``archer.cartesia.managed`` (every server message is built there); behaviour from an
-``AgentScript`` (``archer.emulators.agent_script``); speech from 8 kHz μ-law clips.
+``archer.cartesia.managed`` and ``archer.cartesia.line`` (every server message is built there);
+behaviour from an ``AgentScript`` (``archer.emulators.agent_script``); speech from 8 kHz μ-law
+clips. One emulator serves both protocols and plays the same script on either: this module has
+the upgrade, the protocol-neutral script player (``ScriptedCall``) and the Managed session;
+``archer.emulators.cartesia_line`` has the Line session.
 
-Protocol rules followed (reference ../shared/reference/cartesia-agents.md §2.B, §4, §8):
+Upgrade (both protocols): authentication first, as a gateway does: ``X-API-Key`` or
+``Authorization: Bearer`` must be the key, else HTTP 401; then the path must be
+``/v1/agents/websocket/{agent_id}`` (Managed) or ``/agents/stream/{agent_id}`` (Line), else
+404. ``cartesia_version`` (query, which wins) or ``Cartesia-Version`` is recorded.
 
-- Upgrade: authentication first, as a gateway does: ``X-API-Key`` or ``Authorization: Bearer``
-  must be the key, else HTTP 401; then the path must be ``/v1/agents/websocket/{agent_id}``,
-  else 404. ``cartesia_version`` (query, which wins) or ``Cartesia-Version`` is recorded.
+Managed rules followed (reference ../shared/reference/cartesia-agents.md §2.B, §4, §8):
+
 - ``session_create`` must be the first message, within ``session_create_timeout``; silence
   closes 1008. Any other first event, or one ``parse_client_event`` refuses (unknown fields
   included), gets ``error`` (``invalid_event``, or ``invalid_dynamic_variables`` when the
@@ -28,6 +33,8 @@ Protocol rules followed (reference ../shared/reference/cartesia-agents.md §2.B,
   an interruptible ``say`` (``audio_output_clear``, ``turn_ended`` interrupted); ``listen``
   hears the oldest utterance not yet heard (the one in progress after a barge-in, or one spoken
   over an uninterruptible ``say``) or waits for the next.
+- A script with a ``transfer`` step (Line only) fails at ``session_create``: fatal ``error``
+  ``agent_failed`` and a close 1011, as an agent that cannot start.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import re
 import secrets
 import string
 from base64 import b64encode
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -52,7 +59,7 @@ import trio_websocket
 
 from archer.audio import clips, g711
 from archer.audio.vad import EnergyVad, SpeechStarted, VadEvent
-from archer.cartesia import managed
+from archer.cartesia import line, managed
 from archer.emulators.agent_script import (
     PLACEHOLDER,
     AgentScript,
@@ -64,6 +71,7 @@ from archer.emulators.agent_script import (
     Say,
     SendDtmf,
     Step,
+    Transfer,
     load_agent_script,
 )
 from archer.errors import CartesiaProtocolError
@@ -75,6 +83,7 @@ __all__ = [
     "ClipSource",
     "EmulatedSession",
     "EmulatedToolCall",
+    "ScriptedCall",
     "bundled_clip",
     "load_agent_script",
     "serve_cartesia_emulator",
@@ -100,6 +109,9 @@ _CLIENT_TYPES: Final = frozenset(
 )
 _WORD: Final = re.compile(r"\S+\s*")
 _MAX_CLOSE_REASON_BYTES: Final = 123  # RFC 6455: a close frame's payload is at most 125 bytes
+TRANSFER_ON_MANAGED: Final = (
+    "transfer is a Line step; managed agents use the transfer_to_human tool"
+)
 
 
 @attrs.frozen(slots=True)
@@ -138,20 +150,31 @@ class EmulatedSession:
     call_id: str
     agent_version_id: str
     cartesia_version: str | None
+    #: Which endpoint the client used: Managed Agents or Line (``/agents/stream``).
+    protocol: Literal["managed", "line"] = "managed"
     input_format: str | None = None
     output_delivery: str | None = None
     dynamic_variables: dict[str, managed.DynamicValue] = attrs.Factory(dict)
+    #: Line: the ``stream_id`` (the client's, or ``sid_`` + 16 hex) and ``start.metadata``.
+    stream_id: str | None = None
+    metadata: dict[str, object] = attrs.Factory(dict)
     #: Every client event that parsed, in order (refused ones are in ``errors_sent``).
-    events: list[managed.ClientEvent] = attrs.Factory(list)
+    events: list[managed.ClientEvent | line.ClientEvent] = attrs.Factory(list)
     dtmf_digits: list[str] = attrs.Factory(list)
     tool_calls: list[EmulatedToolCall] = attrs.Factory(list)
+    #: Answers to ``tool_calls`` (Line's custom-event answers are stored in the same shape).
     tool_results: dict[str, managed.ClientToolResult] = attrs.Factory(dict)
+    #: Line: ``custom`` metadata from the client that was not a tool result.
+    custom_received: list[dict[str, object]] = attrs.Factory(list)
+    #: Line: numbers the agent asked the client to transfer the call to.
+    transfers: list[str] = attrs.Factory(list)
     #: What ``collect_dtmf`` and ``tool`` steps stored with ``into``.
     variables: dict[str, str] = attrs.Factory(dict)
-    #: ``audio_input`` messages that arrived before ``session_ready`` (dropped, as Cartesia does).
+    #: Audio messages that arrived before the session was ready (dropped, as Cartesia does).
     audio_dropped_before_ready: int = 0
-    #: Caller audio heard after ``session_ready``, raw, in ``input_format``.
+    #: Caller audio heard once ready, raw, in ``input_format``.
     caller_audio: bytearray = attrs.Factory(bytearray)
+    #: Managed ``error`` events sent (Line has no error event: it closes 1008 instead).
     errors_sent: list[managed.Error] = attrs.Factory(list)
     ended_by: Literal["agent", "client"] | None = None
     close_code: int | None = None
@@ -162,7 +185,7 @@ class EmulatedSession:
 
 @attrs.define
 class CartesiaEmulator:
-    """A Managed Agents endpoint for one agent that plays ``script`` on every connection.
+    """Both agent endpoints for one agent, playing ``script`` on every connection.
 
     Clips are loaded when the emulator is made (build it before serving): a script naming an
     unknown clip fails here, not mid-call.
@@ -171,9 +194,14 @@ class CartesiaEmulator:
     api_key: str = attrs.field(repr=False)
     script: AgentScript
     agent_id: str = "agent_emulated"
+    #: Seconds the first message (``session_create``, Line's ``start``) may take.
     session_create_timeout: float = 10.0
-    #: Seconds between ``session_create`` and ``session_ready``; audio in between is dropped.
+    #: Seconds between the first message and readiness (Managed ``session_ready``; on Line,
+    #: after the immediate ``ack``); audio in between is dropped.
     ready_delay: float = 0.0
+    #: Line only: a session with no client message for this long closes 1000
+    #: ``connection idle timeout``.
+    idle_timeout: float = 180.0
     #: Called with one human-readable line per notable step.
     progress: Callable[[str], None] | None = None
     clips: ClipSource = bundled_clip
@@ -234,7 +262,13 @@ class CartesiaEmulator:
             self.report("refused a connection: bad API key (401)")
             await request.reject(401, body=b"invalid API key")
             return
-        if unquote(parts.path) != f"/v1/agents/websocket/{self.agent_id}":
+        protocol: Literal["managed", "line"]
+        path = unquote(parts.path)
+        if path == f"/v1/agents/websocket/{self.agent_id}":
+            protocol = "managed"
+        elif path == f"/agents/stream/{self.agent_id}":
+            protocol = "line"
+        else:
             self.report(f"refused a connection: no agent at {parts.path[:80]} (404)")
             await request.reject(404, body=b"agent not found")
             return
@@ -244,11 +278,18 @@ class CartesiaEmulator:
             call_id=_random_id("ac_"),
             agent_version_id=_random_id("av_"),
             cartesia_version=version or headers.get("cartesia-version"),
+            protocol=protocol,
         )
         self.sessions.append(session)
         try:
             websocket = await request.accept()
-            await _Call(self, websocket, session).run()
+            if protocol == "line":
+                # Deferred: the Line session builds on ScriptedCall, defined below.
+                from archer.emulators.cartesia_line import LineCall
+
+                await LineCall(self, websocket, session).run()
+            else:
+                await _ManagedCall(self, websocket, session).run()
         except trio_websocket.ConnectionClosed:
             session.ended_by = "client"  # gone during the upgrade, before any session began
         finally:
@@ -333,14 +374,19 @@ class _Utterance:
 
 
 @attrs.define
-class _Call:
-    """One connection's state while its script plays; the reader and the script share it."""
+class ScriptedCall:
+    """One connection's state while its script plays; the reader and the script share it.
+
+    Protocol-neutral: subclasses (``_ManagedCall`` here, ``LineCall`` in
+    ``archer.emulators.cartesia_line``) do the handshake, parse what the client sends and build
+    what the agent sends; this class paces speech, hears the caller, waits for digits and tool
+    results, and runs the steps.
+    """
 
     emulator: CartesiaEmulator
     websocket: trio_websocket.WebSocketConnection
     session: EmulatedSession
     input_format: str = "mulaw_8000"
-    output_delivery: str = "speaking_pace"
     ready: bool = False
     turn: int = 0
     started_at: float = 0.0
@@ -355,11 +401,55 @@ class _Call:
     unreported_tools: list[dict[str, object]] = attrs.Factory(list)
     changed: trio.Event = attrs.Factory(trio.Event)
 
+    # ---- what a protocol provides ----------------------------------------------------------
+
+    async def _handshake(self) -> bool:
+        """Receive the client's first message and answer it; ``False`` once closed instead."""
+        raise NotImplementedError
+
+    async def _become_ready(self) -> None:
+        """Wait out ``ready_delay`` and tell the client (if the protocol does); then ready."""
+        raise NotImplementedError
+
+    async def _on_message(self, message: str | bytes) -> bool:
+        """Handle one client message; ``False`` once the socket is closed because of it."""
+        raise NotImplementedError
+
+    async def _say(self, step: Say) -> None:
+        raise NotImplementedError
+
+    async def _send_audio(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+    async def _send_clear(self) -> None:
+        raise NotImplementedError
+
+    async def _send_dtmf(self, digit: str) -> None:
+        raise NotImplementedError
+
+    async def _send_tool_call(
+        self, tool_call_id: str, name: str, parameters: Mapping[str, object]
+    ) -> None:
+        raise NotImplementedError
+
+    async def _transfer(self, step: Transfer) -> None:
+        raise NotImplementedError
+
+    async def _user_turn_started(self, utterance: _Utterance) -> None:
+        """The caller began the utterance a ``listen`` hears (a protocol may announce it)."""
+
+    async def _user_turn_ended(self, utterance: _Utterance, transcript: str, ended: float) -> None:
+        """The caller finished it (a protocol may send the transcript)."""
+
+    async def _next_message(self) -> str | bytes | None:
+        """The next client message; ``None`` once the agent closed the socket instead."""
+        return await self.websocket.get_message()
+
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def run(self) -> None:
         try:
-            if not await self._receive_session_create():
+            if not await self._handshake():
                 return
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._play)
@@ -368,53 +458,10 @@ class _Call:
         except trio_websocket.ConnectionClosed as exc:
             self._client_closed(exc)
 
-    async def _receive_session_create(self) -> bool:
-        message: str | bytes | None = None
-        with trio.move_on_after(self.emulator.session_create_timeout):
-            message = await self.websocket.get_message()
-        if message is None:
-            timeout = self.emulator.session_create_timeout
-            self.emulator.report(f"no session_create within {timeout:g} s: closing 1008")
-            await self._close(1008, f"no session_create within {timeout:g} s")
-            return False
-        try:
-            event = managed.parse_client_event(message)
-        except CartesiaProtocolError as exc:
-            # Cartesia names bad variables with their own code; they too prevent the start.
-            problem = str(exc)
-            code = (
-                "invalid_dynamic_variables" if "dynamic_variables" in problem else "invalid_event"
-            )
-            await self._fatal(problem, code=code)
-            return False
-        self.session.events.append(event)
-        if not isinstance(event, managed.SessionCreate):
-            await self._fatal(f"the first event must be session_create, not {type(event).__name__}")
-            return False
-        self.started_at = trio.current_time()
-        self.input_format, self.output_delivery = event.input_format, event.output_delivery
-        self.session.input_format = event.input_format
-        self.session.output_delivery = event.output_delivery
-        self.session.dynamic_variables = dict(event.dynamic_variables)
-        return True
-
     async def _play(self) -> None:
         try:
-            if self.emulator.ready_delay > 0:
-                await trio.sleep(self.emulator.ready_delay)
-            await self.websocket.send_message(
-                managed.session_ready(
-                    call_id=self.session.call_id,
-                    agent_id=self.emulator.agent_id,
-                    agent_version_id=self.session.agent_version_id,
-                    input_format=self.input_format,
-                    output_delivery=self.output_delivery,
-                )
-            )
+            await self._become_ready()
             self.ready = True
-            self.emulator.report(
-                f"session ready: call {self.session.call_id} ({self.input_format})"
-            )
             for step in self.emulator.script.steps:
                 if not await self._run_step(step):
                     return
@@ -425,8 +472,8 @@ class _Call:
     async def _read_until_closed(self) -> None:
         try:
             while True:
-                message = await self.websocket.get_message()
-                if not await self._on_message(message):
+                message = await self._next_message()
+                if message is None or not await self._on_message(message):
                     return
         except trio_websocket.ConnectionClosed as exc:
             self._client_closed(exc)
@@ -447,54 +494,10 @@ class _Call:
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
             await self.websocket.aclose(code, reason)
 
-    async def _fatal(self, problem: str, *, code: str = "invalid_event") -> None:
-        self.emulator.report(f"agent refuses an invalid event ({problem}): closing 1008")
-        self.session.errors_sent.append(managed.Error(code=code, message=problem, fatal=True))
-        try:
-            await self.websocket.send_message(managed.error(code, problem, fatal=True))
-        except trio_websocket.ConnectionClosed:
-            return
-        await self._close(1008, problem)
-
-    async def _refuse(self, problem: str) -> None:
-        self.emulator.report(f"agent ignores an invalid event: {problem}")
-        self.session.errors_sent.append(managed.Error("invalid_event", problem, fatal=False))
-        await self.websocket.send_message(managed.error("invalid_event", problem, fatal=False))
-
     # ---- what the client sends -------------------------------------------------------------
 
-    async def _on_message(self, message: str | bytes) -> bool:
-        """Handle one message; ``False`` once it was fatal and the socket is closed."""
-        try:
-            event = managed.parse_client_event(message)
-        except CartesiaProtocolError as exc:
-            if _is_client_event(message):
-                await self._refuse(str(exc))
-                return True
-            await self._fatal(str(exc))
-            return False
-        self.session.events.append(event)
-        if isinstance(event, managed.AudioInput):
-            await self._hear(event.audio)
-        elif isinstance(event, managed.DtmfInput):
-            self.session.dtmf_digits.append(event.digit)
-            self.digits.append(event.digit)
-            self._changed()
-        elif isinstance(event, managed.ClientToolResult):
-            await self._tool_result(event)
-        else:
-            await self._refuse("session_create was already received")
-        return True
-
-    async def _hear(self, payload: str) -> None:
-        if not self.ready:
-            self.session.audio_dropped_before_ready += 1
-            return
-        try:
-            audio = binascii.a2b_base64(payload, strict_mode=True)
-        except (binascii.Error, ValueError):
-            await self._refuse("audio_input.audio is not valid base64")
-            return
+    def _hear(self, audio: bytes) -> None:
+        """Caller audio (decoded, in ``input_format``) after the session is ready."""
         self.session.caller_audio += audio
         self.pending_audio += audio
         frame = chunk_bytes(self.input_format)
@@ -518,14 +521,22 @@ class _Call:
             self.utterances[-1].ended = at
         self._changed()
 
-    async def _tool_result(self, result: managed.ClientToolResult) -> None:
+    def _keyed(self, digit: str) -> None:
+        self.session.dtmf_digits.append(digit)
+        self.digits.append(digit)
+        self._changed()
+
+    def _tool_answered(self, result: managed.ClientToolResult) -> bool:
+        """Record ``result`` if its call is open; ``False`` if no call ever had its id.
+
+        A late or duplicate result for an id that was issued is silently ignored.
+        """
         if result.tool_call_id in self.open_tool_calls:
             self.open_tool_calls.discard(result.tool_call_id)
             self.session.tool_results[result.tool_call_id] = result
             self._changed()
-        elif not any(call.tool_call_id == result.tool_call_id for call in self.session.tool_calls):
-            await self._refuse(f"no client_tool_call has tool_call_id {result.tool_call_id[:40]!r}")
-        # else: late or duplicate, silently ignored as Cartesia documents.
+            return True
+        return any(call.tool_call_id == result.tool_call_id for call in self.session.tool_calls)
 
     # ---- the script ------------------------------------------------------------------------
 
@@ -542,71 +553,54 @@ class _Call:
         elif isinstance(step, SendDtmf):
             self.emulator.report(f"agent presses {step.digits}")
             for digit in step.digits:
-                await self.websocket.send_message(managed.dtmf_output(digit))
+                await self._send_dtmf(digit)
         elif isinstance(step, Pause):
             await trio.sleep(step.seconds)
+        elif isinstance(step, Transfer):
+            await self._transfer(step)
         else:
             because = f", reason: {step.reason}" if step.reason else ""
             self.emulator.report(f"agent hangs up{because}")
-            await self._close(1000, f"call ended by agent{because}")
+            await self._close(1000, f"{line.CALL_ENDED_BY_AGENT}{because}")
             return False
         return True
 
-    async def _say(self, step: Say) -> None:
-        clip = self.emulator.clip(step.clip)
-        audio = self.emulator.rendered(step.clip, self.input_format)
+    def _chunks(self, clip: str) -> list[bytes]:
+        """Clip ``clip`` in the session's format, in 20 ms chunks."""
+        audio = self.emulator.rendered(clip, self.input_format)
         size = chunk_bytes(self.input_format)
-        chunks = [audio[at : at + size] for at in range(0, len(audio), size)]
-        words = _WORD.findall(clip.text.strip())
-        turn, started = self._next_turn(), self._now()
-        tool_calls, self.unreported_tools = self.unreported_tools, []
-        send = self.websocket.send_message
-        await send(managed.turn_started(turn, "assistant", started))
-        self.emulator.report(f"agent says: {clip.text}")
-        paced = self.output_delivery == "speaking_pace"
-        if not paced:  # as_available: all audio now; the words still follow the speech
+        return [audio[at : at + size] for at in range(0, len(audio), size)]
+
+    async def _speak(
+        self,
+        chunks: list[bytes],
+        *,
+        interruptible: bool,
+        paced: bool = True,
+        on_chunk: Callable[[int], Awaitable[None]] | None = None,
+    ) -> bool:
+        """Play ``chunks`` over their length; ``False`` if the caller barged in (cleared).
+
+        ``paced`` sends each chunk on time, else all at once first (the clip still lasts its
+        length). ``on_chunk(index)`` runs as each chunk falls due, before it is sent.
+        """
+        if not paced:
             for chunk in chunks:
-                await send(managed.audio_output(b64encode(chunk).decode("ascii")))
-        spoken = 0
+                await self._send_audio(chunk)
         # An absolute schedule: a slow send delays one chunk, never every later one.
         begin = trio.current_time()
         for index, chunk in enumerate(chunks):
             await trio.sleep_until(begin + index * FRAME_SECONDS)
-            if step.interruptible and self.vad.speaking:
+            if interruptible and self.vad.speaking:
                 self.emulator.report("agent hears the caller (barge-in)")
-                await send(managed.audio_output_clear())
-                text = "".join(words[:spoken]).rstrip()
-                await send(self._assistant_ended(turn, text, started, tool_calls, interrupted=True))
-                return
-            while spoken < len(words) and spoken * len(chunks) // len(words) <= index:
-                await send(managed.turn_output_text_delta(turn, words[spoken]))
-                spoken += 1
+                await self._send_clear()
+                return False
+            if on_chunk is not None:
+                await on_chunk(index)
             if paced:
-                await send(managed.audio_output(b64encode(chunk).decode("ascii")))
-        for word in words[spoken:]:  # only when the clip had no audio at all
-            await send(managed.turn_output_text_delta(turn, word))
+                await self._send_audio(chunk)
         await trio.sleep_until(begin + len(chunks) * FRAME_SECONDS)
-        text = "".join(words)
-        await send(self._assistant_ended(turn, text, started, tool_calls, interrupted=False))
-
-    def _assistant_ended(
-        self,
-        turn: int,
-        text: str,
-        started: float,
-        tool_calls: list[dict[str, object]],
-        *,
-        interrupted: bool,
-    ) -> str:
-        return managed.turn_ended(
-            turn,
-            "assistant",
-            text,
-            interrupted=interrupted,
-            start_time=started,
-            end_time=self._now(),
-            tool_calls=tool_calls,
-        )
+        return True
 
     async def _listen(self, step: Listen) -> None:
         # The oldest speech not yet heard: usually the caller starts now, or is already
@@ -619,22 +613,12 @@ class _Call:
             return
         utterance = self.utterances[self.heard]
         self.heard += 1
-        turn = self._next_turn()
-        await self.websocket.send_message(managed.turn_started(turn, "user", utterance.started))
+        await self._user_turn_started(utterance)
         with trio.move_on_after(step.timeout):
             await self._wait_until(lambda: utterance.ended is not None)
         ended = self._now() if utterance.ended is None else utterance.ended
         self.emulator.report(f"agent hears: {step.transcript}")
-        await self.websocket.send_message(
-            managed.turn_ended(
-                turn,
-                "user",
-                step.transcript,
-                interrupted=False,
-                start_time=utterance.started,
-                end_time=max(utterance.started, ended),
-            )
-        )
+        await self._user_turn_ended(utterance, step.transcript, max(utterance.started, ended))
 
     async def _collect_dtmf(self, step: CollectDtmf) -> None:
         # Digits keyed earlier (say, during the prompt) count: callers type ahead.
@@ -658,9 +642,7 @@ class _Call:
         self.session.tool_calls.append(EmulatedToolCall(tool_call_id, step.name, parameters))
         self.open_tool_calls.add(tool_call_id)
         self.emulator.report(f"agent calls {step.name}")
-        await self.websocket.send_message(
-            managed.client_tool_call(tool_call_id, step.name, parameters, expects_response=True)
-        )
+        await self._send_tool_call(tool_call_id, step.name, parameters)
         with trio.move_on_after(step.timeout) as waiting:
             await self._wait_until(lambda: tool_call_id in self.session.tool_results)
         if waiting.cancelled_caught:
@@ -687,7 +669,7 @@ class _Call:
     # ---- helpers ---------------------------------------------------------------------------
 
     def _now(self) -> float:
-        """Seconds since ``session_create`` arrived, as Cartesia dates turns."""
+        """Seconds since the session started (its first message arrived), as turns are dated."""
         return round(trio.current_time() - self.started_at, 3)
 
     def _next_turn(self) -> int:
@@ -701,3 +683,200 @@ class _Call:
     async def _wait_until(self, predicate: Callable[[], bool]) -> None:
         while not predicate():
             await self.changed.wait()
+
+
+@attrs.define
+class _ManagedCall(ScriptedCall):
+    """A Managed Agents session (``/v1/agents/websocket``): turn events, client tool calls."""
+
+    output_delivery: str = "speaking_pace"
+    user_turn: int = 0
+
+    async def _handshake(self) -> bool:
+        message: str | bytes | None = None
+        with trio.move_on_after(self.emulator.session_create_timeout):
+            message = await self.websocket.get_message()
+        if message is None:
+            timeout = self.emulator.session_create_timeout
+            self.emulator.report(f"no session_create within {timeout:g} s: closing 1008")
+            await self._close(1008, f"no session_create within {timeout:g} s")
+            return False
+        try:
+            event = managed.parse_client_event(message)
+        except CartesiaProtocolError as exc:
+            # Cartesia names bad variables with their own code; they too prevent the start.
+            problem = str(exc)
+            code = (
+                "invalid_dynamic_variables" if "dynamic_variables" in problem else "invalid_event"
+            )
+            await self._fatal(problem, code=code)
+            return False
+        self.session.events.append(event)
+        if not isinstance(event, managed.SessionCreate):
+            await self._fatal(f"the first event must be session_create, not {type(event).__name__}")
+            return False
+        if self.emulator.script.line_only():
+            await self._fatal(TRANSFER_ON_MANAGED, code="agent_failed", close_code=1011)
+            return False
+        self.started_at = trio.current_time()
+        self.input_format, self.output_delivery = event.input_format, event.output_delivery
+        self.session.input_format = event.input_format
+        self.session.output_delivery = event.output_delivery
+        self.session.dynamic_variables = dict(event.dynamic_variables)
+        return True
+
+    async def _become_ready(self) -> None:
+        if self.emulator.ready_delay > 0:
+            await trio.sleep(self.emulator.ready_delay)
+        await self.websocket.send_message(
+            managed.session_ready(
+                call_id=self.session.call_id,
+                agent_id=self.emulator.agent_id,
+                agent_version_id=self.session.agent_version_id,
+                input_format=self.input_format,
+                output_delivery=self.output_delivery,
+            )
+        )
+        self.emulator.report(f"session ready: call {self.session.call_id} ({self.input_format})")
+
+    async def _fatal(
+        self, problem: str, *, code: str = "invalid_event", close_code: int = 1008
+    ) -> None:
+        self.emulator.report(f"agent refuses an invalid event ({problem}): closing {close_code}")
+        self.session.errors_sent.append(managed.Error(code=code, message=problem, fatal=True))
+        try:
+            await self.websocket.send_message(managed.error(code, problem, fatal=True))
+        except trio_websocket.ConnectionClosed:
+            return
+        await self._close(close_code, problem)
+
+    async def _refuse(self, problem: str) -> None:
+        self.emulator.report(f"agent ignores an invalid event: {problem}")
+        self.session.errors_sent.append(managed.Error("invalid_event", problem, fatal=False))
+        await self.websocket.send_message(managed.error("invalid_event", problem, fatal=False))
+
+    # ---- what the client sends -------------------------------------------------------------
+
+    async def _on_message(self, message: str | bytes) -> bool:
+        try:
+            event = managed.parse_client_event(message)
+        except CartesiaProtocolError as exc:
+            if _is_client_event(message):
+                await self._refuse(str(exc))
+                return True
+            await self._fatal(str(exc))
+            return False
+        self.session.events.append(event)
+        if isinstance(event, managed.AudioInput):
+            await self._audio_input(event.audio)
+        elif isinstance(event, managed.DtmfInput):
+            self._keyed(event.digit)
+        elif isinstance(event, managed.ClientToolResult):
+            if not self._tool_answered(event):
+                await self._refuse(
+                    f"no client_tool_call has tool_call_id {event.tool_call_id[:40]!r}"
+                )
+        else:
+            await self._refuse("session_create was already received")
+        return True
+
+    async def _audio_input(self, payload: str) -> None:
+        if not self.ready:
+            self.session.audio_dropped_before_ready += 1
+            return
+        try:
+            audio = binascii.a2b_base64(payload, strict_mode=True)
+        except (binascii.Error, ValueError):
+            await self._refuse("audio_input.audio is not valid base64")
+            return
+        self._hear(audio)
+
+    # ---- what the agent sends --------------------------------------------------------------
+
+    async def _say(self, step: Say) -> None:
+        clip = self.emulator.clip(step.clip)
+        chunks = self._chunks(step.clip)
+        words = _WORD.findall(clip.text.strip())
+        turn, started = self._next_turn(), self._now()
+        tool_calls, self.unreported_tools = self.unreported_tools, []
+        send = self.websocket.send_message
+        await send(managed.turn_started(turn, "assistant", started))
+        self.emulator.report(f"agent says: {clip.text}")
+        spoken = 0
+
+        async def words_due(index: int) -> None:
+            # Each word goes out with the chunk it falls in: the words follow the speech.
+            nonlocal spoken
+            while spoken < len(words) and spoken * len(chunks) // len(words) <= index:
+                await send(managed.turn_output_text_delta(turn, words[spoken]))
+                spoken += 1
+
+        paced = self.output_delivery == "speaking_pace"
+        finished = await self._speak(
+            chunks, interruptible=step.interruptible, paced=paced, on_chunk=words_due
+        )
+        if not finished:
+            text = "".join(words[:spoken]).rstrip()
+            await send(self._assistant_ended(turn, text, started, tool_calls, interrupted=True))
+            return
+        for word in words[spoken:]:  # only when the clip had no audio at all
+            await send(managed.turn_output_text_delta(turn, word))
+        text = "".join(words)
+        await send(self._assistant_ended(turn, text, started, tool_calls, interrupted=False))
+
+    def _assistant_ended(
+        self,
+        turn: int,
+        text: str,
+        started: float,
+        tool_calls: list[dict[str, object]],
+        *,
+        interrupted: bool,
+    ) -> str:
+        return managed.turn_ended(
+            turn,
+            "assistant",
+            text,
+            interrupted=interrupted,
+            start_time=started,
+            end_time=self._now(),
+            tool_calls=tool_calls,
+        )
+
+    async def _send_audio(self, chunk: bytes) -> None:
+        await self.websocket.send_message(managed.audio_output(b64encode(chunk).decode("ascii")))
+
+    async def _send_clear(self) -> None:
+        await self.websocket.send_message(managed.audio_output_clear())
+
+    async def _send_dtmf(self, digit: str) -> None:
+        await self.websocket.send_message(managed.dtmf_output(digit))
+
+    async def _send_tool_call(
+        self, tool_call_id: str, name: str, parameters: Mapping[str, object]
+    ) -> None:
+        await self.websocket.send_message(
+            managed.client_tool_call(tool_call_id, name, parameters, expects_response=True)
+        )
+
+    async def _transfer(self, step: Transfer) -> None:
+        # Unreachable: the handshake refuses scripts with a transfer step.
+        await self._fatal(TRANSFER_ON_MANAGED, code="agent_failed", close_code=1011)
+
+    async def _user_turn_started(self, utterance: _Utterance) -> None:
+        self.user_turn = self._next_turn()
+        await self.websocket.send_message(
+            managed.turn_started(self.user_turn, "user", utterance.started)
+        )
+
+    async def _user_turn_ended(self, utterance: _Utterance, transcript: str, ended: float) -> None:
+        await self.websocket.send_message(
+            managed.turn_ended(
+                self.user_turn,
+                "user",
+                transcript,
+                interrupted=False,
+                start_time=utterance.started,
+                end_time=ended,
+            )
+        )

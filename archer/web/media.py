@@ -82,6 +82,7 @@ async def _carry(services: Services, call: CallState, twilio: QuartTwilioStream)
             limits=limits,
             audio_format=settings.cartesia_audio_format,
             resample_quality=settings.resample_quality,
+            output_format=settings.agent_output_format,
         )
     finally:
         # Nothing finished the call: we were cancelled, because Twilio's socket went (quart-trio

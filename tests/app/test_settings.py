@@ -84,11 +84,26 @@ def test_secrets_never_appear_in_repr() -> None:
     assert "agent_123" in text
 
 
-def test_unsupported_protocol_is_refused_for_serving() -> None:
-    """A valid but not yet supported choice stops serving with a message naming it."""
-    settings = Settings.from_environ({**SERVING, "CARTESIA_PROTOCOL": "line"})
-    with pytest.raises(ConfigError, match="CARTESIA_PROTOCOL=line"):
-        settings.check_serving()
+def test_line_agents_are_one_setting_away() -> None:
+    """``CARTESIA_PROTOCOL=line`` serves; the Line output format and allow-list are checked."""
+    settings = Settings.from_environ(
+        {
+            **SERVING,
+            "CARTESIA_PROTOCOL": "line",
+            "CARTESIA_AUDIO_FORMAT": "pcm_16000",
+            "CARTESIA_LINE_OUTPUT_FORMAT": "pcm_24000",
+            "TRANSFER_ALLOWLIST": "+15555550199, +15555550198",
+        }
+    )
+    settings.check_serving()
+    assert settings.agent_output_format == "pcm_24000"
+    assert settings.transfer_allowlist == {"+15555550199", "+15555550198"}
+    managed = Settings.from_environ({**SERVING, "CARTESIA_LINE_OUTPUT_FORMAT": "pcm_24000"})
+    assert managed.agent_output_format == "mulaw_8000"  # Managed agents answer in their input
+    with pytest.raises(ConfigError, match="TRANSFER_ALLOWLIST"):
+        Settings.from_environ({**SERVING, "TRANSFER_ALLOWLIST": "+1555, 911"})
+    with pytest.raises(ConfigError, match="CARTESIA_LINE_OUTPUT_FORMAT"):
+        Settings.from_environ({**SERVING, "CARTESIA_LINE_OUTPUT_FORMAT": "opus"})
 
 
 def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:

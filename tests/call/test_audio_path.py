@@ -181,3 +181,22 @@ async def test_pcm_agents_get_pcm_and_the_caller_gets_whole_mulaw_frames(
 
 def pcm16k_of(ulaw: bytes) -> np.ndarray:
     return soxr.resample(g711.decode_samples(ulaw), 8000, 16000).astype(np.int16)
+
+
+async def test_without_turn_events_audio_after_a_clear_is_the_new_answer(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A Line agent announces no turns: after its clear, its next audio plays at once."""
+    bridge = Bridge()
+    bridge.agent.reports_turns = False
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bridge.run)
+        bridge.agent.say(audio(1))
+        await trio.testing.wait_all_tasks_blocked()
+        bridge.agent.clear()
+        bridge.agent.say(audio(2))  # the answer to the interruption
+        await trio.testing.wait_all_tasks_blocked()
+        bridge.twilio.stop()
+        await bridge.wait_done()
+    assert bridge.twilio.sent("media") == [audio(1), audio(2)]
+    assert bridge.twilio.outbound.index(("clear", "")) == 1

@@ -480,3 +480,53 @@ def _row_counts(store: SqlCallStore) -> tuple[int, int, int]:
             for table in (tables.calls, tables.call_turns, tables.tool_calls)
         )
     return calls, turns, tools
+
+
+AGENT_EVENTS = (
+    {"type": "intent", "intent": "balance", "confidence": 0.93},
+    {"type": "note", "tags": ["vip", "callback"], "nested": {"a": 1, "b": None}},
+)
+
+
+async def test_agent_events_round_trip(sql_store: SqlCallStore) -> None:
+    """The agent's custom events are stored on the call and load back in order."""
+    record = attrs.evolve(finished_record(), agent_events=AGENT_EVENTS)
+
+    await sql_store.save_call(record)
+
+    stored = await sql_store.load_call("CA0001")
+    assert stored is not None
+    assert stored.record.agent_events == AGENT_EVENTS
+    assert stored.record == record
+
+
+async def test_agent_events_default_to_none_and_are_replaced_on_resave(
+    sql_store: SqlCallStore,
+) -> None:
+    """A call without events stores an empty list; a re-save replaces the list, never appends."""
+    await sql_store.save_call(finished_record())
+    stored = await sql_store.load_call("CA0001")
+    assert stored is not None
+    assert stored.record.agent_events == ()
+
+    with_events = attrs.evolve(finished_record(), agent_events=AGENT_EVENTS)
+    await sql_store.save_call(with_events)
+    await sql_store.save_call(with_events)
+    stored = await sql_store.load_call("CA0001")
+    assert stored is not None
+    assert stored.record.agent_events == AGENT_EVENTS
+
+    fewer = attrs.evolve(finished_record(), agent_events=AGENT_EVENTS[:1])
+    await sql_store.save_call(fewer)
+    stored = await sql_store.load_call("CA0001")
+    assert stored is not None
+    assert stored.record.agent_events == AGENT_EVENTS[:1]
+
+
+async def test_open_call_row_has_no_agent_events(sql_store: SqlCallStore) -> None:
+    """A row the webhook opened (no flush yet) reads back with the column's empty default."""
+    await sql_store.open_call(new_call())
+
+    stored = await sql_store.load_call("CA0001")
+    assert stored is not None
+    assert stored.record.agent_events == ()

@@ -88,6 +88,8 @@ async def running_system(
     human_agent_number: str = "",
     audio_format: str = "mulaw_8000",
     spool_replay_interval: float = 30.0,
+    protocol: str = "managed",
+    agent_server_url: str | None = None,
 ) -> AsyncIterator[System]:
     """Archer (with ``tools``; None for the real banking tools) and its agent, on loopback."""
     spool_dir = Path(tempfile.mkdtemp(prefix="archer-spool-"))
@@ -106,7 +108,8 @@ async def running_system(
             twilio_auth_token=AUTH_TOKEN,
             cartesia_api_key=agent.api_key,
             cartesia_agent_id="agent_e2e",
-            cartesia_ws_url=agent_url or agent.url,
+            cartesia_ws_url=agent_url or agent_server_url or agent.url,
+            cartesia_protocol=protocol,
             limits=limits or CallLimits(agent_ready_timeout=2.0, flush_timeout=5.0),
         )
         urls = await nursery.start(

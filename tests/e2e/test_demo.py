@@ -1,12 +1,16 @@
 """``archer demo`` end to end: both emulators, Archer, a seeded SQLite bank, in real time.
 
-Slow by design (the scripted calls last about 40 and 25 seconds): this is the newcomer's first
-command, so CI runs it exactly as they will, and checks what its checks check.
+Slow by design (the scripted calls last about 40 and 25 seconds), on both Cartesia protocols:
+this is the newcomer's first command, so CI runs it exactly as they will. Between them the runs
+cover audio both ways, the barge-in and clear, DTMF, tools (client tools on Managed, ``custom``
+events on Line), the agent hanging up, the transfer, and the record.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 from archer.audio.clips import speech_clip
 from archer.call.playback import MARK_INTERVAL_MS
@@ -27,10 +31,13 @@ def _played(heard: bytes, clip: str, *, part: slice) -> bool:
     return speech_clip(clip)[part] in heard
 
 
-async def test_the_demo_call_is_complete_and_correct(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["managed", "line"])
+async def test_the_demo_call_is_complete_and_correct(tmp_path: Path, protocol: str) -> None:
     """The call leaves a correct record; the caller heard the answer cut at the barge-in."""
     lines: list[str] = []
-    result = await run_demo(transfer=False, workdir=tmp_path, progress=lines.append)
+    result = await run_demo(
+        transfer=False, workdir=tmp_path, progress=lines.append, protocol=protocol
+    )
     assert result.problems == ()
     assert result.card_status == "frozen"
     heard = result.outcome.heard
@@ -40,6 +47,9 @@ async def test_the_demo_call_is_complete_and_correct(tmp_path: Path) -> None:
     assert not _played(heard, "agent_balance", part=slice(-8000, None))
     assert _played(heard, "agent_goodbye", part=slice(0, 800))
     assert any("barge-in" in line for line in lines)
+    assert result.outcome.clears_received >= 1
+    if protocol == "line":
+        return  # Line agents report no turns: there is no per-turn heard_ms to compare
     # What the record says the caller heard of the interrupted answer is what the emulated
     # playout buffer played, to within one progress mark (100 ms) and one frame.
     assert result.stored is not None
@@ -50,9 +60,13 @@ async def test_the_demo_call_is_complete_and_correct(tmp_path: Path) -> None:
     assert played_ms > 1000  # the caller did hear the start of the answer
 
 
-async def test_the_transfer_demo_ends_with_the_human(tmp_path: Path) -> None:
-    """The ``--transfer`` variant ends ``transferred`` with <Dial> to the human agent's number."""
-    result = await run_demo(transfer=True, workdir=tmp_path, progress=lambda line: None)
+@pytest.mark.parametrize("protocol", ["managed", "line"])
+async def test_the_transfer_demo_ends_with_the_human(tmp_path: Path, protocol: str) -> None:
+    """The ``--transfer`` variant ends ``transferred`` with <Dial> to the human agent's number
+    (a Managed agent's transfer_to_human tool; a Line agent's transfer_call)."""
+    result = await run_demo(
+        transfer=True, workdir=tmp_path, progress=lambda line: None, protocol=protocol
+    )
     assert result.problems == ()
     assert result.stored is not None
     assert result.stored.record.end_reason == "transferred"

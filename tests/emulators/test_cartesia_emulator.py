@@ -219,7 +219,8 @@ async def test_wrong_path_is_refused_with_404() -> None:
     async with running([{"pause": 0}]) as agent:
         key = [(b"X-API-Key", API_KEY.encode())]
         assert await rejected_status(agent.url + "/v1/agents/websocket/agent_other", key) == 404
-        assert await rejected_status(agent.url + f"/agents/stream/{AGENT_ID}", key) == 404
+        assert await rejected_status(agent.url + "/agents/stream/agent_other", key) == 404
+        assert await rejected_status(agent.url + f"/v2/agents/websocket/{AGENT_ID}", key) == 404
         assert agent.emulator.sessions == []
 
 

@@ -35,6 +35,8 @@ _EVENT_BUFFER = 1000
 @attrs.define
 class FakeAgent:
     agent_call_id: str = "ac_fake0001"
+    #: Like a Managed agent (True) or a Line agent (False).
+    reports_turns: bool = True
     #: Seconds before a ping is answered; ``math.inf`` never answers.
     ping_delay: float = 0.0
     #: When set, ``send_audio`` blocks forever, like a congested agent socket.

@@ -1,0 +1,549 @@
+"""Cartesia Line / Calls API WebSocket wire format (``/agents/stream/{agent_id}``), both roles.
+
+Layer: pure protocol (sans-I/O). No trio, quart, sqlalchemy or structlog; nothing here logs.
+
+Rules: the client role (Archer) builds ``start``/``media_input``/``dtmf``/``custom`` text and
+turns each server message into one frozen event with ``parse_server_event``. Every message is
+keyed by ``event``; the only exception is the generic Cartesia error object, keyed by ``type``.
+Unknown server fields are ignored, ``stream_id`` is optional on every server event, and an
+unknown event comes back as ``Unknown`` (returned, not raised) because Cartesia adds events
+without notice. A known event with a missing or mistyped required field raises
+``CartesiaProtocolError`` naming the field. The server role (our Cartesia emulator and test
+servers) parses client messages strictly with ``parse_client_event`` and builds server
+messages. Builders raise ``ValueError`` for local misuse; parsers raise ``CartesiaProtocolError``
+for a peer's bad input. Audio stays base64 text and is never decoded on the client side.
+
+Line has no client tool-call channel (reference §5.1), so Archer defines its own convention
+over ``custom`` events: the agent sends ``{"archer_tool": name, "id": ..., "arguments": {...}}``
+(``tool_call``/``tool_request``) and Archer answers ``{"archer_tool_result": id, "result": ...,
+"is_error": ...}`` (``tool_result``/``tool_result_of``).
+
+Builders other than the two audio hot paths escape non-ASCII text (``ensure_ascii``), so a lone
+surrogate echoed from a peer can never make the WebSocket layer fail to encode a frame.
+
+Reference: ../shared/reference/cartesia-agents.md §2.A, §4 and §5.1.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from json.encoder import encode_basestring_ascii as _quote
+from typing import TYPE_CHECKING, Final, NoReturn
+
+import attrs
+
+from archer.errors import CartesiaProtocolError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+INPUT_FORMATS: Final = ("mulaw_8000", "pcm_16000", "pcm_24000", "pcm_44100")
+DTMF_DIGITS: Final = frozenset("0123456789*#")
+#: Close reasons (code 1000) the server uses; the agent's may carry ``", reason: ..."`` after it.
+CALL_ENDED_BY_AGENT: Final = "call ended by agent"
+IDLE_TIMEOUT: Final = "connection idle timeout"
+#: Keys of Archer's tool convention over ``custom`` metadata.
+TOOL_REQUEST_KEY: Final = "archer_tool"
+TOOL_RESULT_KEY: Final = "archer_tool_result"
+MAX_TOOL_NAME_CHARS: Final = 64
+MAX_TOOL_CALL_ID_CHARS: Final = 256
+
+
+# --------------------------------------------------------------------------------------------
+# Server → client events (what Archer receives)
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Ack:
+    """The server accepted ``start``; ``stream_id`` is ``""`` when the server left it out."""
+
+    stream_id: str
+    config: Mapping[str, object]
+
+
+@attrs.frozen(slots=True)
+class MediaOutput:
+    """Agent speech: base64 audio in the ``start`` input format."""
+
+    payload: str
+
+
+@attrs.frozen(slots=True)
+class Clear:
+    """The caller barged in: drop every buffered agent frame (not the end of the call)."""
+
+
+@attrs.frozen(slots=True)
+class Dtmf:
+    """A key press: the agent's (server → client) or the caller's (client → server)."""
+
+    digit: str
+
+
+@attrs.frozen(slots=True)
+class Custom:
+    """Free-form metadata between Archer and the agent code, in either direction."""
+
+    metadata: Mapping[str, object]
+
+
+@attrs.frozen(slots=True)
+class TransferCall:
+    """The agent asks Archer to transfer the call to ``target_phone_number``."""
+
+    target_phone_number: str
+
+
+@attrs.frozen(slots=True)
+class Error:
+    """The server reports a problem (the generic Cartesia error object); ``code`` may be ``""``."""
+
+    message: str
+    code: str
+
+
+@attrs.frozen(slots=True)
+class Unknown:
+    """An event this module does not know; the client logs it once and ignores it."""
+
+    event: str
+
+
+ServerEvent = Ack | MediaOutput | Clear | Dtmf | Custom | TransferCall | Error | Unknown
+
+
+# --------------------------------------------------------------------------------------------
+# Client → server events (what an emulated agent receives)
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Start:
+    """The client's first message: stream id, audio format, overrides and call metadata."""
+
+    stream_id: str | None
+    input_format: str
+    voice_id: str | None
+    introduction: str | None
+    system_prompt: str | None
+    metadata: Mapping[str, object]
+
+
+@attrs.frozen(slots=True)
+class MediaInput:
+    """Caller audio: base64 (checked, not kept decoded) in the ``start`` input format."""
+
+    stream_id: str | None
+    payload: str
+
+
+ClientEvent = Start | MediaInput | Dtmf | Custom
+
+
+# --------------------------------------------------------------------------------------------
+# Archer's tool convention over custom events
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class ToolRequest:
+    """The agent asks Archer to run tool ``name``; answer with ``tool_result``."""
+
+    tool_call_id: str
+    name: str
+    arguments: Mapping[str, object]
+
+
+def tool_request(metadata: Mapping[str, object]) -> ToolRequest | None:
+    """The tool request carried by a ``custom`` event's metadata, or ``None`` if it is not one.
+
+    Raises:
+        CartesiaProtocolError: ``archer_tool`` is present but it, ``id`` or ``arguments`` is
+            missing, mistyped, empty or too long.
+    """
+    if TOOL_REQUEST_KEY not in metadata:
+        return None
+    where = "custom.metadata"
+    name = _bounded_text(metadata, TOOL_REQUEST_KEY, where, MAX_TOOL_NAME_CHARS)
+    tool_call_id = _bounded_text(metadata, "id", where, MAX_TOOL_CALL_ID_CHARS)
+    arguments = metadata.get("arguments", {})
+    if not isinstance(arguments, dict):
+        raise CartesiaProtocolError(f"{where}.arguments is not an object")
+    return ToolRequest(tool_call_id=tool_call_id, name=name, arguments=arguments)
+
+
+def tool_result_of(metadata: Mapping[str, object]) -> tuple[str, str, bool] | None:
+    """``(tool_call_id, result, is_error)`` from a ``custom`` event, or ``None`` if not a result.
+
+    Raises:
+        CartesiaProtocolError: ``archer_tool_result`` is present but it, ``result`` or
+            ``is_error`` is missing, mistyped, empty or too long.
+    """
+    if TOOL_RESULT_KEY not in metadata:
+        return None
+    where = "custom.metadata"
+    tool_call_id = _bounded_text(metadata, TOOL_RESULT_KEY, where, MAX_TOOL_CALL_ID_CHARS)
+    return tool_call_id, _text(metadata, "result", where), _boolean(metadata, "is_error", where)
+
+
+# --------------------------------------------------------------------------------------------
+# Client role: builders
+# --------------------------------------------------------------------------------------------
+
+_MEDIA_INPUT_PREFIX: Final = '{"event":"media_input","stream_id":'
+_MEDIA_OUTPUT_PREFIX: Final = '{"event":"media_output","stream_id":'
+_MEDIA_MIDDLE: Final = ',"media":{"payload":"'
+_MEDIA_SUFFIX: Final = '"}}'
+
+
+def start(
+    *,
+    input_format: str,
+    metadata: Mapping[str, str],
+    stream_id: str | None = None,
+    voice_id: str | None = None,
+    introduction: str | None = None,
+    system_prompt: str | None = None,
+) -> str:
+    """The ``start`` message, which must be the first thing sent on the socket.
+
+    ``agent`` is sent only when an override is given; ``metadata`` always (it may be empty).
+
+    Raises:
+        ValueError: an unknown format, an empty ``stream_id``, or a metadata key or value that is
+            not a string.
+    """
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"input_format {input_format!r} is not one of {list(INPUT_FORMATS)}")
+    if stream_id is not None and not stream_id:
+        raise ValueError("stream_id is empty")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"metadata entry {key!r} is not a string to a string")
+    message: dict[str, object] = {"event": "start"}
+    if stream_id is not None:
+        message["stream_id"] = stream_id
+    config: dict[str, object] = {"input_format": input_format}
+    if voice_id is not None:
+        config["voice_id"] = voice_id
+    message["config"] = config
+    agent: dict[str, object] = {}
+    if introduction is not None:
+        agent["introduction"] = introduction
+    if system_prompt is not None:
+        agent["system_prompt"] = system_prompt
+    if agent:
+        message["agent"] = agent
+    message["metadata"] = dict(metadata)
+    return _dumps(message)
+
+
+def media_input(stream_id: str, payload: str) -> str:
+    """A ``media_input`` message carrying base64 ``payload`` (hot path: no JSON encoder).
+
+    Base64 text never needs JSON escaping; ``stream_id`` is quoted by the C string encoder.
+    """
+    return _MEDIA_INPUT_PREFIX + _quote(stream_id) + _MEDIA_MIDDLE + payload + _MEDIA_SUFFIX
+
+
+def dtmf(stream_id: str, digit: str) -> str:
+    """A ``dtmf`` message for one key (the same shape in both directions).
+
+    Raises:
+        ValueError: ``digit`` is not one of ``0``-``9``, ``*``, ``#``.
+    """
+    if digit not in DTMF_DIGITS:
+        raise ValueError(f"{digit[:8]!r} is not a DTMF digit (0-9, *, #)")
+    return '{"event":"dtmf","stream_id":' + _quote(stream_id) + ',"dtmf":"' + digit + '"}'
+
+
+def custom(stream_id: str, metadata: Mapping[str, object]) -> str:
+    """A ``custom`` message carrying ``metadata`` (the same shape in both directions).
+
+    Raises:
+        ValueError: ``metadata`` holds something JSON cannot carry (NaN, a set, a cycle...).
+    """
+    try:
+        return _dumps({"event": "custom", "stream_id": stream_id, "metadata": dict(metadata)})
+    except TypeError as exc:
+        raise ValueError(f"custom metadata is not JSON: {exc}") from None
+
+
+def tool_result(stream_id: str, tool_call_id: str, result: str, *, is_error: bool) -> str:
+    """A ``custom`` message answering the tool request ``tool_call_id`` (Archer's convention).
+
+    Raises:
+        ValueError: ``tool_call_id`` is empty or over 256 characters.
+    """
+    _check_bounded(tool_call_id, "tool_call_id", MAX_TOOL_CALL_ID_CHARS)
+    return custom(
+        stream_id, {TOOL_RESULT_KEY: tool_call_id, "result": result, "is_error": is_error}
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Client role: parsing what the server sends
+# --------------------------------------------------------------------------------------------
+
+
+def parse_server_event(message: str | bytes | None) -> ServerEvent:
+    """Parse one message from the agent.
+
+    Returns ``Unknown`` for an event this module does not know.
+
+    Raises:
+        CartesiaProtocolError: a binary frame, not JSON, not an object, no ``event`` (nor
+            ``type``), or a required field missing or of the wrong type.
+    """
+    event = _load(message)
+    kind = event.get("event")
+    # media_output first: it is nearly every message the agent sends.
+    if kind == "media_output":
+        return MediaOutput(
+            payload=_text(_object(event, "media", kind), "payload", "media_output.media")
+        )
+    if kind == "clear":
+        return Clear()
+    if kind == "ack":
+        stream_id = _optional_text(event, "stream_id", kind)
+        config = event.get("config", {})
+        if not isinstance(config, dict):
+            raise CartesiaProtocolError("ack.config is not an object")
+        return Ack(stream_id=stream_id or "", config=config)
+    if kind == "dtmf":
+        return Dtmf(digit=_digit(event, kind))
+    if kind == "custom":
+        return Custom(metadata=_object(event, "metadata", kind))
+    if kind == "transfer_call":
+        return TransferCall(target_phone_number=_transfer_target(event))
+    if kind is None:
+        kind = event.get("type")  # the generic Cartesia error object is keyed by "type"
+    if kind == "error":
+        return _error(event)
+    if isinstance(kind, str):
+        return Unknown(event=kind)
+    raise CartesiaProtocolError("message has no event")
+
+
+def _transfer_target(event: Mapping[str, object]) -> str:
+    transfer = event.get("transfer")
+    if transfer is not None:
+        if not isinstance(transfer, dict):
+            raise CartesiaProtocolError("transfer_call.transfer is not an object")
+        parent: Mapping[str, object] = transfer
+        where = "transfer_call.transfer"
+    else:
+        parent = event  # a flat shape some implementations send
+        where = "transfer_call"
+    target = _text(parent, "target_phone_number", where)
+    if not target:
+        raise CartesiaProtocolError(f"{where}.target_phone_number is empty")
+    return target
+
+
+def _error(event: Mapping[str, object]) -> Error:
+    message = _optional_text(event, "message", "error")
+    if message is None:
+        message = _optional_text(event, "title", "error")
+    code = _optional_text(event, "error_code", "error")
+    if code is None:
+        status = event.get("status_code")
+        if isinstance(status, str):
+            code = status
+        elif isinstance(status, int) and not isinstance(status, bool):
+            try:
+                code = str(status)
+            except ValueError:  # over the interpreter's digit limit for int → str
+                raise CartesiaProtocolError("error.status_code is out of range") from None
+        elif status is not None:
+            raise CartesiaProtocolError("error.status_code is not an integer or string")
+    return Error(message=message or "", code=code or "")
+
+
+# --------------------------------------------------------------------------------------------
+# Server role: parsing what the client sends (strictly)
+# --------------------------------------------------------------------------------------------
+
+
+def parse_client_event(message: str | bytes | None) -> ClientEvent:
+    """Parse one client message strictly (for emulators).
+
+    Raises:
+        CartesiaProtocolError: a binary frame, not JSON, not an object, an unknown event, a
+            required field missing or mistyped, an unknown input format, or a payload that is
+            not base64.
+    """
+    event = _load(message)
+    kind = event.get("event")
+    if kind == "media_input":
+        media = _object(event, "media", kind)
+        payload = _text(media, "payload", "media_input.media")
+        try:
+            binascii.a2b_base64(payload, strict_mode=True)
+        except ValueError:  # binascii.Error, or a non-ASCII character
+            raise CartesiaProtocolError("media_input.media.payload is not base64") from None
+        return MediaInput(stream_id=_optional_text(event, "stream_id", kind), payload=payload)
+    if kind == "dtmf":
+        _optional_text(event, "stream_id", kind)
+        return Dtmf(digit=_digit(event, kind))
+    if kind == "custom":
+        _optional_text(event, "stream_id", kind)
+        return Custom(metadata=_object(event, "metadata", kind))
+    if kind == "start":
+        return _parse_start(event)
+    if isinstance(kind, str):
+        raise CartesiaProtocolError(f"unknown client event {kind[:40]!r}")
+    raise CartesiaProtocolError("message has no event")
+
+
+def _parse_start(event: Mapping[str, object]) -> Start:
+    stream_id = _optional_text(event, "stream_id", "start")
+    if stream_id == "":
+        raise CartesiaProtocolError("start.stream_id is empty")
+    config = _object(event, "config", "start")
+    input_format = _text(config, "input_format", "start.config")
+    if input_format not in INPUT_FORMATS:
+        raise CartesiaProtocolError(
+            f"start.config.input_format {input_format[:40]!r} is not one of {list(INPUT_FORMATS)}"
+        )
+    agent = event.get("agent", {})
+    if not isinstance(agent, dict):
+        raise CartesiaProtocolError("start.agent is not an object")
+    metadata = event.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise CartesiaProtocolError("start.metadata is not an object")
+    return Start(
+        stream_id=stream_id,
+        input_format=input_format,
+        voice_id=_optional_text(config, "voice_id", "start.config"),
+        introduction=_optional_text(agent, "introduction", "start.agent"),
+        system_prompt=_optional_text(agent, "system_prompt", "start.agent"),
+        metadata=metadata,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Server role: builders
+# --------------------------------------------------------------------------------------------
+
+
+def ack(
+    stream_id: str, config: Mapping[str, object], agent: Mapping[str, object] | None = None
+) -> str:
+    """The ``ack`` message answering ``start``: the stream id and resolved config/overrides."""
+    message: dict[str, object] = {"event": "ack", "stream_id": stream_id, "config": dict(config)}
+    if agent is not None:
+        message["agent"] = dict(agent)
+    return _dumps(message)
+
+
+def media_output(stream_id: str, payload: str) -> str:
+    """A ``media_output`` message carrying base64 ``payload`` (hot path: no JSON encoder)."""
+    return _MEDIA_OUTPUT_PREFIX + _quote(stream_id) + _MEDIA_MIDDLE + payload + _MEDIA_SUFFIX
+
+
+def clear(stream_id: str) -> str:
+    """The ``clear`` message (the caller barged in)."""
+    return '{"event":"clear","stream_id":' + _quote(stream_id) + "}"
+
+
+def transfer_call(stream_id: str, target_phone_number: str) -> str:
+    """A ``transfer_call`` message asking the client to transfer to ``target_phone_number``."""
+    return _dumps(
+        {
+            "event": "transfer_call",
+            "stream_id": stream_id,
+            "transfer": {"target_phone_number": target_phone_number},
+        }
+    )
+
+
+def tool_call(stream_id: str, tool_call_id: str, name: str, arguments: Mapping[str, object]) -> str:
+    """A ``custom`` message asking Archer to run tool ``name`` (Archer's convention).
+
+    Raises:
+        ValueError: ``name`` is empty or over 64 characters, ``tool_call_id`` empty or over 256,
+            or ``arguments`` holds something JSON cannot carry.
+    """
+    _check_bounded(name, "name", MAX_TOOL_NAME_CHARS)
+    _check_bounded(tool_call_id, "tool_call_id", MAX_TOOL_CALL_ID_CHARS)
+    return custom(
+        stream_id, {TOOL_REQUEST_KEY: name, "id": tool_call_id, "arguments": dict(arguments)}
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _dumps(message: Mapping[str, object]) -> str:
+    # allow_nan=False: NaN and Infinity are not JSON and a strict peer refuses the whole message.
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def _reject_constant(name: str) -> NoReturn:
+    # json.loads accepts NaN/Infinity by default; they are not JSON, so no honest peer sends them.
+    raise ValueError(f"{name} is not JSON")
+
+
+def _load(message: str | bytes | None) -> Mapping[str, object]:
+    if not isinstance(message, str):
+        # The protocol is JSON text frames only; a binary frame means the peer is not speaking it.
+        raise CartesiaProtocolError("binary frame on an agent socket")
+    try:
+        event = json.loads(message, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise CartesiaProtocolError("message is not valid JSON") from None
+    if not isinstance(event, dict):
+        raise CartesiaProtocolError("message is not a JSON object")
+    return event
+
+
+def _text(parent: Mapping[str, object], key: str, where: str) -> str:
+    value = parent.get(key)
+    if not isinstance(value, str):
+        raise CartesiaProtocolError(f"{where}.{key} is missing or not a string")
+    return value
+
+
+def _optional_text(parent: Mapping[str, object], key: str, where: str) -> str | None:
+    value = parent.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise CartesiaProtocolError(f"{where}.{key} is not a string")
+
+
+def _bounded_text(parent: Mapping[str, object], key: str, where: str, limit: int) -> str:
+    value = _text(parent, key, where)
+    if not value or len(value) > limit:
+        raise CartesiaProtocolError(f"{where}.{key} is empty or over {limit} characters")
+    return value
+
+
+def _object(parent: Mapping[str, object], key: str, where: str) -> dict[str, object]:
+    value = parent.get(key)
+    if not isinstance(value, dict):
+        raise CartesiaProtocolError(f"{where}.{key} is missing or not an object")
+    return value
+
+
+def _boolean(parent: Mapping[str, object], key: str, where: str) -> bool:
+    value = parent.get(key)
+    if not isinstance(value, bool):
+        raise CartesiaProtocolError(f"{where}.{key} is missing or not a boolean")
+    return value
+
+
+def _digit(parent: Mapping[str, object], where: str) -> str:
+    digit = _text(parent, "dtmf", where)
+    if digit not in DTMF_DIGITS:
+        raise CartesiaProtocolError(f"{where}.dtmf {digit[:8]!r} is not a DTMF digit")
+    return digit
+
+
+def _check_bounded(value: str, name: str, limit: int) -> None:
+    if not value or len(value) > limit:
+        raise ValueError(f"{name} is empty or over {limit} characters")

@@ -1,0 +1,145 @@
+"""The spool's JSON lines and its append/replay journal, against the fake call store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import attrs
+import pytest
+
+from archer.call.records import CallRecord, ToolCallRecord, TurnRecord
+from archer.db.spool import JsonlSpool, record_from_json, record_to_json
+from tests.fakes.store import FakeCallStore
+
+T0 = datetime(2025, 5, 1, 14, 0, 0, 250000, tzinfo=UTC)
+
+
+def full_record(call_sid: str = "CA0001") -> CallRecord:
+    return CallRecord(
+        call_sid=call_sid,
+        status="completed",
+        started_at=T0,
+        stream_sid="MZ0001",
+        customer_id=7,
+        from_number="+15555550142",
+        to_number="+15555550100",
+        end_reason="caller_hangup",
+        agent_call_id="agent-call-1",
+        connected_at=T0 + timedelta(seconds=2),
+        ended_at=T0 + timedelta(seconds=95),
+        duration_ms=93_000,
+        frames_in=4650,
+        frames_out=3900,
+        frames_dropped=3,
+        turns=(
+            TurnRecord(turn=0, role="assistant", text="Hello.", start_time=0.4, heard_ms=700),
+            TurnRecord(turn=1, role="user", text="Balance?", interrupted=True, end_time=4.0),
+        ),
+        tool_calls=(
+            ToolCallRecord(
+                tool_call_id="tool-1",
+                name="get_balance",
+                arguments={"account": "checking", "last4": "4821"},
+                started_at=T0 + timedelta(seconds=4),
+                result='{"balance_cents": 254310}',
+                finished_at=T0 + timedelta(seconds=4, milliseconds=80),
+            ),
+            ToolCallRecord(
+                tool_call_id="tool-2",
+                name="freeze_card",
+                arguments={},
+                started_at=T0 + timedelta(seconds=9),
+            ),
+        ),
+        agent_events=(
+            {"type": "intent", "intent": "balance", "confidence": 0.93},
+            {"type": "note", "tags": ["vip"], "nested": {"a": 1, "b": None}},
+        ),
+    )
+
+
+def test_record_round_trips_through_json() -> None:
+    """Every field, including datetimes, turns, tool calls and agent events, survives a line."""
+    record = full_record()
+
+    line = record_to_json(record)
+
+    assert "\n" not in line
+    assert record_from_json(line) == record
+
+
+def test_minimal_record_round_trips() -> None:
+    """A record with only the required fields (None times, empty tuples) survives too."""
+    record = CallRecord(call_sid="CA0002", status="failed", started_at=T0)
+
+    assert record_from_json(record_to_json(record)) == record
+
+
+def test_times_come_back_aware_utc() -> None:
+    """Spooled datetimes read back as the same aware instants."""
+    back = record_from_json(record_to_json(full_record()))
+
+    assert back.started_at.tzinfo is not None
+    assert back.tool_calls[0].finished_at == T0 + timedelta(seconds=4, milliseconds=80)
+
+
+def test_line_from_before_agent_events_still_reads() -> None:
+    """A line spooled by a version without agent events reads back with none."""
+    record = full_record()
+    line = record_to_json(attrs.evolve(record, agent_events=()))
+    old_line = line.replace(',"agent_events":[]', "")
+    assert "agent_events" not in old_line
+
+    assert record_from_json(old_line) == attrs.evolve(record, agent_events=())
+
+
+@pytest.mark.parametrize("line", ["{}", "[]", '{"call_sid": "CA1"}', '"text"'])
+def test_a_line_that_is_not_a_record_is_a_value_error(line: str) -> None:
+    with pytest.raises(ValueError, match="not a spooled call record"):
+        record_from_json(line)
+
+
+async def test_append_then_replay_saves_every_record(tmp_path: Path) -> None:
+    """Appended records are replayed into the store in order, and the spool empties."""
+    spool = JsonlSpool(tmp_path / "spool" / "calls.jsonl")
+    store = FakeCallStore()
+    first, second = full_record("CA0001"), full_record("CA0002")
+
+    await spool.append(first)
+    await spool.append(second)
+    assert await spool.depth() == 2
+
+    assert await spool.replay(store) == 0
+    assert store.calls == {"CA0001": first, "CA0002": second}
+    assert store.calls["CA0001"].agent_events == first.agent_events
+    assert await spool.depth() == 0
+    assert not spool.path.exists()
+
+
+async def test_replay_keeps_records_while_the_store_is_down(tmp_path: Path) -> None:
+    """A store that fails leaves every record in the spool for the next replay."""
+    spool = JsonlSpool(tmp_path / "calls.jsonl")
+    store = FakeCallStore(down=True)
+    await spool.append(full_record())
+
+    assert await spool.replay(store) == 1
+    assert store.calls == {}
+
+    store.down = False
+    assert await spool.replay(store) == 0
+    assert store.calls["CA0001"] == full_record()
+
+
+async def test_replay_keeps_an_unreadable_line(tmp_path: Path) -> None:
+    """A line that is not a record is kept for a person to look at; the rest replay."""
+    path = tmp_path / "calls.jsonl"
+    spool = JsonlSpool(path)
+    await spool.append(full_record())
+    with path.open("a", encoding="utf-8") as journal:
+        journal.write("{not json at all\n")
+    store = FakeCallStore()
+
+    assert await spool.replay(store) == 1
+    assert list(store.calls) == ["CA0001"]
+    assert path.read_text(encoding="utf-8") == "{not json at all\n"
