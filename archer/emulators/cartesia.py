@@ -39,6 +39,7 @@ Managed rules followed (reference ../shared/reference/cartesia-agents.md §2.B, 
 
 from __future__ import annotations
 
+import abc
 import binascii
 import collections
 import json
@@ -374,7 +375,7 @@ class _Utterance:
 
 
 @attrs.define
-class ScriptedCall:
+class ScriptedCall(abc.ABC):
     """One connection's state while its script plays; the reader and the script share it.
 
     Protocol-neutral: subclasses (``_ManagedCall`` here, ``LineCall`` in
@@ -403,42 +404,48 @@ class ScriptedCall:
 
     # ---- what a protocol provides ----------------------------------------------------------
 
+    @abc.abstractmethod
     async def _handshake(self) -> bool:
         """Receive the client's first message and answer it; ``False`` once closed instead."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     async def _become_ready(self) -> None:
         """Wait out ``ready_delay`` and tell the client (if the protocol does); then ready."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     async def _on_message(self, message: str | bytes) -> bool:
         """Handle one client message; ``False`` once the socket is closed because of it."""
-        raise NotImplementedError
+        ...
 
-    async def _say(self, step: Say) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def _say(self, step: Say) -> None: ...
 
-    async def _send_audio(self, chunk: bytes) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def _send_audio(self, chunk: bytes) -> None: ...
 
-    async def _send_clear(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def _send_clear(self) -> None: ...
 
-    async def _send_dtmf(self, digit: str) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def _send_dtmf(self, digit: str) -> None: ...
 
+    @abc.abstractmethod
     async def _send_tool_call(
         self, tool_call_id: str, name: str, parameters: Mapping[str, object]
-    ) -> None:
-        raise NotImplementedError
+    ) -> None: ...
 
-    async def _transfer(self, step: Transfer) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def _transfer(self, step: Transfer) -> None: ...
 
-    async def _user_turn_started(self, utterance: _Utterance) -> None:
+    # Optional hooks, empty by default: Managed announces user turns, Line has none to send.
+    async def _user_turn_started(self, utterance: _Utterance) -> None:  # noqa: B027
         """The caller began the utterance a ``listen`` hears (a protocol may announce it)."""
 
-    async def _user_turn_ended(self, utterance: _Utterance, transcript: str, ended: float) -> None:
+    async def _user_turn_ended(  # noqa: B027
+        self, utterance: _Utterance, transcript: str, ended: float
+    ) -> None:
         """The caller finished it (a protocol may send the transcript)."""
 
     async def _next_message(self) -> str | bytes | None:
