@@ -29,10 +29,15 @@ from __future__ import annotations
 import binascii
 import json
 from json.encoder import encode_basestring_ascii as _quote
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
+from archer.cartesia.fields import boolean as _boolean
+from archer.cartesia.fields import load_object as _load
+from archer.cartesia.fields import object_field as _object
+from archer.cartesia.fields import optional_text as _optional_text
+from archer.cartesia.fields import text as _text
 from archer.errors import CartesiaProtocolError
 
 if TYPE_CHECKING:
@@ -484,56 +489,10 @@ def _dumps(message: Mapping[str, object]) -> str:
     return json.dumps(message, separators=(",", ":"), allow_nan=False)
 
 
-def _reject_constant(name: str) -> NoReturn:
-    # json.loads accepts NaN/Infinity by default; they are not JSON, so no honest peer sends them.
-    raise ValueError(f"{name} is not JSON")
-
-
-def _load(message: str | bytes | None) -> Mapping[str, object]:
-    if not isinstance(message, str):
-        # The protocol is JSON text frames only; a binary frame means the peer is not speaking it.
-        raise CartesiaProtocolError("binary frame on an agent socket")
-    try:
-        event = json.loads(message, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise CartesiaProtocolError("message is not valid JSON") from None
-    if not isinstance(event, dict):
-        raise CartesiaProtocolError("message is not a JSON object")
-    return event
-
-
-def _text(parent: Mapping[str, object], key: str, where: str) -> str:
-    value = parent.get(key)
-    if not isinstance(value, str):
-        raise CartesiaProtocolError(f"{where}.{key} is missing or not a string")
-    return value
-
-
-def _optional_text(parent: Mapping[str, object], key: str, where: str) -> str | None:
-    value = parent.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    raise CartesiaProtocolError(f"{where}.{key} is not a string")
-
-
 def _bounded_text(parent: Mapping[str, object], key: str, where: str, limit: int) -> str:
     value = _text(parent, key, where)
     if not value or len(value) > limit:
         raise CartesiaProtocolError(f"{where}.{key} is empty or over {limit} characters")
-    return value
-
-
-def _object(parent: Mapping[str, object], key: str, where: str) -> dict[str, object]:
-    value = parent.get(key)
-    if not isinstance(value, dict):
-        raise CartesiaProtocolError(f"{where}.{key} is missing or not an object")
-    return value
-
-
-def _boolean(parent: Mapping[str, object], key: str, where: str) -> bool:
-    value = parent.get(key)
-    if not isinstance(value, bool):
-        raise CartesiaProtocolError(f"{where}.{key} is missing or not a boolean")
     return value
 
 
