@@ -15,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from archer.bench.options import build_parser as build_bench_parser
 from archer.db.seed import DEMO_BANK
 from archer.errors import ArcherError, ConfigError
 from archer.logs import configure_logging
@@ -31,6 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--hypercorn-config", type=Path, help="hypercorn TOML file (e.g. config/hypercorn.toml)"
     )
+    serve.add_argument(
+        "--workers",
+        type=_at_least_one,
+        help="worker processes sharing the socket (default ARCHER_WORKERS or 1)",
+    )
+    # Internal: how the --workers supervisor starts each worker (archer.workers).
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--listen-fd", type=int, action="append", default=[], help=argparse.SUPPRESS)
 
     db = commands.add_parser("db", help="database administration")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -74,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     call.add_argument("--out", type=Path, help="write what the caller heard to this WAV file")
 
+    bench = commands.add_parser(
+        "bench",
+        help="drive many emulated calls through a real Archer process and measure it",
+        description="Starts Archer (and, with --floor, the thinnest relay on the same stack) in"
+        " its own process on a throw-away SQLite database, drives concurrent emulated calls"
+        " through it and prints per-frame latency, set-up time, drops, CPU and memory per call.",
+    )
+    build_bench_parser(bench)
+
     spool = commands.add_parser("spool", help="call records the database did not take")
     spool_commands = spool.add_subparsers(dest="spool_command", required=True)
     spool_commands.add_parser("replay", help="save every spooled record now (SPOOL_PATH)")
@@ -86,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
+
+
 def export_tools() -> str:
     """The client-tool definitions as Cartesia's ``POST /v1/agents/tools`` takes them, checked."""
     from archer.bank.definitions import load_definitions
@@ -94,13 +123,19 @@ def export_tools() -> str:
 
 
 async def replay_spool(settings: Settings) -> int:
-    """Save the spooled records now; the number still waiting (the database still down)."""
-    from archer.db.spool import JsonlSpool
+    """Save the spooled records now; the number still waiting (the database still down).
+
+    Replays ``SPOOL_PATH`` and the files of ``archer serve --workers`` workers beside it.
+    """
+    from archer.db.spool import JsonlSpool, spool_files
     from archer.db.store import SqlCallStore
 
     store = SqlCallStore.open(settings.database_url, pool_size=1)
     try:
-        return await JsonlSpool(Path(settings.spool_path)).replay(store)
+        waiting = 0
+        for path in spool_files(Path(settings.spool_path)):
+            waiting += await JsonlSpool(path).replay(store)
+        return waiting
     finally:
         await store.aclose()
 
@@ -110,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_environ(load_environ(os.environ))
         match args.command:
-            case "demo" | "emulate":
+            case "demo" | "emulate" | "bench":
                 # People watch these: quiet, readable logs; the progress lines tell the story.
                 configure_logging("warning", "console")
             case _:
@@ -122,6 +157,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         match args.command:
             case "serve":
                 settings.check_serving()
+                workers = args.workers if args.workers is not None else settings.workers
+                if args.worker_index is not None:
+                    from archer.workers import run_worker
+
+                    run_worker(
+                        settings,
+                        index=args.worker_index,
+                        host=args.host,
+                        listen_fds=args.listen_fd,
+                        supervisor_fd=args.supervisor_fd,
+                        hypercorn_toml=args.hypercorn_config,
+                    )
+                    return 0
+                if workers > 1:
+                    from archer.workers import run_supervisor
+
+                    return run_supervisor(
+                        settings,
+                        workers=workers,
+                        host=args.host,
+                        port=args.port,
+                        hypercorn_toml=args.hypercorn_config,
+                    )
                 from archer.server import serve
 
                 trio.run(
@@ -143,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"seeded {admin.describe(settings.database_url)}: {summary}")
             case "tools":
                 print(export_tools())
+            case "bench":
+                from archer.bench.run import main as bench_main
+
+                return bench_main(args)
             case "spool":
                 waiting = trio.run(replay_spool, settings)
                 print(f"{waiting} records still waiting in {settings.spool_path}")

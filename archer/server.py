@@ -1,14 +1,16 @@
 """``archer serve``: hypercorn on trio, serving the app until SIGTERM or SIGINT.
 
 Layer: server (process wiring). Builds the services once from ``Settings`` and owns their
-lifetime: the database engine is opened before serving and disposed after.
+lifetime: the database engine is opened before serving and disposed after. With
+``--workers N`` each worker process runs this same ``serve`` on sockets its supervisor bound
+(``archer.workers``).
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -35,6 +37,7 @@ from archer.metrics import Metrics
 from archer.settings import Settings
 from archer.twilio.rest import TwilioRestControl
 from archer.twilio.signature import SignatureChecker
+from archer.web.media_listener import serve_media_listener
 
 log = structlog.get_logger(__name__)
 
@@ -149,6 +152,7 @@ async def serve(  # noqa: ASYNC128
     port: int | None = None,
     tools: ToolRegistry | None = None,
     hypercorn_toml: Path | None = None,
+    listen_fds: Sequence[int] = (),
     shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_termination,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -157,6 +161,9 @@ async def serve(  # noqa: ASYNC128
     Draining: ``/readyz`` answers 503 and new calls hear the apology at once; live calls get
     ``DRAIN_TIMEOUT`` to end, then are cancelled and flushed (``end_reason=server_shutdown``).
     The spool is replayed at start and every ``SPOOL_REPLAY_INTERVAL`` while serving.
+
+    ``listen_fds``: serve on these already-listening sockets (inherited from the ``--workers``
+    supervisor) instead of binding ``host``:``port``.
 
     Cancellation: stops serving at once; live calls are cancelled and flushed.
     """
@@ -168,6 +175,9 @@ async def serve(  # noqa: ASYNC128
             port=port if port is not None else settings.port,
             path=hypercorn_toml,
         )
+        if listen_fds:
+            # hypercorn's own way to adopt a socket someone else bound and listens on.
+            config.bind = [f"fd://{fd}" for fd in listen_fds]
         if not settings.twilio_validate_signatures:
             log.warning("server.signatures_disabled", note="for local work only")
         drain = services.drain
@@ -192,6 +202,15 @@ async def serve(  # noqa: ASYNC128
                     depth=services.metrics.spool_depth,
                 )
             )
+            if settings.media_port:
+                await nursery.start(
+                    partial(
+                        serve_media_listener,
+                        services,
+                        host=host if host is not None else settings.host,
+                        port=settings.media_port,
+                    )
+                )
             await hypercorn_serve(
                 create_app(services),
                 config,

@@ -88,11 +88,19 @@ class Settings:
     transfer_allowlist: frozenset[str] = frozenset()
     #: soxr quality for PCM agent formats (see bench/resample_quality.py for the trade-off).
     resample_quality: str = "HQ"
+    #: Caller audio per message to the agent: 20 (each frame as it comes) or 40 ms (two
+    #: frames joined: half the agent-leg messages, 20 ms more latency).
+    agent_audio_batch_ms: int = 20
     human_agent_number: str = ""
     log_level: str = "info"
     log_format: str = "json"
     host: str = "0.0.0.0"
     port: int = 8000
+    #: The dedicated media listener's port (``archer.web.media_listener``); 0 serves media
+    #: streams on ``port`` through the quart-trio route only.
+    media_port: int = 0
+    #: ``archer serve`` worker processes sharing the listening socket (``--workers`` overrides).
+    workers: int = 1
     db_pool_size: int = 5
     drain_timeout: float = 30.0
     #: Records the database did not take wait here (one file per process) until replayed.
@@ -143,6 +151,7 @@ class Settings:
             cartesia_line_system_prompt=env.text("CARTESIA_LINE_SYSTEM_PROMPT", ""),
             transfer_allowlist=env.numbers("TRANSFER_ALLOWLIST"),
             resample_quality=env.choice("RESAMPLE_QUALITY", "hq", RESAMPLE_QUALITIES).upper(),
+            agent_audio_batch_ms=int(env.choice("AGENT_AUDIO_BATCH_MS", "20", ("20", "40"))),
             human_agent_number=env.text("HUMAN_AGENT_NUMBER", ""),
             log_level=env.choice("LOG_LEVEL", "info", LOG_LEVELS),
             log_format=env.choice("LOG_FORMAT", "json", LOG_FORMATS),
@@ -151,6 +160,8 @@ class Settings:
             port=env.integer(
                 "ARCHER_PORT", env.integer("PORT", 8000, maximum=65535), maximum=65535
             ),
+            media_port=env.integer("MEDIA_PORT", 0, maximum=65535),
+            workers=env.integer("ARCHER_WORKERS", 1, minimum=1),
             db_pool_size=env.integer("DB_POOL_SIZE", 5, minimum=1),
             drain_timeout=env.number("DRAIN_TIMEOUT", 30.0),
             spool_path=env.text("SPOOL_PATH", "spool/calls.jsonl"),

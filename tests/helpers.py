@@ -11,6 +11,8 @@ import trio
 
 #: Packages whose tasks belong to a call; the server's own long-lived tasks are not listed.
 CALL_TASK_PREFIXES = ("archer.call.", "archer.cartesia.", "archer.twilio.", "archer.web.")
+#: Server tasks under those prefixes that live as long as the server, not a call.
+SERVER_TASKS = frozenset({"archer.web.media_listener.serve_media_listener"})
 
 
 def live_archer_tasks() -> list[str]:
@@ -24,7 +26,9 @@ def live_archer_tasks() -> list[str]:
                 walk(child)
 
     walk(trio.lowlevel.current_root_task())
-    return [name for name in names if name.startswith(CALL_TASK_PREFIXES)]
+    return [
+        name for name in names if name.startswith(CALL_TASK_PREFIXES) and name not in SERVER_TASKS
+    ]
 
 
 def audio(tag: int, size: int = 160) -> str:

@@ -26,6 +26,7 @@ from archer.audio.resample import StreamResampler
 
 TWILIO_RATE: Final = 8000
 #: Twilio's frame: 20 ms of μ-law at 8 kHz.
+FRAME_MS: Final = 20
 FRAME_BYTES: Final = 160
 PCM_RATES: Final = {"pcm_16000": 16000, "pcm_24000": 24000, "pcm_44100": 44100}
 

@@ -191,27 +191,64 @@ async def forward_to_agent(
     uplink: trio.MemoryReceiveChannel[UplinkItem],
     transcoder: Transcoder,
     call: CallState,
+    *,
+    batch_frames: int = 1,
 ) -> None:
     """Send caller audio (transcoded if the agent wants PCM) and DTMF to the agent, in order.
 
-    Cancellation: whatever is still in the uplink is dropped with the call.
+    ``batch_frames`` > 1 joins that many frames per ``audio_input`` (``AGENT_AUDIO_BATCH_MS``):
+    fewer agent messages for 20 ms more latency per extra frame. A DTMF key or silence fill
+    sends what is held first, so order is kept.
+
+    Cancellation: whatever is still in the uplink (or held for a batch) is dropped with the call.
     """
+    held: list[str] = []
+    held_sample: float | None = None  # when a timed frame among those held arrived
+
+    async def hold(converted: str, received_at: float | None) -> None:
+        nonlocal held_sample
+        held.append(converted)
+        if received_at is not None:
+            held_sample = received_at
+        if len(held) >= batch_frames:
+            await send_held()
+
+    async def send_held() -> None:
+        nonlocal held_sample
+        if not held:
+            return
+        payload, received_at = _join_base64(held), held_sample
+        held.clear()
+        held_sample = None
+        await agent.send_audio(payload)
+        if received_at is not None:
+            call.latency_samples.append(("to_agent", trio.current_time() - received_at))
+
     async with uplink:
         async for item in uplink:
             if type(item) is str:
                 converted = transcoder.to_agent(item)
                 if converted is not None:
-                    await agent.send_audio(converted)
+                    await hold(converted, None)
             elif type(item) is SampledAudio:
                 converted = transcoder.to_agent(item.payload)
                 if converted is not None:
-                    await agent.send_audio(converted)
-                call.latency_samples.append(("to_agent", trio.current_time() - item.received_at))
+                    await hold(converted, item.received_at)
             elif type(item) is CallerDtmf:
+                await send_held()
                 await agent.send_dtmf(item.digit)
             else:
                 assert isinstance(item, CallerSilence)
+                await send_held()
                 await agent.send_audio(transcoder.silence_for_agent(item.milliseconds))
+
+
+def _join_base64(payloads: list[str]) -> str:
+    """One base64 text of several (padding rules out joining the texts themselves)."""
+    if len(payloads) == 1:
+        return payloads[0]
+    audio = b"".join(binascii.a2b_base64(payload) for payload in payloads)
+    return binascii.b2a_base64(audio, newline=False).decode("ascii")
 
 
 async def receive_from_agent(

@@ -17,6 +17,7 @@ Rules (../shared/ARCHITECTURE.md §3):
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import attrs
@@ -81,6 +82,7 @@ async def run_call(
     *,
     limits: CallLimits,
     transcoder: Transcoder,
+    agent_batch_frames: int = 1,
 ) -> None:
     """Bridge one call until either side hangs up or the call reaches its maximum length.
 
@@ -122,7 +124,16 @@ async def run_call(
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(until_agent_hangs_up)
-            nursery.start_soon(forward_to_agent, agent, uplink_receive, transcoder, call)
+            nursery.start_soon(
+                partial(
+                    forward_to_agent,
+                    agent,
+                    uplink_receive,
+                    transcoder,
+                    call,
+                    batch_frames=agent_batch_frames,
+                )
+            )
             nursery.start_soon(play_to_caller, twilio, downlink_receive, call, playback)
             nursery.start_soon(tool_runner.run)
             nursery.start_soon(keep_agent_alive, agent, limits.agent_ping_interval)
@@ -145,6 +156,7 @@ async def bridge_call(
     audio_format: str,
     resample_quality: str = "HQ",
     output_format: str | None = None,
+    agent_batch_frames: int = 1,
 ) -> None:
     """Open the agent session and run the call; every failure is recorded on ``call``.
 
@@ -175,6 +187,7 @@ async def bridge_call(
                 transcoder=transcoder_for(
                     audio_format, quality=resample_quality, output_format=output_format
                 ),
+                agent_batch_frames=agent_batch_frames,
             )
     # Handlers in order of precedence: the first one to finish the call names its end.
     except* AgentUnavailableError as group:

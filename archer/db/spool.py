@@ -8,13 +8,15 @@ before it returns, so a record that left memory is on disk. Replay saves each re
 ``CallStore`` (an idempotent upsert, so a record saved twice — say, a flush that timed out but
 committed later — is harmless), then rewrites the file with what is left, atomically (write a
 temporary file, fsync, rename). One lock orders appends and replays within the process; each
-process has its own spool file.
+process has its own spool file: ``archer serve --workers N`` gives worker ``i > 0`` the file
+``worker_spool_path`` names next to ``SPOOL_PATH`` (worker 0 keeps ``SPOOL_PATH`` itself).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,6 +84,29 @@ def _serialise(_: Any, __: Any, value: Any) -> Any:
 
 def _time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
+
+
+def worker_spool_path(path: Path, worker: int) -> Path:
+    """The spool file of worker ``worker`` of ``archer serve --workers``, for ``SPOOL_PATH=path``.
+
+    Worker 0 keeps ``path`` (so one worker, or ``--workers 1``, is exactly the plain server);
+    worker 1 of ``spool/calls.jsonl`` gets ``spool/calls.worker1.jsonl``. One file per process,
+    because the replay's rewrite would lose a line another process appended meanwhile.
+    """
+    if worker == 0:
+        return path
+    return path.with_name(f"{path.stem}.worker{worker}{path.suffix}")
+
+
+def spool_files(path: Path) -> list[Path]:
+    """``path`` and every worker spool file beside it that exists (``archer spool replay``)."""
+    pattern = re.compile(rf"{re.escape(path.stem)}\.worker([1-9][0-9]*){re.escape(path.suffix)}")
+    workers = sorted(
+        (int(match[1]), sibling)
+        for sibling in (path.parent.iterdir() if path.parent.is_dir() else ())
+        if (match := pattern.fullmatch(sibling.name))
+    )
+    return [path, *(sibling for _, sibling in workers)]
 
 
 @attrs.define

@@ -461,15 +461,15 @@ class EmulatedCaller:
         )
         self._tell(f"caller {self.from_number} dials {self.to_number}")
         twiml = ""
-        answer: _StreamPlan | _NoStream
+        answer: StreamPlan | NoStream
         try:
             response = await self._post(VOICE_PATH, self.webhook_fields())
         except (OSError, trio.TooSlowError) as exc:
-            answer = _NoStream("rejected", f"11200: the voice webhook failed: {_reason(exc)}")
+            answer = NoStream("rejected", f"11200: the voice webhook failed: {_reason(exc)}")
         else:
             twiml = response.text
-            answer = _read_answer(response)
-        if isinstance(answer, _StreamPlan):
+            answer = read_voice_answer(response)
+        if isinstance(answer, StreamPlan):
             self._tell("Archer answers; the caller is connected to the agent")
             ended_by, detail = await leg.connect_and_run(answer)
         else:
@@ -531,7 +531,7 @@ class EmulatedCaller:
 
 
 @attrs.frozen
-class _StreamPlan:
+class StreamPlan:
     """Where the TwiML says to stream: the ``wss://`` URL (query dropped) and parameters."""
 
     url: str
@@ -541,26 +541,26 @@ class _StreamPlan:
 
 
 @attrs.frozen
-class _NoStream:
+class NoStream:
     """The call ended before any stream: how, and why."""
 
     ended_by: EndedBy
     detail: str
 
 
-def _read_answer(answer: HttpResponse) -> _StreamPlan | _NoStream:
+def read_voice_answer(answer: HttpResponse) -> StreamPlan | NoStream:
     """Interpret Archer's webhook answer as Twilio would (reference §1.3, §2.2, §3.5 item 2)."""
     if answer.status != 200:
-        return _NoStream("rejected", f"11200: the voice webhook answered HTTP {answer.status}")
+        return NoStream("rejected", f"11200: the voice webhook answered HTTP {answer.status}")
     content_type = answer.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("text/xml", "application/xml"):
-        return _NoStream("rejected", f"12300: TwiML came with Content-Type {content_type!r}")
+        return NoStream("rejected", f"12300: TwiML came with Content-Type {content_type!r}")
     try:
         root = ET.fromstring(answer.body)
     except ET.ParseError as exc:
-        return _NoStream("rejected", f"12100: the TwiML is not XML: {exc}")
+        return NoStream("rejected", f"12100: the TwiML is not XML: {exc}")
     if root.tag != "Response":
-        return _NoStream("rejected", f"12102: the TwiML's root is <{root.tag}>, not <Response>")
+        return NoStream("rejected", f"12102: the TwiML's root is <{root.tag}>, not <Response>")
     verbs = list(root)
     connect_at = next(
         (
@@ -571,27 +571,27 @@ def _read_answer(answer: HttpResponse) -> _StreamPlan | _NoStream:
         None,
     )
     if connect_at is None:
-        return _NoStream("no_stream", f"no <Connect><Stream> in the TwiML: {_verbs(verbs)}")
+        return NoStream("no_stream", f"no <Connect><Stream> in the TwiML: {_verbs(verbs)}")
     stream = verbs[connect_at].find("Stream")
     assert stream is not None  # found just above
     parts = urlsplit(stream.attrib.get("url", ""))
     if parts.scheme != "wss" or not parts.hostname:
-        return _NoStream(
+        return NoStream(
             "no_stream", f"31922: stream URL {stream.attrib.get('url')!r} is not wss://"
         )
     if stream.attrib.get("track", "inbound_track") != "inbound_track":
-        return _NoStream("no_stream", "31941: <Connect><Stream> takes inbound_track only")
+        return NoStream("no_stream", "31941: <Connect><Stream> takes inbound_track only")
     parameters: dict[str, str] = {}
     for parameter in stream.iter("Parameter"):
         name, value = parameter.attrib.get("name", ""), parameter.attrib.get("value", "")
         if len(name) + len(value) >= MAX_PARAMETER_CHARS:
-            return _NoStream(
+            return NoStream(
                 "no_stream", f"<Parameter> {name[:40]!r} is {MAX_PARAMETER_CHARS}+ chars"
             )
         parameters[name] = value
     # Twilio drops the query string when dialing (reference §2.2), and signs what it dials.
     url = urlunsplit(("wss", parts.netloc, parts.path or "/", "", ""))
-    return _StreamPlan(url, parameters, after=_verbs(verbs[connect_at + 1 :]))
+    return StreamPlan(url, parameters, after=_verbs(verbs[connect_at + 1 :]))
 
 
 def _verbs(verbs: list[ET.Element]) -> str:
@@ -638,12 +638,12 @@ class _StreamLeg:
     _quiet_ticks: int = 0
     _step: ScriptStep | None = None
 
-    async def connect_and_run(self, plan: _StreamPlan) -> tuple[EndedBy, str]:
+    async def connect_and_run(self, plan: StreamPlan) -> tuple[EndedBy, str]:
         """Dial the stream, run the call on it, and say how it ended."""
         signature = SignatureChecker(self.caller.auth_token).sign(plan.url, {})
         try:
             async with open_websocket_client(
-                _local_url(self.caller.archer_url, plan.url),
+                local_stream_url(self.caller.archer_url, plan.url),
                 extra_headers=[(b"X-Twilio-Signature", signature.encode())],
                 max_message_size=MAX_MESSAGE_BYTES,
             ) as websocket:
@@ -667,7 +667,7 @@ class _StreamLeg:
         assert self.ended_by is not None  # every way out of _run ends the leg
         return self.ended_by, self.detail
 
-    async def _run(self, plan: _StreamPlan) -> None:
+    async def _run(self, plan: StreamPlan) -> None:
         await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         await self._send(
             {
@@ -928,7 +928,7 @@ class _StreamLeg:
                 raise AssertionError("hang_up is handled by the script runner")
 
 
-def _local_url(archer_url: str, stream_url: str) -> str:
+def local_stream_url(archer_url: str, stream_url: str) -> str:
     """The stream URL's path on Archer's local address, ``ws://`` for ``http://``."""
     local = urlsplit(archer_url)
     scheme = "wss" if local.scheme == "https" else "ws"

@@ -1,31 +1,43 @@
-"""Adapter: a quart-trio WebSocket carrying a Twilio media stream, as a ``TwilioStream`` port.
+"""Adapter: a WebSocket carrying a Twilio media stream, as a ``TwilioStream`` port.
 
 Layer: adapter. It parses and builds frames with ``archer.twilio.frames`` and knows nothing of
-calls.
+calls. Two sockets carry streams: quart-trio's (the ``/ws/cartesia`` route on the HTTP port) and
+``archer.websocket_stream`` (the dedicated media listener, ``MEDIA_PORT``).
 
-Rules: quart-trio reports a disconnect by cancelling the route, not by raising, so ``receive``
-never sees the socket close; the route's shielded ``finally`` handles that case. Frames before
-``start`` are consumed by ``wait_for_start``; a second ``start`` later is a protocol error.
+Rules: frames before ``start`` are consumed by ``wait_for_start``; a second ``start`` later is a
+protocol error. How a closed socket shows differs by socket:
+- quart-trio reports a disconnect by cancelling the route, not by raising, so
+  ``QuartTwilioStream.receive`` never sees the socket close; the route's shielded ``finally``
+  handles that case.
+- ``SocketTwilioStream.receive`` raises ``trio.EndOfChannel``, as the port asks; its sends on a
+  closed socket do nothing, because the reader reports the end (a writer must not turn a
+  hang-up into a failed call).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+from typing import Protocol
 
 import attrs
+import trio
 
 from archer.errors import TwilioProtocolError
 from archer.twilio.frames import Connected, OutboundFrames, Start, TwilioEvent, parse_frame
+from archer.websocket_stream import WebSocketClosed
 
-if TYPE_CHECKING:
-    from quart.wrappers import Websocket
+
+class _MessageSocket(Protocol):
+    async def receive(self) -> str | bytes | None: ...
+
+    async def send(self, message: str) -> None: ...
 
 
 @attrs.define
 class QuartTwilioStream:
     """The Twilio side of one call over quart-trio's ``websocket``."""
 
-    _websocket: Websocket
+    _websocket: _MessageSocket
     _frames: OutboundFrames | None = None
 
     async def wait_for_start(self) -> Start:
@@ -65,3 +77,35 @@ class QuartTwilioStream:
         if self._frames is None:
             raise RuntimeError("nothing can be sent before Twilio's start frame")
         return self._frames
+
+
+@attrs.define
+class SocketTwilioStream(QuartTwilioStream):
+    """The Twilio side of one call over ``archer.websocket_stream`` (the media listener).
+
+    Built with a ``WebSocketStream``, whose ``WebSocketClosed`` is mapped here.
+    """
+
+    async def wait_for_start(self) -> Start:
+        try:
+            return await super().wait_for_start()
+        except WebSocketClosed as closed:
+            raise TwilioProtocolError(f"the socket closed before start ({closed.code})") from None
+
+    async def receive(self) -> TwilioEvent:
+        try:
+            return await super().receive()
+        except WebSocketClosed:
+            raise trio.EndOfChannel from None
+
+    async def send_media(self, payload: str) -> None:
+        with contextlib.suppress(WebSocketClosed):
+            await super().send_media(payload)
+
+    async def send_mark(self, name: str) -> None:
+        with contextlib.suppress(WebSocketClosed):
+            await super().send_mark(name)
+
+    async def send_clear(self) -> None:
+        with contextlib.suppress(WebSocketClosed):
+            await super().send_clear()

@@ -7,7 +7,8 @@ the call, whatever ended it.
 
 Rules: quart-trio cancels this route when Twilio's socket goes away, so a disconnect arrives as
 cancellation, not as an exception; the shielded flush in ``finally`` runs either way. A call
-nobody finished by then ended because the socket went (``twilio_disconnected``).
+nobody finished by then ended because the socket went (``twilio_disconnected``). Everything
+after the upgrade is accepted (``carry_stream``) is shared with the dedicated media listener.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import structlog
 import trio
 from quart import Blueprint, websocket
 
+from archer.audio.transcoder import FRAME_MS
 from archer.call.records import CallRecord, StreamClaim
 from archer.call.session import bridge_call, flush_call_record
 from archer.call.state import CallState, utc_now
@@ -35,39 +37,50 @@ log = structlog.get_logger(__name__)
 
 def media_blueprint(services: Services) -> Blueprint:
     blueprint = Blueprint("media", __name__)
-    limits = services.settings.limits
 
     @blueprint.websocket("/ws/cartesia")
     async def media_stream() -> tuple[str, int] | None:
         # Before accept: a forged upgrade is refused with 403 and never becomes a socket.
-        if not stream_upgrade_signed(services):
+        if not stream_upgrade_signed(
+            services, websocket.headers.get("X-Twilio-Signature"), websocket.path
+        ):
             return "forbidden", 403
         await websocket.accept()
         # The proxy's target, so the call's tasks hold the object rather than a context lookup.
-        twilio = QuartTwilioStream(websocket._get_current_object())  # type: ignore[attr-defined]
-        try:
-            with trio.fail_after(limits.twilio_start_timeout):
-                start = await twilio.wait_for_start()
-        except trio.TooSlowError:
-            log.warning("stream.no_start", timeout=limits.twilio_start_timeout)
-            return None
-        except TwilioProtocolError as exc:
-            log.warning("stream.bad_start", error=str(exc))
-            return None
-        with structlog.contextvars.bound_contextvars(
-            call_sid=start.call_sid, stream_sid=start.stream_sid
-        ):
-            call = await _claim(services, start)
-            if call is None:
-                return None
-            log.info("call.started", customer_id=call.customer_id)
-            services.metrics.call_started()
-            with services.drain.call():
-                await _carry(services, call, twilio)
+        await carry_stream(services, QuartTwilioStream(websocket._get_current_object()))  # type: ignore[attr-defined]
         # Returning closes Twilio's socket; the TwiML's <Hangup/> then ends the phone call.
         return None
 
     return blueprint
+
+
+async def carry_stream(services: Services, twilio: QuartTwilioStream) -> None:
+    """Read the accepted stream's ``start``, claim its call, bridge it and record it.
+
+    Shared by the quart-trio route and the dedicated media listener
+    (``archer.web.media_listener``). Returns when the call is over and recorded; the caller
+    closes the socket.
+    """
+    limits = services.settings.limits
+    try:
+        with trio.fail_after(limits.twilio_start_timeout):
+            start = await twilio.wait_for_start()
+    except trio.TooSlowError:
+        log.warning("stream.no_start", timeout=limits.twilio_start_timeout)
+        return
+    except TwilioProtocolError as exc:
+        log.warning("stream.bad_start", error=str(exc))
+        return
+    with structlog.contextvars.bound_contextvars(
+        call_sid=start.call_sid, stream_sid=start.stream_sid
+    ):
+        call = await _claim(services, start)
+        if call is None:
+            return
+        log.info("call.started", customer_id=call.customer_id)
+        services.metrics.call_started()
+        with services.drain.call():
+            await _carry(services, call, twilio)
 
 
 async def _carry(services: Services, call: CallState, twilio: QuartTwilioStream) -> None:
@@ -83,6 +96,7 @@ async def _carry(services: Services, call: CallState, twilio: QuartTwilioStream)
             audio_format=settings.cartesia_audio_format,
             resample_quality=settings.resample_quality,
             output_format=settings.agent_output_format,
+            agent_batch_frames=settings.agent_audio_batch_ms // FRAME_MS,
         )
     finally:
         # Nothing finished the call: we were cancelled, because Twilio's socket went (quart-trio

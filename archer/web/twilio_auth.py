@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import structlog
-from quart import request, websocket
+from quart import request
 
 from archer.twilio.signature import webhook_url
 
@@ -36,13 +36,15 @@ async def signed_form(services: Services, path: str) -> dict[str, str] | None:
     return None
 
 
-def stream_upgrade_signed(services: Services) -> bool:
-    """True if the media-stream upgrade carries Twilio's signature of the public ``wss://`` URL."""
+def stream_upgrade_signed(services: Services, signature: str | None, path: str) -> bool:
+    """True if the media-stream upgrade's ``signature`` is Twilio's, of the public ``wss://`` URL.
+
+    ``path`` is the path the upgrade asked for (logged when refused).
+    """
     if not services.settings.twilio_validate_signatures:
         return True
-    signature = websocket.headers.get("X-Twilio-Signature")
     if services.signatures.valid_stream_upgrade(services.settings.media_stream_url, signature):
         return True
-    log.warning("twilio.signature_rejected", path=websocket.path)
+    log.warning("twilio.signature_rejected", path=path)
     services.metrics.signature_rejected("/ws/cartesia")
     return False

@@ -58,6 +58,10 @@ def test_check_serving_names_the_missing_variable(missing: str) -> None:
         ("CARTESIA_WS_URL", "https://api.cartesia.ai"),
         ("DATABASE_URL", "mysql://db"),
         ("TWILIO_VALIDATE_SIGNATURES", "maybe"),
+        ("ARCHER_WORKERS", "0"),
+        ("ARCHER_WORKERS", "many"),
+        ("MEDIA_PORT", "70000"),
+        ("AGENT_AUDIO_BATCH_MS", "30"),
     ],
 )
 def test_malformed_values_name_their_variable(name: str, value: str) -> None:
@@ -72,6 +76,12 @@ def test_port_comes_from_archer_port_then_port() -> None:
     """``ARCHER_PORT`` wins over the platform's ``PORT``, which wins over the default."""
     assert Settings.from_environ({"PORT": "9000"}).port == 9000
     assert Settings.from_environ({"PORT": "9000", "ARCHER_PORT": "9100"}).port == 9100
+
+
+def test_workers_default_to_one() -> None:
+    """One process unless ``ARCHER_WORKERS`` asks for more (``--workers`` overrides both)."""
+    assert Settings.from_environ({}).workers == 1
+    assert Settings.from_environ({"ARCHER_WORKERS": "4"}).workers == 4
 
 
 def test_secrets_never_appear_in_repr() -> None:

@@ -6,9 +6,11 @@ recorded, what is cancelled, and that audio never waits on a tool.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import partial
 
 import attrs
 import pytest
@@ -90,7 +92,12 @@ class Bridge:
     def agent(self) -> FakeAgent:
         return self.connector.agent
 
-    async def run(self, limits: CallLimits = LIMITS, audio_format: str = "mulaw_8000") -> None:
+    async def run(
+        self,
+        limits: CallLimits = LIMITS,
+        audio_format: str = "mulaw_8000",
+        agent_batch_frames: int = 1,
+    ) -> None:
         try:
             await bridge_call(
                 self.call,
@@ -99,6 +106,7 @@ class Bridge:
                 self.tools,
                 limits=limits,
                 audio_format=audio_format,
+                agent_batch_frames=agent_batch_frames,
             )
         finally:
             self.done.set()
@@ -256,6 +264,35 @@ async def test_dtmf_reaches_the_agent(bridge: Bridge, autojump_clock: trio.abc.C
         bridge.twilio.stop()
         await bridge.wait_done()
     assert bridge.agent.received == [("audio", audio(1)), ("dtmf", "5"), ("audio", audio(2))]
+
+
+async def test_batching_joins_two_frames_per_agent_message_and_keys_flush_it(
+    bridge: Bridge, autojump_clock: trio.abc.Clock
+) -> None:
+    """With 40 ms batches the agent gets two frames' audio per message, in order; a key sends
+    the frame held before it rather than overtaking it."""
+    frames = [bytes([tag]) * 160 for tag in range(5)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(bridge.run, agent_batch_frames=2))
+        for frame in frames[:3]:
+            bridge.twilio.speak(base64.b64encode(frame).decode())
+        bridge.twilio.press("5")
+        for frame in frames[3:]:
+            bridge.twilio.speak(base64.b64encode(frame).decode())
+        await trio.testing.wait_all_tasks_blocked()
+        bridge.twilio.stop()
+        await bridge.wait_done()
+    received = [
+        (kind, base64.b64decode(str(value)) if kind == "audio" else value)
+        for kind, value in bridge.agent.received
+    ]
+    assert received == [
+        ("audio", frames[0] + frames[1]),
+        ("audio", frames[2]),
+        ("dtmf", "5"),
+        ("audio", frames[3] + frames[4]),
+    ]
+    assert bridge.call.frames_in == 5
 
 
 async def test_tool_call_gets_its_result_and_is_recorded_masked(

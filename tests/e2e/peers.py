@@ -144,6 +144,8 @@ class TwilioCaller:
     archer_url: str
     public_base_url: str
     auth_token: str
+    #: Where the media stream is dialled when not at ``archer_url`` (Archer's MEDIA_PORT).
+    media_url: str | None = None
     call_sid: str = "CA" + "e2e0" * 8
     stream_sid: str = "MZ" + "e2e1" * 8
     account_sid: str = "AC" + "e2e2" * 8
@@ -224,7 +226,7 @@ class TwilioCaller:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         path = self.stream_url.split("/", 3)[3]
-        url = f"{self.archer_url.replace('http', 'ws', 1)}/{path}"
+        url = f"{(self.media_url or self.archer_url).replace('http', 'ws', 1)}/{path}"
         signed = signature if signature is not None else self.signer.sign(self.stream_url, {})
         try:
             async with open_websocket_client(

@@ -24,6 +24,7 @@ from archer.cartesia import managed
 from archer.db.store import SqlCallStore, StoredCall
 from archer.server import serve
 from archer.settings import CallLimits, Settings
+from archer.websocket_stream import HandshakeRefused, connect_websocket
 from tests.e2e.peers import STEP_TIMEOUT, AgentBehaviour, AgentPeer, AgentServer, TwilioCaller
 from tests.helpers import audio, live_archer_tasks
 
@@ -90,8 +91,13 @@ async def running_system(
     spool_replay_interval: float = 30.0,
     protocol: str = "managed",
     agent_server_url: str | None = None,
+    media_listener: bool = False,
 ) -> AsyncIterator[System]:
-    """Archer (with ``tools``; None for the real banking tools) and its agent, on loopback."""
+    """Archer (with ``tools``; None for the real banking tools) and its agent, on loopback.
+
+    ``media_listener``: media streams go to the dedicated listener (``MEDIA_PORT``).
+    """
+    media_port = closed_port() if media_listener else 0
     spool_dir = Path(tempfile.mkdtemp(prefix="archer-spool-"))
     async with trio.open_nursery() as nursery:
         agent = AgentServer(behaviour)
@@ -110,6 +116,7 @@ async def running_system(
             cartesia_agent_id="agent_e2e",
             cartesia_ws_url=agent_url or agent_server_url or agent.url,
             cartesia_protocol=protocol,
+            media_port=media_port,
             limits=limits or CallLimits(agent_ready_timeout=2.0, flush_timeout=5.0),
         )
         urls = await nursery.start(
@@ -124,7 +131,10 @@ async def running_system(
         )
         store = SqlCallStore.open(database_url, pool_size=2)
         caller = TwilioCaller(
-            archer_url=urls[0], public_base_url=PUBLIC_BASE_URL, auth_token=AUTH_TOKEN
+            archer_url=urls[0],
+            public_base_url=PUBLIC_BASE_URL,
+            auth_token=AUTH_TOKEN,
+            media_url=f"http://127.0.0.1:{media_port}" if media_port else None,
         )
         try:
             yield System(settings, agent, caller, store)
@@ -176,9 +186,13 @@ async def conversation(peer: AgentPeer) -> None:
     )
 
 
-async def test_a_whole_call_is_bridged_and_recorded(database_url: str) -> None:
-    """Audio both ways, clear, DTMF and a tool call over real sockets, all in the record."""
-    async with running_system(database_url, conversation) as system:
+@pytest.mark.parametrize("media_listener", [False, True], ids=["route", "media_listener"])
+async def test_a_whole_call_is_bridged_and_recorded(
+    database_url: str, media_listener: bool
+) -> None:
+    """Audio both ways, clear, DTMF and a tool call over real sockets, all in the record, with
+    media on the quart-trio route and on the dedicated listener (MEDIA_PORT)."""
+    async with running_system(database_url, conversation, media_listener=media_listener) as system:
         caller = system.caller
         answer = await caller.dial()
         assert answer.status == 200
@@ -361,7 +375,8 @@ async def test_agent_unreachable(database_url: str) -> None:
     assert system.agent.peers == []
 
 
-async def test_twilio_socket_dropped_without_stop(database_url: str) -> None:
+@pytest.mark.parametrize("media_listener", [False, True], ids=["route", "media_listener"])
+async def test_twilio_socket_dropped_without_stop(database_url: str, media_listener: bool) -> None:
     """Twilio's socket vanishing ends the call as ``twilio_disconnected``; the agent is closed."""
 
     async def greet(peer: AgentPeer) -> None:
@@ -373,7 +388,7 @@ async def test_twilio_socket_dropped_without_stop(database_url: str) -> None:
             )
         )
 
-    async with running_system(database_url, greet) as system:
+    async with running_system(database_url, greet, media_listener=media_listener) as system:
         await system.caller.dial()
         async with trio.open_nursery() as nursery:
             await system.caller.connect(nursery)
@@ -432,15 +447,16 @@ async def test_a_stream_without_a_valid_token_is_refused(database_url: str) -> N
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("signature", ["forged", "", "other-url"])
+@pytest.mark.parametrize("media_listener", [False, True], ids=["route", "media_listener"])
 async def test_a_forged_stream_upgrade_is_refused_before_accept(
-    database_url: str, signature: str
+    database_url: str, signature: str, media_listener: bool
 ) -> None:
     """An upgrade without Twilio's signature gets HTTP 403 and never becomes a call."""
 
     async def unused(peer: AgentPeer) -> None:
         raise AssertionError("nothing should connect")
 
-    async with running_system(database_url, unused) as system:
+    async with running_system(database_url, unused, media_listener=media_listener) as system:
         caller = system.caller
         await caller.dial()
         if signature == "other-url":  # Twilio's real signature, but of another stream URL
@@ -454,10 +470,15 @@ async def test_a_forged_stream_upgrade_is_refused_before_accept(
         assert (stored.record.status, stored.record.stream_sid) == ("initiated", None)
 
 
-async def test_the_trailing_slash_variant_of_the_stream_url_is_accepted(database_url: str) -> None:
+@pytest.mark.parametrize("media_listener", [False, True], ids=["route", "media_listener"])
+async def test_the_trailing_slash_variant_of_the_stream_url_is_accepted(
+    database_url: str, media_listener: bool
+) -> None:
     """Twilio sometimes signs the stream URL with a trailing slash; that is still Twilio."""
 
-    async with running_system(database_url, _hang_up_at_once) as system:
+    async with running_system(
+        database_url, _hang_up_at_once, media_listener=media_listener
+    ) as system:
         caller = system.caller
         await caller.dial()
         slashed = caller.signer.sign(caller.stream_url + "/", {})
@@ -472,3 +493,28 @@ async def test_the_trailing_slash_variant_of_the_stream_url_is_accepted(database
 async def _hang_up_at_once(peer: AgentPeer) -> None:
     await peer.accept_session()
     await peer.websocket.aclose(1000, "call ended by agent")
+
+
+async def test_the_media_listener_serves_only_the_stream_path(sqlite_url: str) -> None:
+    """Another path on MEDIA_PORT is 404 and never reaches the agent; the listener goes on."""
+    async with running_system(sqlite_url, _hang_up_at_once, media_listener=True) as system:
+        caller = system.caller
+        assert caller.media_url is not None
+        port = int(caller.media_url.rsplit(":", 1)[1])
+        with pytest.raises(HandshakeRefused) as refused:
+            async with connect_websocket("127.0.0.1", port, "/twilio/voice"):
+                pass
+        assert refused.value.status == 404
+        # Not a WebSocket upgrade at all: the connection is closed without an answer.
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"GARBAGE / HTTP/9\r\n\r\n")
+            with trio.fail_after(STEP_TIMEOUT):
+                assert await stream.receive_some(100) == b""
+        await caller.dial()
+        async with trio.open_nursery() as nursery:
+            await caller.connect(nursery)
+            stored = await system.wait_for_record(lambda s: s.record.end_reason is not None)
+            nursery.cancel_scope.cancel()
+        assert stored.record.end_reason == "agent_hangup"
+        assert len(system.agent.peers) == 1

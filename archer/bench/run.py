@@ -1,0 +1,493 @@
+"""``archer bench``: start a server, drive emulated calls through it, measure, report.
+
+Layer: bench (process wiring and the measuring loop). The server under test runs in its own
+process (``archer serve`` on a throw-away SQLite database, or the floor relay); the callers and
+the agent run here, on one trio loop, on the lean WebSocket of ``archer.websocket_stream``.
+
+One step of ``calls`` concurrent calls: the calls are placed one every ``RAMP_SECONDS``, run a
+``WARMUP_SECONDS`` warm-up, then a measuring window of ``duration`` seconds; then every peer stops
+sending, in-flight frames get ``SETTLE_SECONDS`` to land, and the callers hang up. Inside the
+window it reads the server's CPU seconds and resident memory (``procstat``) and times every
+frame sent (``peers``). A frame sent and never received is dropped.
+
+Figures: latency is per direction, pooled over calls (p50/p99/max, ms); ``cpu_per_call`` is server
+CPU seconds per call-second (the fraction of a core one call costs); ``rss_per_call`` is the rise
+in resident memory over the idle server, per call. Ratios Archer / floor come from runs of the
+same process, minutes apart, on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import trio
+
+from archer.bench import procstat
+from archer.bench.options import build_parser
+from archer.bench.peers import (
+    BenchAgent,
+    BenchTarget,
+    Window,
+    new_call,
+    run_caller,
+)
+
+RAMP_SECONDS: Final = 0.05
+WARMUP_SECONDS: Final = 2.0
+SETTLE_SECONDS: Final = 0.5
+#: p99 latency past which a call count is over the knee (issue 7).
+KNEE_MS: Final = 20.0
+#: What a call count must meet to be "carried": p99 within this, no frame dropped.
+CARRIED_MS: Final = 5.0
+PUBLIC_BASE_URL: Final = "https://archer.example.com"
+ACCOUNT_SID: Final = "AC" + "b" * 32
+AUTH_TOKEN: Final = "bench-auth-token"
+
+
+@attrs.frozen
+class Server:
+    """A server process under test: what it is and where it listens."""
+
+    kind: str  # "archer", "archer-media" (MEDIA_PORT) or "floor"
+    process: subprocess.Popen[bytes]
+    http_url: str
+    media_url: str | None = None
+
+    def target(self) -> BenchTarget:
+        return BenchTarget(
+            self.http_url, PUBLIC_BASE_URL, ACCOUNT_SID, AUTH_TOKEN, media_url=self.media_url
+        )
+
+    @property
+    def pids(self) -> list[int]:
+        return procstat.process_tree(self.process.pid)
+
+
+@attrs.frozen
+class StepResult:
+    """What one step (a number of concurrent calls) measured."""
+
+    server: str
+    calls: int
+    duration: float
+    to_agent_ms: dict[str, float]
+    to_caller_ms: dict[str, float]
+    frames_sent: int
+    frames_dropped: int
+    setup_ms: dict[str, float]
+    cpu_per_call: float
+    server_cpu_cores: float
+    rss_per_call_mib: float
+    rss_mib: float
+    load_cpu_cores: float
+    failed_calls: int
+    errors: list[str]
+
+    @property
+    def worst_p99_ms(self) -> float:
+        return max(self.to_agent_ms["p99"], self.to_caller_ms["p99"])
+
+    @property
+    def carried(self) -> bool:
+        return (
+            self.worst_p99_ms <= CARRIED_MS and self.frames_dropped == 0 and not self.failed_calls
+        )
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """p50/p99/max in milliseconds (nearest rank); NaN when nothing was measured."""
+    if not values:
+        return {"p50": math.nan, "p99": math.nan, "max": math.nan, "n": 0}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] * 1000
+
+    return {"p50": rank(0.50), "p99": rank(0.99), "max": ordered[-1] * 1000, "n": len(ordered)}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def start_server(
+    kind: str,
+    *,
+    agent_port: int,
+    workdir: Path,
+    workers: int = 1,
+    batch_ms: int = 20,
+    database_url: str | None = None,
+) -> Iterator[Server]:
+    """Start Archer (or the floor) in its own process; stop it (SIGTERM, then kill) on exit."""
+    port = free_port()
+    media_port = free_port() if kind == "archer-media" else 0
+    agent_url = f"ws://127.0.0.1:{agent_port}"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONHASHSEED": "0",
+    }
+    if kind == "floor":
+        command = [
+            sys.executable,
+            "-m",
+            "archer.bench.floor",
+            "--port",
+            str(port),
+            "--agent-url",
+            agent_url,
+        ]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "archer",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+        env |= {
+            "DATABASE_URL": database_url or f"sqlite:///{workdir / 'bench.db'}",
+            "WEBHOOK_BASE_URL": PUBLIC_BASE_URL,
+            "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+            "CARTESIA_API_KEY": "sk_bench",
+            "CARTESIA_AGENT_ID": "agent_bench",
+            "CARTESIA_WS_URL": agent_url,
+            "CARTESIA_AUDIO_FORMAT": "mulaw_8000",
+            "AGENT_AUDIO_BATCH_MS": str(batch_ms),
+            "SPOOL_PATH": str(workdir / "spool.jsonl"),
+            "LOG_LEVEL": "warning",
+            "DRAIN_TIMEOUT": "2",
+            "MEDIA_PORT": str(media_port),
+        }
+    log = (workdir / f"{kind}.log").open("ab")
+    process = subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=log)
+    server = Server(
+        kind,
+        process,
+        f"http://127.0.0.1:{port}",
+        f"http://127.0.0.1:{media_port}" if media_port else None,
+    )
+    try:
+        _wait_until_listening(server, port)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _wait_until_listening(server: Server, port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"the {server.kind} server exited with {server.process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            time.sleep(0.05)
+        else:
+            return
+    raise RuntimeError(f"the {server.kind} server did not listen within {timeout:g} s")
+
+
+async def run_step(server: Server, agent: BenchAgent, calls: int, duration: float) -> StepResult:
+    """``calls`` concurrent calls through ``server`` for a ``duration``-second window."""
+    clock = time.perf_counter
+    window = Window()
+    agent.window = window
+    agent.quiet = trio.Event()
+    stats = [new_call(index) for index in range(calls)]
+    agent.calls.clear()
+    agent.calls.update({call.call_sid: call for call in stats})
+    target = server.target()
+    hang_up = trio.Event()
+    idle_rss = procstat.resident_bytes(server.pids)
+    async with trio.open_nursery() as nursery:
+        for call in stats:
+            nursery.start_soon(
+                partial(run_caller, target, call, window, clock, hang_up=hang_up, quiet=agent.quiet)
+            )
+            await trio.sleep(RAMP_SECONDS)
+        # A call that has not started by the end of the warm-up counts as failed.
+        await trio.sleep(WARMUP_SECONDS)
+        pids = server.pids
+        cpu_before, load_before = procstat.cpu_seconds(pids), time.process_time()
+        window.start = clock()
+        await trio.sleep(duration)
+        window.end = clock()
+        cpu_used = procstat.cpu_seconds(pids) - cpu_before
+        load_used = time.process_time() - load_before
+        busy_rss = procstat.resident_bytes(pids)
+        agent.quiet.set()
+        await trio.sleep(SETTLE_SECONDS)
+        hang_up.set()
+    to_agent = [sample for call in stats for sample in call.to_agent.latencies]
+    to_caller = [sample for call in stats for sample in call.to_caller.latencies]
+    sent = sum(call.to_agent.sent + call.to_caller.sent for call in stats)
+    received = sum(call.to_agent.received + call.to_caller.received for call in stats)
+    failed = [call for call in stats if call.error is not None or call.setup_seconds is None]
+    live = max(1, calls - len(failed))
+    return StepResult(
+        server=server.kind,
+        calls=calls,
+        duration=duration,
+        to_agent_ms=percentiles(to_agent),
+        to_caller_ms=percentiles(to_caller),
+        frames_sent=sent,
+        frames_dropped=sent - received,
+        setup_ms=percentiles([c.setup_seconds for c in stats if c.setup_seconds is not None]),
+        cpu_per_call=cpu_used / duration / live,
+        server_cpu_cores=cpu_used / duration,
+        rss_per_call_mib=(busy_rss - idle_rss) / live / 2**20,
+        rss_mib=busy_rss / 2**20,
+        load_cpu_cores=load_used / duration,
+        failed_calls=len(failed),
+        errors=sorted({call.error or "no session" for call in failed})[:5],
+    )
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every step the arguments ask for, for Archer and (``--floor``) the floor."""
+    results: dict[str, Any] = {"machine": machine(), "arguments": vars(args), "steps": []}
+    kinds = [*args.servers, *(["floor"] if args.floor and "floor" not in args.servers else [])]
+    counts = args.sweep or [args.calls]
+    agent = BenchAgent({}, Window(), time.perf_counter)
+    with tempfile.TemporaryDirectory(prefix="archer-bench-") as tmp:
+        async with trio.open_nursery() as nursery:
+            agent_port = await nursery.start(agent.serve)
+            for kind in kinds:
+                workdir = Path(tmp) / kind
+                workdir.mkdir()
+                with start_server(
+                    kind,
+                    agent_port=agent_port,
+                    workdir=workdir,
+                    workers=args.workers,
+                    batch_ms=args.batch_ms,
+                    database_url=args.database_url,
+                ) as server:
+                    # One short call first, so imports and first-use caches are not counted as
+                    # per-call memory.
+                    await run_step(server, agent, 1, 1.0)
+                    for count in counts:
+                        step = await run_step(server, agent, count, args.duration)
+                        results["steps"].append(attrs.asdict(step))
+                        print(format_step(step), flush=True)
+                    if args.soak:
+                        results["soak"] = await soak(server, agent, args.calls, args.soak)
+                        print(format_soak(results["soak"]), flush=True)
+            nursery.cancel_scope.cancel()
+    results["summary"] = summarise(results["steps"])
+    return results
+
+
+async def soak(server: Server, agent: BenchAgent, calls: int, seconds: float) -> dict[str, Any]:
+    """``calls`` calls at all times for ``seconds``, each lasting 5–20 s, then the next.
+
+    Resident memory is sampled every 10 s; growth is the last minute's mean over the first
+    minute's (after one minute of churn, so pools and caches have filled).
+    """
+    clock = time.perf_counter
+    window = Window()  # nothing timed: this is about memory
+    agent.window = window
+    agent.quiet = trio.Event()
+    rng = random.Random(7)
+    samples: list[tuple[float, int]] = []
+    placed = failed = 0
+    started = clock()
+    target = server.target()
+
+    async def line(slot: int) -> None:
+        nonlocal placed, failed
+        while clock() - started < seconds:
+            call = new_call(slot)
+            agent.calls[call.call_sid] = call
+            hang_up, quiet = trio.Event(), trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    partial(run_caller, target, call, window, clock, hang_up=hang_up, quiet=quiet)
+                )
+                await trio.sleep(rng.uniform(5, 20))
+                hang_up.set()
+                nursery.cancel_scope.deadline = trio.current_time() + 5
+            placed += 1
+            failed += call.error is not None
+            del agent.calls[call.call_sid]
+
+    async with trio.open_nursery() as nursery:
+        for slot in range(calls):
+            nursery.start_soon(line, slot)
+            await trio.sleep(RAMP_SECONDS)
+        while clock() - started < seconds:
+            samples.append((clock() - started, procstat.resident_bytes(server.pids)))
+            await trio.sleep(10)
+    first = [rss for at, rss in samples if at < 70 and at >= 10] or [samples[0][1]]
+    last = [rss for at, rss in samples if at >= seconds - 60] or [samples[-1][1]]
+    return {
+        "calls": calls,
+        "seconds": seconds,
+        "placed": placed,
+        "failed": failed,
+        "rss_first_minute_mib": sum(first) / len(first) / 2**20,
+        "rss_last_minute_mib": sum(last) / len(last) / 2**20,
+        "growth_mib": (sum(last) / len(last) - sum(first) / len(first)) / 2**20,
+        "samples": [(round(at, 1), round(rss / 2**20, 2)) for at, rss in samples],
+    }
+
+
+def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per server: the most calls carried (p99 ≤ 5 ms, nothing dropped) and the knee."""
+    summary: dict[str, Any] = {}
+    for kind in sorted({step["server"] for step in steps}):
+        own = sorted((s for s in steps if s["server"] == kind), key=lambda s: s["calls"])
+        worst = [max(s["to_agent_ms"]["p99"], s["to_caller_ms"]["p99"]) for s in own]
+        carried = [
+            s["calls"]
+            for s, p99 in zip(own, worst, strict=True)
+            if p99 <= CARRIED_MS and s["frames_dropped"] == 0 and not s["failed_calls"]
+        ]
+        over = [s["calls"] for s, p99 in zip(own, worst, strict=True) if not p99 <= KNEE_MS]
+        summary[kind] = {
+            "most_calls_carried": max(carried, default=0),
+            "knee_calls": min(over) if over else None,
+            "cpu_per_call": [s["cpu_per_call"] for s in own],
+        }
+    floor = {s["calls"]: s for s in steps if s["server"] == "floor"}
+    summary["ratios"] = [
+        {
+            "server": s["server"],
+            "calls": s["calls"],
+            "cpu_per_call": _ratio(s["cpu_per_call"], floor[s["calls"]]["cpu_per_call"]),
+            "p99_to_agent": _ratio(
+                s["to_agent_ms"]["p99"], floor[s["calls"]]["to_agent_ms"]["p99"]
+            ),
+            "p99_to_caller": _ratio(
+                s["to_caller_ms"]["p99"], floor[s["calls"]]["to_caller_ms"]["p99"]
+            ),
+            "rss_per_call": _ratio(s["rss_per_call_mib"], floor[s["calls"]]["rss_per_call_mib"]),
+        }
+        for s in steps
+        if s["server"] != "floor" and s["calls"] in floor
+    ]
+    for kind, figures in summary.items():
+        if kind not in ("floor", "ratios") and "floor" in summary:
+            knee, floor_knee = figures["knee_calls"], summary["floor"]["knee_calls"]
+            figures["knee_over_floor"] = (
+                _ratio(knee, floor_knee) if knee is not None and floor_knee is not None else None
+            )
+    return summary
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else math.nan
+
+
+def machine() -> dict[str, Any]:
+    """The interpreter and machine the figures belong to."""
+    return {
+        "python": sys.version.split()[0],
+        "implementation": sys.implementation.name,
+        "executable": sys.executable,
+        "optimisations": optimisation_flags(),
+        "cpus": os.cpu_count(),
+        "platform": sys.platform,
+    }
+
+
+def optimisation_flags() -> str:
+    """How this CPython was built: PGO/LTO and the -O level (the bridge's cost depends on it)."""
+    config = sysconfig.get_config_var("CONFIG_ARGS") or ""
+    cflags = sysconfig.get_config_var("OPT") or ""
+    flags = [flag for flag in ("--enable-optimizations", "--with-lto") if flag in config]
+    level = next((f for f in cflags.split() if f.startswith("-O")), "-O?")
+    return " ".join([*flags, level]) if flags else f"no PGO/LTO, {level}"
+
+
+def format_step(step: StepResult) -> str:
+    def ms(d: dict[str, float]) -> str:
+        return f"{d['p50']:6.2f} {d['p99']:6.2f} {d['max']:7.1f}"
+
+    return (
+        f"{step.server:6} {step.calls:4d} calls  to agent p50/p99/max {ms(step.to_agent_ms)} ms"
+        f"  to caller {ms(step.to_caller_ms)} ms  dropped {step.frames_dropped}/{step.frames_sent}"
+        f"  set-up p50 {step.setup_ms['p50']:5.1f} ms  cpu/call {step.cpu_per_call * 100:5.2f} %"
+        f"  ({step.server_cpu_cores:4.2f} cores)  rss/call {step.rss_per_call_mib:5.2f} MiB"
+        f"  load {step.load_cpu_cores:4.2f} cores"
+        + (f"  FAILED {step.failed_calls}: {'; '.join(step.errors)}" if step.failed_calls else "")
+    )
+
+
+def format_soak(soak: dict[str, Any]) -> str:
+    return (
+        f"soak   {soak['calls']:4d} calls for {soak['seconds']:g} s: {soak['placed']} calls placed,"
+        f" {soak['failed']} failed; rss first minute {soak['rss_first_minute_mib']:.1f} MiB,"
+        f" last minute {soak['rss_last_minute_mib']:.1f} MiB, growth {soak['growth_mib']:+.2f} MiB"
+    )
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    lines = [f"machine: {json.dumps(results['machine'])}"]
+    for kind, figures in results["summary"].items():
+        if kind == "ratios":
+            for ratio in figures:
+                lines.append(
+                    f"{ratio['server']}/floor at {ratio['calls']} calls:"
+                    f" cpu/call {ratio['cpu_per_call']:.2f}x,"
+                    f" p99 to agent {ratio['p99_to_agent']:.2f}x,"
+                    f" p99 to caller {ratio['p99_to_caller']:.2f}x,"
+                    f" rss/call {ratio['rss_per_call']:.2f}x"
+                )
+        else:
+            lines.append(
+                f"{kind}: most calls carried (p99 <= {CARRIED_MS:g} ms, none dropped):"
+                f" {figures['most_calls_carried']}; knee (p99 > {KNEE_MS:g} ms):"
+                f" {figures['knee_calls'] or 'not reached'}"
+            )
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    if not procstat.available():
+        print(
+            "archer bench: needs Linux /proc to read the server's CPU and memory", file=sys.stderr
+        )
+        return 2
+    results = trio.run(bench, args)
+    print(format_summary(results))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(build_parser(argparse.ArgumentParser(prog="archer bench")).parse_args()))

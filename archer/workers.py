@@ -1,0 +1,304 @@
+"""``archer serve --workers N``: N worker processes on one set of listening sockets.
+
+Layer: server (process wiring), beside ``archer.server``. The supervisor (the process the
+operator started) binds the sockets once and starts N workers, each ``python -m archer serve``
+with the sockets inherited; every worker is the ordinary ``serve`` (its own services, database
+pool, metrics, spool and drain), so a call lives entirely in the worker that accepted its
+socket. The kernel hands each new connection to whichever worker accepts first.
+
+Rules:
+
+- The supervisor serves nothing and holds no call state: it starts, watches and signals.
+- SIGTERM or SIGINT to the supervisor becomes SIGTERM to every worker; each drains as the single
+  process does. Workers ignore SIGINT, so a terminal's Ctrl-C (sent to the whole process group)
+  is one stop, not two. The supervisor exits 0 only if it was asked to stop and every worker
+  exited 0; otherwise 1, with the workers named in ``workers.stopped``.
+- A worker that exits without being asked to is fatal: the supervisor logs it and stops the
+  others. We prefer a loud crash (the orchestrator restarts the container at full capacity) to
+  a server that silently runs at reduced capacity; there is no in-place respawn.
+- Workers watch a pipe from the supervisor; if the supervisor dies (even by SIGKILL), they drain
+  and exit rather than serve on unsupervised.
+- Each worker has its own spool file (``worker_spool_path``) and replays only that: the replay
+  rewrites its file, which would lose lines another process appended meanwhile, so neither a
+  shared file replayed by one worker nor one replayed by the supervisor would be safe.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator, Sequence
+from functools import partial
+from pathlib import Path
+
+import attrs
+import structlog
+import trio
+
+from archer.db.spool import spool_files, worker_spool_path
+from archer.errors import ArcherError, ConfigError, StoreError
+from archer.settings import Settings
+
+# archer.server (quart, hypercorn, SQLAlchemy: about a second to import) is imported inside the
+# functions, so a worker sets its SIGTERM handler before that, not after (``run_worker``).
+
+log = structlog.get_logger(__name__)
+
+
+def run_supervisor(
+    settings: Settings,
+    *,
+    workers: int,
+    host: str | None = None,
+    port: int | None = None,
+    hypercorn_toml: Path | None = None,
+) -> int:
+    """Serve with ``workers`` processes until SIGTERM/SIGINT; the exit status (0: clean stop).
+
+    Raises:
+        ConfigError: the hypercorn configuration asks for binds workers cannot share.
+        ArcherError: the address could not be bound.
+    """
+    return trio.run(
+        partial(
+            supervise,
+            settings,
+            workers=workers,
+            host=host,
+            port=port,
+            hypercorn_toml=hypercorn_toml,
+        )
+    )
+
+
+async def supervise(
+    settings: Settings,
+    *,
+    workers: int,
+    host: str | None = None,
+    port: int | None = None,
+    hypercorn_toml: Path | None = None,
+) -> int:
+    """Bind, start ``workers`` workers, forward stop signals, wait for them all; exit status.
+
+    Cancellation: the workers are not killed; they see the supervisor's pipe close when this
+    process exits, and drain.
+    """
+    from archer.server import hypercorn_config
+
+    config = hypercorn_config(
+        settings,
+        host=host if host is not None else settings.host,
+        port=port if port is not None else settings.port,
+        path=hypercorn_toml,
+    )
+    if config.quic_bind or (config.ssl_enabled and config.insecure_bind):
+        # A worker maps the fds it inherits onto `bind` alone; these binds have no place there.
+        raise ConfigError("--workers > 1 cannot share quic_bind or insecure_bind; remove them")
+    try:
+        sockets = config.create_sockets()
+    except OSError as exc:
+        raise ArcherError(f"cannot listen on {', '.join(config.bind)}: {exc}") from exc
+    listening = [*sockets.secure_sockets, *sockets.insecure_sockets]
+    # Never written: it closes when this process ends, however it ends, and workers notice.
+    supervisor_read, supervisor_write = os.pipe()
+    supervision = _Supervision()
+    try:
+        for sock in listening:
+            sock.listen(config.backlog)
+        log.info("workers.starting", workers=workers, bind=config.bind)
+        _warn_about_orphan_spools(Path(settings.spool_path), workers)
+        # Create the schema once, before the workers race to: SQLite would otherwise have N
+        # processes switching a new file to WAL at the same moment.
+        await trio.to_thread.run_sync(_init_schema, settings.database_url)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            for index in range(workers):
+                process = await trio.lowlevel.open_process(
+                    worker_command(
+                        index,
+                        host=host,
+                        listen_fds=[sock.fileno() for sock in listening],
+                        supervisor_fd=supervisor_read,
+                        hypercorn_toml=hypercorn_toml,
+                    ),
+                    pass_fds=(*(sock.fileno() for sock in listening), supervisor_read),
+                )
+                supervision.processes.append(process)
+                log.info("workers.started", worker=index, pid=process.pid)
+            # The workers hold the sockets now; the supervisor never accepts on them.
+            for sock in listening:
+                sock.close()
+            os.close(supervisor_read)
+            supervisor_read = -1
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(supervision.forward_signals, signals)
+                async with trio.open_nursery() as watchers:
+                    for index, process in enumerate(supervision.processes):
+                        watchers.start_soon(supervision.watch, index, process)
+                nursery.cancel_scope.cancel()
+    finally:
+        for sock in listening:
+            sock.close()
+        if supervisor_read >= 0:
+            os.close(supervisor_read)
+        os.close(supervisor_write)
+    exit_code = 1 if supervision.failures else 0
+    (log.error if exit_code else log.info)(
+        "workers.stopped", exit_code=exit_code, failed=supervision.failures or None
+    )
+    return exit_code
+
+
+def worker_command(
+    index: int,
+    *,
+    host: str | None,
+    listen_fds: Sequence[int],
+    supervisor_fd: int,
+    hypercorn_toml: Path | None,
+) -> list[str]:
+    """The command line of worker ``index`` (settings come from the inherited environment).
+
+    ``--host`` is passed on for anything a worker binds itself (the HTTP port is inherited).
+    """
+    command = [sys.executable, "-m", "archer", "serve", "--worker-index", str(index)]
+    command += ["--supervisor-fd", str(supervisor_fd)]
+    if host is not None:
+        command += ["--host", host]
+    for fd in listen_fds:
+        command += ["--listen-fd", str(fd)]
+    if hypercorn_toml is not None:
+        command += ["--hypercorn-config", str(hypercorn_toml)]
+    return command
+
+
+@attrs.define
+class _Supervision:
+    """The workers, whether they were asked to stop, and which ones failed."""
+
+    processes: list[trio.Process] = attrs.Factory(list)
+    stopping: bool = False
+    failures: list[str] = attrs.Factory(list)
+
+    async def forward_signals(self, signals: AsyncIterator[int]) -> None:
+        """Turn every SIGTERM/SIGINT into SIGTERM to each worker still running."""
+        async for signum in signals:
+            log.info("workers.stopping", signal=signal.Signals(signum).name)
+            self.stop_all()
+
+    async def watch(self, index: int, process: trio.Process) -> None:
+        """Wait for worker ``index`` to exit; an exit nobody asked for stops the others."""
+        code = await process.wait()
+        described = f"worker {index} (pid {process.pid}) {_exit_text(code)}"
+        if self.stopping and code == -signal.SIGTERM:
+            # Our SIGTERM reached it before it set its handler (``run_worker`` does that first
+            # thing, before serving): it stopped as asked, and had served nothing to drain.
+            log.info("workers.worker_stopped_while_starting", worker=index, pid=process.pid)
+        elif not self.stopping:
+            log.error("workers.worker_died", worker=index, pid=process.pid, exit_code=code)
+            self.failures.append(described)
+            self.stop_all()
+        elif code != 0:
+            log.error("workers.worker_failed", worker=index, pid=process.pid, exit_code=code)
+            self.failures.append(described)
+        else:
+            log.info("workers.worker_stopped", worker=index, pid=process.pid)
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        for process in self.processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+def _init_schema(database_url: str) -> None:
+    from archer.db.admin import init_database
+
+    try:
+        init_database(database_url)
+    except StoreError as exc:
+        # The workers try again themselves and serve the apology meanwhile, as one process does.
+        log.error("workers.database_unavailable", error=str(exc))
+
+
+def _warn_about_orphan_spools(spool_path: Path, workers: int) -> None:
+    """Log spool files of workers this run does not have (left by a run with more workers)."""
+    ours = {worker_spool_path(spool_path, index) for index in range(workers)}
+    for path in spool_files(spool_path):
+        if path not in ours and path.is_file() and path.stat().st_size > 0:
+            log.warning(
+                "workers.orphan_spool",
+                path=str(path),
+                note="no worker of this run replays it: stop the server, run `archer spool replay`",
+            )
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    index: int,
+    host: str | None = None,
+    listen_fds: Sequence[int],
+    supervisor_fd: int,
+    hypercorn_toml: Path | None = None,
+) -> None:
+    """Be worker ``index``: ``serve`` on the inherited sockets until SIGTERM or the supervisor
+    is gone, then drain as the single process does."""
+    # Ctrl-C reaches the whole process group; the supervisor turns it into our SIGTERM. With
+    # SIGINT ignored, trio installs no KeyboardInterrupt handler either.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A SIGTERM before trio listens for it (a deploy right after start) must still mean "drain",
+    # not the default "die": remember it until the shutdown trigger looks.
+    early_stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: early_stop.set())
+    from archer.server import serve
+
+    # Every line this process logs, in every task and thread (trio copies the context).
+    structlog.contextvars.bind_contextvars(worker=index)
+    settings = attrs.evolve(
+        settings, spool_path=str(worker_spool_path(Path(settings.spool_path), index))
+    )
+    trio.run(
+        partial(
+            serve,
+            settings,
+            host=host,
+            hypercorn_toml=hypercorn_toml,
+            listen_fds=listen_fds,
+            shutdown_trigger=partial(wait_for_stop, supervisor_fd, early_stop),
+        )
+    )
+
+
+async def wait_for_stop(supervisor_fd: int, early_stop: threading.Event) -> None:
+    """Return on SIGTERM (now or before this was called), or when the supervisor is gone.
+
+    A second SIGTERM while draining is ignored (the drain is bounded by ``DRAIN_TIMEOUT``).
+    """
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        if early_stop.is_set():
+            log.info("server.stopping", signal="SIGTERM")
+            return
+        async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                async for signum in signals:
+                    log.info("server.stopping", signal=signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+
+            async def on_supervisor_gone() -> None:
+                # Readable means end of file: the supervisor exited without stopping us.
+                await trio.lowlevel.wait_readable(supervisor_fd)
+                log.error("server.supervisor_gone")
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(on_signal)
+            nursery.start_soon(on_supervisor_gone)
