@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import socket
-import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
@@ -40,21 +37,23 @@ import trio
 
 from archer.bench import procstat
 from archer.bench.options import build_parser
-from archer.bench.peers import (
-    BenchAgent,
-    BenchTarget,
-    Window,
-    new_call,
-    run_caller,
+from archer.bench.peers import BenchAgent, BenchTarget, Window, new_call, run_caller
+from archer.bench.report import (
+    StepResult,
+    format_soak,
+    format_step,
+    format_summary,
+    machine,
+    percentiles,
+    summarise,
 )
 
+#: How long a server may take to listen, and to stop after SIGTERM before it is killed.
+START_TIMEOUT: Final = 30.0
+STOP_TIMEOUT: Final = 10.0
 RAMP_SECONDS: Final = 0.05
 WARMUP_SECONDS: Final = 2.0
 SETTLE_SECONDS: Final = 0.5
-#: p99 latency past which a call count is over the knee (issue 7).
-KNEE_MS: Final = 20.0
-#: What a call count must meet to be "carried": p99 within this, no frame dropped.
-CARRIED_MS: Final = 5.0
 PUBLIC_BASE_URL: Final = "https://archer.example.com"
 ACCOUNT_SID: Final = "AC" + "b" * 32
 AUTH_TOKEN: Final = "bench-auth-token"
@@ -65,7 +64,7 @@ class Server:
     """A server process under test: what it is and where it listens."""
 
     kind: str  # "archer", "archer-media" (MEDIA_PORT) or "floor"
-    process: subprocess.Popen[bytes]
+    process: trio.Process
     http_url: str
     media_url: str | None = None
 
@@ -79,49 +78,6 @@ class Server:
         return procstat.process_tree(self.process.pid)
 
 
-@attrs.frozen
-class StepResult:
-    """What one step (a number of concurrent calls) measured."""
-
-    server: str
-    calls: int
-    duration: float
-    to_agent_ms: dict[str, float]
-    to_caller_ms: dict[str, float]
-    frames_sent: int
-    frames_dropped: int
-    setup_ms: dict[str, float]
-    cpu_per_call: float
-    server_cpu_cores: float
-    rss_per_call_mib: float
-    rss_mib: float
-    load_cpu_cores: float
-    failed_calls: int
-    errors: list[str]
-
-    @property
-    def worst_p99_ms(self) -> float:
-        return max(self.to_agent_ms["p99"], self.to_caller_ms["p99"])
-
-    @property
-    def carried(self) -> bool:
-        return (
-            self.worst_p99_ms <= CARRIED_MS and self.frames_dropped == 0 and not self.failed_calls
-        )
-
-
-def percentiles(values: Sequence[float]) -> dict[str, float]:
-    """p50/p99/max in milliseconds (nearest rank); NaN when nothing was measured."""
-    if not values:
-        return {"p50": math.nan, "p99": math.nan, "max": math.nan, "n": 0}
-    ordered = sorted(values)
-
-    def rank(q: float) -> float:
-        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] * 1000
-
-    return {"p50": rank(0.50), "p99": rank(0.99), "max": ordered[-1] * 1000, "n": len(ordered)}
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -129,8 +85,8 @@ def free_port() -> int:
         return port
 
 
-@contextmanager
-def start_server(
+@asynccontextmanager
+async def start_server(
     kind: str,
     *,
     agent_port: int,
@@ -138,38 +94,18 @@ def start_server(
     workers: int = 1,
     batch_ms: int = 20,
     database_url: str | None = None,
-) -> Iterator[Server]:
+) -> AsyncIterator[Server]:
     """Start Archer (or the floor) in its own process; stop it (SIGTERM, then kill) on exit."""
     port = free_port()
     media_port = free_port() if kind == "archer-media" else 0
     agent_url = f"ws://127.0.0.1:{agent_port}"
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONHASHSEED": "0",
-    }
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0"}
     if kind == "floor":
-        command = [
-            sys.executable,
-            "-m",
-            "archer.bench.floor",
-            "--port",
-            str(port),
-            "--agent-url",
-            agent_url,
-        ]
+        command = [sys.executable, "-m", "archer.bench.floor", "--port", str(port)]
+        command += ["--agent-url", agent_url]
     else:
-        command = [
-            sys.executable,
-            "-m",
-            "archer",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        if workers > 1:
-            command += ["--workers", str(workers)]
+        command = [sys.executable, "-m", "archer", "serve", "--host", "127.0.0.1"]
+        command += ["--port", str(port), "--workers", str(workers)]
         env |= {
             "DATABASE_URL": database_url or f"sqlite:///{workdir / 'bench.db'}",
             "WEBHOOK_BASE_URL": PUBLIC_BASE_URL,
@@ -185,8 +121,10 @@ def start_server(
             "DRAIN_TIMEOUT": "2",
             "MEDIA_PORT": str(media_port),
         }
-    log = (workdir / f"{kind}.log").open("ab")
-    process = subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=log)
+    with (workdir / f"{kind}.log").open("ab") as log:
+        process = await trio.lowlevel.open_process(
+            command, env=env, cwd=workdir, stdout=log, stderr=log
+        )
     server = Server(
         kind,
         process,
@@ -194,30 +132,29 @@ def start_server(
         f"http://127.0.0.1:{media_port}" if media_port else None,
     )
     try:
-        _wait_until_listening(server, port)
+        await _wait_until_listening(server, port)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        with trio.CancelScope(shield=True):
+            process.terminate()
+            with trio.move_on_after(STOP_TIMEOUT):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
 
 
-def _wait_until_listening(server: Server, port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"the {server.kind} server exited with {server.process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        except OSError:
-            time.sleep(0.05)
-        else:
-            return
-    raise RuntimeError(f"the {server.kind} server did not listen within {timeout:g} s")
+async def _wait_until_listening(server: Server, port: int) -> None:
+    with trio.fail_after(START_TIMEOUT):
+        while server.process.poll() is None:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.05)
+            else:
+                await stream.aclose()
+                return
+    raise RuntimeError(f"the {server.kind} server exited with {server.process.returncode}")
 
 
 async def run_step(server: Server, agent: BenchAgent, calls: int, duration: float) -> StepResult:
@@ -288,7 +225,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             for kind in kinds:
                 workdir = Path(tmp) / kind
                 workdir.mkdir()
-                with start_server(
+                async with start_server(
                     kind,
                     agent_port=agent_port,
                     workdir=workdir,
@@ -363,117 +300,6 @@ async def soak(server: Server, agent: BenchAgent, calls: int, seconds: float) ->
         "growth_mib": (sum(last) / len(last) - sum(first) / len(first)) / 2**20,
         "samples": [(round(at, 1), round(rss / 2**20, 2)) for at, rss in samples],
     }
-
-
-def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per server: the most calls carried (p99 ≤ 5 ms, nothing dropped) and the knee."""
-    summary: dict[str, Any] = {}
-    for kind in sorted({step["server"] for step in steps}):
-        own = sorted((s for s in steps if s["server"] == kind), key=lambda s: s["calls"])
-        worst = [max(s["to_agent_ms"]["p99"], s["to_caller_ms"]["p99"]) for s in own]
-        carried = [
-            s["calls"]
-            for s, p99 in zip(own, worst, strict=True)
-            if p99 <= CARRIED_MS and s["frames_dropped"] == 0 and not s["failed_calls"]
-        ]
-        over = [s["calls"] for s, p99 in zip(own, worst, strict=True) if not p99 <= KNEE_MS]
-        summary[kind] = {
-            "most_calls_carried": max(carried, default=0),
-            "knee_calls": min(over) if over else None,
-            "cpu_per_call": [s["cpu_per_call"] for s in own],
-        }
-    floor = {s["calls"]: s for s in steps if s["server"] == "floor"}
-    summary["ratios"] = [
-        {
-            "server": s["server"],
-            "calls": s["calls"],
-            "cpu_per_call": _ratio(s["cpu_per_call"], floor[s["calls"]]["cpu_per_call"]),
-            "p99_to_agent": _ratio(
-                s["to_agent_ms"]["p99"], floor[s["calls"]]["to_agent_ms"]["p99"]
-            ),
-            "p99_to_caller": _ratio(
-                s["to_caller_ms"]["p99"], floor[s["calls"]]["to_caller_ms"]["p99"]
-            ),
-            "rss_per_call": _ratio(s["rss_per_call_mib"], floor[s["calls"]]["rss_per_call_mib"]),
-        }
-        for s in steps
-        if s["server"] != "floor" and s["calls"] in floor
-    ]
-    for kind, figures in summary.items():
-        if kind not in ("floor", "ratios") and "floor" in summary:
-            knee, floor_knee = figures["knee_calls"], summary["floor"]["knee_calls"]
-            figures["knee_over_floor"] = (
-                _ratio(knee, floor_knee) if knee is not None and floor_knee is not None else None
-            )
-    return summary
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else math.nan
-
-
-def machine() -> dict[str, Any]:
-    """The interpreter and machine the figures belong to."""
-    return {
-        "python": sys.version.split()[0],
-        "implementation": sys.implementation.name,
-        "executable": sys.executable,
-        "optimisations": optimisation_flags(),
-        "cpus": os.cpu_count(),
-        "platform": sys.platform,
-    }
-
-
-def optimisation_flags() -> str:
-    """How this CPython was built: PGO/LTO and the -O level (the bridge's cost depends on it)."""
-    config = sysconfig.get_config_var("CONFIG_ARGS") or ""
-    cflags = sysconfig.get_config_var("OPT") or ""
-    flags = [flag for flag in ("--enable-optimizations", "--with-lto") if flag in config]
-    level = next((f for f in cflags.split() if f.startswith("-O")), "-O?")
-    return " ".join([*flags, level]) if flags else f"no PGO/LTO, {level}"
-
-
-def format_step(step: StepResult) -> str:
-    def ms(d: dict[str, float]) -> str:
-        return f"{d['p50']:6.2f} {d['p99']:6.2f} {d['max']:7.1f}"
-
-    return (
-        f"{step.server:6} {step.calls:4d} calls  to agent p50/p99/max {ms(step.to_agent_ms)} ms"
-        f"  to caller {ms(step.to_caller_ms)} ms  dropped {step.frames_dropped}/{step.frames_sent}"
-        f"  set-up p50 {step.setup_ms['p50']:5.1f} ms  cpu/call {step.cpu_per_call * 100:5.2f} %"
-        f"  ({step.server_cpu_cores:4.2f} cores)  rss/call {step.rss_per_call_mib:5.2f} MiB"
-        f"  load {step.load_cpu_cores:4.2f} cores"
-        + (f"  FAILED {step.failed_calls}: {'; '.join(step.errors)}" if step.failed_calls else "")
-    )
-
-
-def format_soak(soak: dict[str, Any]) -> str:
-    return (
-        f"soak   {soak['calls']:4d} calls for {soak['seconds']:g} s: {soak['placed']} calls placed,"
-        f" {soak['failed']} failed; rss first minute {soak['rss_first_minute_mib']:.1f} MiB,"
-        f" last minute {soak['rss_last_minute_mib']:.1f} MiB, growth {soak['growth_mib']:+.2f} MiB"
-    )
-
-
-def format_summary(results: dict[str, Any]) -> str:
-    lines = [f"machine: {json.dumps(results['machine'])}"]
-    for kind, figures in results["summary"].items():
-        if kind == "ratios":
-            for ratio in figures:
-                lines.append(
-                    f"{ratio['server']}/floor at {ratio['calls']} calls:"
-                    f" cpu/call {ratio['cpu_per_call']:.2f}x,"
-                    f" p99 to agent {ratio['p99_to_agent']:.2f}x,"
-                    f" p99 to caller {ratio['p99_to_caller']:.2f}x,"
-                    f" rss/call {ratio['rss_per_call']:.2f}x"
-                )
-        else:
-            lines.append(
-                f"{kind}: most calls carried (p99 <= {CARRIED_MS:g} ms, none dropped):"
-                f" {figures['most_calls_carried']}; knee (p99 > {KNEE_MS:g} ms):"
-                f" {figures['knee_calls'] or 'not reached'}"
-            )
-    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -9,8 +9,10 @@ on the HTTP port.
 
 Rules:
 - Only ``GET /ws/cartesia`` (a trailing slash allowed) is served (404 otherwise). The upgrade
-  must arrive within ``UPGRADE_TIMEOUT``; while draining it gets 503; without Twilio's
-  signature, 403, before anything is accepted, exactly as on the route.
+  must arrive within ``UPGRADE_TIMEOUT``; without Twilio's signature it gets 403, before
+  anything is accepted, exactly as on the route. While draining, streams are still accepted,
+  as on the route: the webhook already refuses new calls, and a stream arriving now belongs
+  to a call answered just before.
 - The port is bound with ``SO_REUSEPORT``, so every ``--workers`` process binds it too and the
   kernel spreads connections among them; a call stays on the worker holding its socket.
 - One connection's failure is logged and closes that connection only; the listener goes on.
@@ -94,9 +96,6 @@ async def _serve_one(services: Services, stream: trio.SocketStream) -> None:
         return  # not a WebSocket upgrade, or too slow: nothing to answer
     if upgrade.path.rstrip("/") != MEDIA_PATH:  # Twilio may add a trailing slash
         await upgrade.refuse(404)
-        return
-    if services.drain.draining:
-        await upgrade.refuse(503)
         return
     if not stream_upgrade_signed(services, upgrade.header("X-Twilio-Signature"), upgrade.path):
         await upgrade.refuse(403)

@@ -11,14 +11,55 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from archer.bench import procstat
+from archer.bench.report import percentiles, summarise
 
-pytestmark = pytest.mark.skipif(not procstat.available(), reason="archer bench needs Linux /proc")
+needs_proc = pytest.mark.skipif(not procstat.available(), reason="archer bench needs Linux /proc")
 
 
+def _step(server: str, calls: int, p99_ms: float, cpu: float, dropped: int = 0) -> dict[str, Any]:
+    latency = {"p50": 1.0, "p99": p99_ms, "max": p99_ms, "n": 100}
+    return {
+        "server": server,
+        "calls": calls,
+        "to_agent_ms": latency,
+        "to_caller_ms": {**latency, "p99": 1.0},
+        "frames_dropped": dropped,
+        "failed_calls": 0,
+        "cpu_per_call": cpu,
+        "rss_per_call_mib": 0.1,
+    }
+
+
+def test_percentiles_are_nearest_rank_in_milliseconds() -> None:
+    figures = percentiles([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    assert (figures["p50"], figures["p99"], figures["max"], figures["n"]) == (50, 99, 100, 100)
+    assert percentiles([])["n"] == 0
+
+
+def test_the_summary_finds_what_is_carried_the_knee_and_the_ratios() -> None:
+    steps = [
+        _step("archer", 20, 3.0, 0.020),
+        _step("archer", 30, 4.0, 0.018, dropped=1),  # dropped a frame: not carried
+        _step("archer", 40, 25.0, 0.016),
+        _step("floor", 20, 4.0, 0.020),
+        _step("floor", 30, 21.0, 0.018),
+        _step("floor", 40, 30.0, 0.016),
+    ]
+    summary = summarise(steps)
+    assert summary["archer"]["most_calls_carried"] == 20
+    assert (summary["archer"]["knee_calls"], summary["floor"]["knee_calls"]) == (40, 30)
+    assert summary["archer"]["knee_over_floor"] == pytest.approx(40 / 30)
+    assert [r["calls"] for r in summary["ratios"]] == [20, 30, 40]
+    assert summary["ratios"][0]["p99_to_agent"] == pytest.approx(3.0 / 4.0)
+    assert summary["ratios"][2]["cpu_per_call"] == pytest.approx(1.0)
+
+
+@needs_proc
 def test_a_two_call_bench_measures_archer_and_the_floor(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     command = [sys.executable, "-m", "archer", "bench", "--calls", "2", "--duration", "2"]

@@ -1,0 +1,123 @@
+"""What does one frame cost on Archer's hot path, part by part, and what would orjson save?
+
+Run: /work/venv/bin/python bench/hot_path.py  (a few seconds; prints a table)
+
+One process, same inputs, same machine state for every row; each figure is the best of 5 runs
+of a loop long enough to take at least 20 ms (timeit's method). It prices the parts of a 20 ms
+frame's trip that are Archer's own, next to a trio memory-channel hop (what a task boundary
+costs), so the choice of JSON library and of the number of hops can be made from numbers:
+
+- parsing a Twilio ``media`` frame (``archer.twilio.frames.parse_frame``, stdlib ``json``),
+  and the same JSON with ``orjson`` if it is installed (it is not an Archer dependency);
+- building the agent's ``audio_input`` and Twilio's outbound ``media`` (string concatenation,
+  no encoder) against ``json.dumps``/``orjson.dumps`` of the same object;
+- parsing an agent ``audio_output`` (``archer.cartesia.managed.parse_server_event``);
+- one ``send_nowait`` + ``receive`` on a trio memory channel, between two tasks.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Callable
+
+import trio
+
+from archer.cartesia import managed
+from archer.twilio.frames import OutboundFrames, parse_frame
+
+PAYLOAD = base64.b64encode(bytes(range(160))).decode()
+MEDIA = json.dumps(
+    {
+        "event": "media",
+        "sequenceNumber": "42",
+        "media": {"track": "inbound", "chunk": "41", "timestamp": "820", "payload": PAYLOAD},
+        "streamSid": "MZ" + "1" * 32,
+    }
+)
+AUDIO_OUTPUT = managed.audio_output(PAYLOAD)
+HOPS = 20_000
+
+
+def best_of(function: Callable[[], object], repeat: int = 5) -> float:
+    """Seconds per call: the best of ``repeat`` loops of at least 20 ms each."""
+    loops = 1
+    while True:
+        started = time.perf_counter()
+        for _ in range(loops):
+            function()
+        if time.perf_counter() - started >= 0.02:
+            break
+        loops *= 2
+    timings = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(loops):
+            function()
+        timings.append((time.perf_counter() - started) / loops)
+    return min(timings)
+
+
+def channel_hop() -> float:
+    """Seconds per item handed from one trio task to another over a memory channel."""
+
+    async def main() -> float:
+        send, receive = trio.open_memory_channel[str](10)
+        async with trio.open_nursery() as nursery:
+
+            async def consume() -> None:
+                async for _ in receive:
+                    pass
+
+            nursery.start_soon(consume)
+            started = time.perf_counter()
+            for _ in range(HOPS):
+                await send.send(PAYLOAD)
+            elapsed = time.perf_counter() - started
+            await send.aclose()
+        return elapsed / HOPS
+
+    return min(trio.run(main) for _ in range(3))
+
+
+def main() -> None:
+    frames = OutboundFrames("MZ" + "1" * 32)
+    media_object = json.loads(MEDIA)
+    rows: list[tuple[str, float]] = [
+        (
+            "Twilio media frame: parse_frame (stdlib json, checks)",
+            best_of(lambda: parse_frame(MEDIA)),
+        ),
+        ("Twilio media frame: json.loads alone", best_of(lambda: json.loads(MEDIA))),
+        (
+            "agent audio_output: parse_server_event",
+            best_of(lambda: managed.parse_server_event(AUDIO_OUTPUT)),
+        ),
+        ("audio_input: built by concatenation", best_of(lambda: managed.audio_input(PAYLOAD))),
+        ("Twilio media out: built by concatenation", best_of(lambda: frames.media(PAYLOAD))),
+        ("Twilio media out: json.dumps of the object", best_of(lambda: json.dumps(media_object))),
+    ]
+    if importlib.util.find_spec("orjson") is not None:
+        import orjson
+
+        rows += [
+            ("Twilio media frame: orjson.loads", best_of(lambda: orjson.loads(MEDIA))),
+            (
+                "Twilio media out: orjson.dumps of the object",
+                best_of(lambda: orjson.dumps(media_object)),
+            ),
+        ]
+    else:
+        rows.append(("orjson: not installed (pip install orjson to compare)", float("nan")))
+    rows.append(("trio memory channel: one hop between tasks", channel_hop()))
+    print(f"Python {sys.version.split()[0]}")
+    width = max(len(name) for name, _ in rows)
+    for name, seconds in rows:
+        print(f"{name:<{width}}  {seconds * 1e6:6.2f} µs")
+
+
+if __name__ == "__main__":
+    main()
