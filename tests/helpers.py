@@ -10,6 +10,14 @@ import numpy as np
 import trio
 
 #: Packages whose tasks belong to a call; the server's own long-lived tasks are not listed.
+#: The five settings ``archer serve`` needs, for tests that start it as a process.
+SERVING_ENV = {
+    "WEBHOOK_BASE_URL": "https://archer.example.com",
+    "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+    "TWILIO_AUTH_TOKEN": "twilio-secret-token",
+    "CARTESIA_API_KEY": "sk_car_secret_key",
+    "CARTESIA_AGENT_ID": "agent_123",
+}
 CALL_TASK_PREFIXES = ("archer.call.", "archer.cartesia.", "archer.twilio.", "archer.web.")
 #: Server tasks under those prefixes that live as long as the server, not a call.
 SERVER_TASKS = frozenset({"archer.web.media_listener.serve_media_listener"})

@@ -12,15 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import SERVING_ENV as SERVING
 from tests.helpers import free_port
-
-SERVING = {
-    "WEBHOOK_BASE_URL": "https://archer.example.com",
-    "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
-    "TWILIO_AUTH_TOKEN": "twilio-secret-token",
-    "CARTESIA_API_KEY": "sk_car_secret_key",
-    "CARTESIA_AGENT_ID": "agent_123",
-}
 
 
 def archer(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -23,15 +23,9 @@ from typing import Any
 import pytest
 
 from archer.db.spool import spool_files, worker_spool_path
+from tests.helpers import SERVING_ENV as SERVING
 from tests.helpers import free_port
 
-SERVING = {
-    "WEBHOOK_BASE_URL": "https://archer.example.com",
-    "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
-    "TWILIO_AUTH_TOKEN": "twilio-secret-token",
-    "CARTESIA_API_KEY": "sk_car_secret_key",
-    "CARTESIA_AGENT_ID": "agent_123",
-}
 #: Generous for a loaded CI machine; each wait returns as soon as its condition holds.
 DEADLINE = 20.0
 

@@ -11,7 +11,6 @@ import base64
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any, TypeVar
 
 import attrs
@@ -29,9 +28,15 @@ from archer.emulators.agent_script import (
     load_agent_script,
     parse_agent_script,
 )
-from archer.emulators.cartesia import CartesiaEmulator, Clip, serve_cartesia_emulator
+from archer.emulators.cartesia import CartesiaEmulator
 from archer.websocket_client import open_websocket_client
-from tests.emulators.test_cartesia_emulator import CLIPS, frames, rejected_status, tone
+from tests.emulators.test_cartesia_emulator import (
+    Agent,
+    frames,
+    rejected_status,
+    running,
+    tone,
+)
 
 API_KEY = "sk_car_emulator_test_key"
 AGENT_ID = "agent_emulated"
@@ -39,40 +44,6 @@ PATH = f"/agents/stream/{AGENT_ID}"
 STEP_TIMEOUT = 10.0
 FRAME = 0.02
 E = TypeVar("E")
-
-
-@attrs.define
-class Agent:
-    """A running emulator, its URL and the progress lines it printed."""
-
-    emulator: CartesiaEmulator
-    url: str
-    lines: list[str]
-
-    @property
-    def session(self) -> Any:
-        assert len(self.emulator.sessions) == 1
-        return self.emulator.sessions[0]
-
-    async def ended(self) -> Any:
-        with trio.fail_after(STEP_TIMEOUT):
-            await self.session.ended.wait()
-        return self.session
-
-
-@asynccontextmanager
-async def running(steps: list[dict[str, Any]], **settings: Any) -> AsyncIterator[Agent]:
-    """The emulator playing ``steps`` with the synthetic clips, on a loopback port."""
-    lines: list[str] = []
-    clip_source: Callable[[str], Clip] = CLIPS.__getitem__
-    script = parse_agent_script({"steps": steps}, name="test")
-    emulator = CartesiaEmulator(
-        api_key=API_KEY, script=script, clips=clip_source, progress=lines.append, **settings
-    )
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(partial(serve_cartesia_emulator, emulator))
-        yield Agent(emulator, url, lines)
-        nursery.cancel_scope.cancel()
 
 
 @attrs.define
