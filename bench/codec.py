@@ -24,8 +24,6 @@ import importlib
 import importlib.metadata
 import platform
 import sys
-import sysconfig
-import time
 import warnings
 from collections.abc import Callable
 from types import ModuleType
@@ -35,6 +33,7 @@ import soxr
 
 from archer.audio import g711
 from archer.audio.resample import DEFAULT_QUALITY, StreamResampler
+from archer.bench.timing import best_of_us, interpreter_build
 from archer.cartesia import managed
 from archer.twilio.frames import Media, OutboundFrames, parse_frame
 
@@ -61,34 +60,6 @@ def _load_audioop() -> tuple[ModuleType | None, ModuleType | None, str]:
             return None, None, "no stdlib audioop on 3.13+ and audioop-lts is not installed"
         return None, audioop, f"no stdlib audioop on 3.13+; audioop-lts {lts_installed}"
     return audioop, None, "audioop-lts installs on Python 3.13+ only; stdlib audioop used"
-
-
-def _optimised() -> str:
-    cflags = str(sysconfig.get_config_var("PY_CFLAGS") or "")
-    config_args = str(sysconfig.get_config_var("CONFIG_ARGS") or "")
-    levels = sorted({flag for flag in cflags.split() if flag in ("-O2", "-O3")}) or ["no -O2/-O3"]
-    pgo = "--enable-optimizations" in config_args
-    lto = "--with-lto" in config_args
-    return f"{' '.join(levels)}; PGO {'yes' if pgo else 'no'}; LTO {'yes' if lto else 'no'}"
-
-
-def _time_us(bench: Bench) -> float:
-    """Best of 5 loops of ``bench``, in µs per call; each loop runs ≥ 20 ms (as timeit does)."""
-    number = 1
-    while True:
-        start = time.perf_counter_ns()
-        for _ in range(number):
-            bench()
-        if time.perf_counter_ns() - start >= 20_000_000:
-            break
-        number *= 4
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter_ns()
-        for _ in range(number):
-            bench()
-        best = min(best, (time.perf_counter_ns() - start) / number / 1000)
-    return best
 
 
 def _ulaw(seconds: float) -> bytes:
@@ -271,7 +242,7 @@ def _path_rows(audioop: ModuleType | None) -> list[tuple[str, Bench, Bench | Non
 def _cell(ours: float, theirs: Bench | None, skipped: bool) -> str:
     if theirs is None:
         return f"{'—' if skipped else 'n/a':>10} {'':>7}"
-    other = _time_us(theirs)
+    other = best_of_us(theirs)
     return f"{other:10.2f} {other / ours:6.2f}×"
 
 
@@ -280,7 +251,7 @@ def main() -> None:
     print(
         f"Python {platform.python_version()} ({platform.python_implementation()}), {sys.platform}"
     )
-    print(f"interpreter build: {_optimised()}")
+    print(f"interpreter build: {interpreter_build()}")
     print(f"numpy {np.__version__}, soxr {soxr.__version__}; resampling at {DEFAULT_QUALITY!r}")
     print(f"note: {note}")
     print()
@@ -301,7 +272,7 @@ def main() -> None:
         for (label, ours_bench, std_bench), (_, _, lts_bench) in zip(
             std_rows, lts_rows, strict=True
         ):
-            ours = _time_us(ours_bench)
+            ours = best_of_us(ours_bench)
             print(
                 f"  {label:30} {ours:9.2f} {_cell(ours, std_bench, stdlib is None)}"
                 f" {_cell(ours, lts_bench, lts is None)}"

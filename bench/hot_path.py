@@ -22,10 +22,10 @@ import importlib.util
 import json
 import sys
 import time
-from collections.abc import Callable
 
 import trio
 
+from archer.bench.timing import best_of_us, interpreter_build
 from archer.cartesia import managed
 from archer.twilio.frames import OutboundFrames, parse_frame
 
@@ -42,27 +42,8 @@ AUDIO_OUTPUT = managed.audio_output(PAYLOAD)
 HOPS = 20_000
 
 
-def best_of(function: Callable[[], object], repeat: int = 5) -> float:
-    """Seconds per call: the best of ``repeat`` loops of at least 20 ms each."""
-    loops = 1
-    while True:
-        started = time.perf_counter()
-        for _ in range(loops):
-            function()
-        if time.perf_counter() - started >= 0.02:
-            break
-        loops *= 2
-    timings = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        for _ in range(loops):
-            function()
-        timings.append((time.perf_counter() - started) / loops)
-    return min(timings)
-
-
 def channel_hop() -> float:
-    """Seconds per item handed from one trio task to another over a memory channel."""
+    """µs per item handed from one trio task to another over a memory channel (best of 3)."""
 
     async def main() -> float:
         send, receive = trio.open_memory_channel[str](10)
@@ -80,7 +61,7 @@ def channel_hop() -> float:
             await send.aclose()
         return elapsed / HOPS
 
-    return min(trio.run(main) for _ in range(3))
+    return min(trio.run(main) for _ in range(3)) * 1e6
 
 
 def main() -> None:
@@ -89,34 +70,37 @@ def main() -> None:
     rows: list[tuple[str, float]] = [
         (
             "Twilio media frame: parse_frame (stdlib json, checks)",
-            best_of(lambda: parse_frame(MEDIA)),
+            best_of_us(lambda: parse_frame(MEDIA)),
         ),
-        ("Twilio media frame: json.loads alone", best_of(lambda: json.loads(MEDIA))),
+        ("Twilio media frame: json.loads alone", best_of_us(lambda: json.loads(MEDIA))),
         (
             "agent audio_output: parse_server_event",
-            best_of(lambda: managed.parse_server_event(AUDIO_OUTPUT)),
+            best_of_us(lambda: managed.parse_server_event(AUDIO_OUTPUT)),
         ),
-        ("audio_input: built by concatenation", best_of(lambda: managed.audio_input(PAYLOAD))),
-        ("Twilio media out: built by concatenation", best_of(lambda: frames.media(PAYLOAD))),
-        ("Twilio media out: json.dumps of the object", best_of(lambda: json.dumps(media_object))),
+        ("audio_input: built by concatenation", best_of_us(lambda: managed.audio_input(PAYLOAD))),
+        ("Twilio media out: built by concatenation", best_of_us(lambda: frames.media(PAYLOAD))),
+        (
+            "Twilio media out: json.dumps of the object",
+            best_of_us(lambda: json.dumps(media_object)),
+        ),
     ]
     if importlib.util.find_spec("orjson") is not None:
         import orjson
 
         rows += [
-            ("Twilio media frame: orjson.loads", best_of(lambda: orjson.loads(MEDIA))),
+            ("Twilio media frame: orjson.loads", best_of_us(lambda: orjson.loads(MEDIA))),
             (
                 "Twilio media out: orjson.dumps of the object",
-                best_of(lambda: orjson.dumps(media_object)),
+                best_of_us(lambda: orjson.dumps(media_object)),
             ),
         ]
     else:
         rows.append(("orjson: not installed (pip install orjson to compare)", float("nan")))
     rows.append(("trio memory channel: one hop between tasks", channel_hop()))
-    print(f"Python {sys.version.split()[0]}")
+    print(f"Python {sys.version.split()[0]} ({interpreter_build()})")
     width = max(len(name) for name, _ in rows)
-    for name, seconds in rows:
-        print(f"{name:<{width}}  {seconds * 1e6:6.2f} µs")
+    for name, microseconds in rows:
+        print(f"{name:<{width}}  {microseconds:6.2f} µs")
 
 
 if __name__ == "__main__":

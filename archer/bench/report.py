@@ -10,11 +10,12 @@ import json
 import math
 import os
 import sys
-import sysconfig
 from collections.abc import Sequence
 from typing import Any, Final
 
 import attrs
+
+from archer.bench.timing import interpreter_build
 
 #: p99 latency past which a call count is over the knee (issue 7).
 KNEE_MS: Final = 20.0
@@ -108,19 +109,10 @@ def machine() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "implementation": sys.implementation.name,
         "executable": sys.executable,
-        "optimisations": optimisation_flags(),
+        "build": interpreter_build(),
         "cpus": os.cpu_count(),
         "platform": sys.platform,
     }
-
-
-def optimisation_flags() -> str:
-    """How this CPython was built: PGO/LTO and the -O level (the bridge's cost depends on it)."""
-    config = sysconfig.get_config_var("CONFIG_ARGS") or ""
-    cflags = sysconfig.get_config_var("OPT") or ""
-    flags = [flag for flag in ("--enable-optimizations", "--with-lto") if flag in config]
-    level = next((f for f in cflags.split() if f.startswith("-O")), "-O?")
-    return " ".join([*flags, level]) if flags else f"no PGO/LTO, {level}"
 
 
 def format_step(step: StepResult) -> str:
