@@ -131,9 +131,11 @@ def format_step(step: StepResult) -> str:
 
 def format_soak(soak: dict[str, Any]) -> str:
     return (
-        f"soak   {soak['calls']:4d} calls for {soak['seconds']:g} s: {soak['placed']} calls placed,"
-        f" {soak['failed']} failed; rss first minute {soak['rss_first_minute_mib']:.1f} MiB,"
+        f"soak {soak['server']}: {soak['calls']} calls for {soak['seconds']:g} s,"
+        f" {soak['placed']} calls placed, {soak['failed']} failed;"
+        f" rss first minute {soak['rss_first_minute_mib']:.1f} MiB,"
         f" last minute {soak['rss_last_minute_mib']:.1f} MiB, growth {soak['growth_mib']:+.2f} MiB"
+        f" ({soak['growth_second_half_mib']:+.2f} MiB in the second half)"
     )
 
 

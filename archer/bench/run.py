@@ -215,7 +215,12 @@ async def run_step(server: Server, agent: BenchAgent, calls: int, duration: floa
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run every step the arguments ask for, for Archer and (``--floor``) the floor."""
-    results: dict[str, Any] = {"machine": machine(), "arguments": vars(args), "steps": []}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "arguments": vars(args),
+        "steps": [],
+        "soaks": [],
+    }
     kinds = [*args.servers, *(["floor"] if args.floor and "floor" not in args.servers else [])]
     counts = args.sweep or [args.calls]
     agent = BenchAgent({}, Window(), time.perf_counter)
@@ -241,8 +246,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         results["steps"].append(attrs.asdict(step))
                         print(format_step(step), flush=True)
                     if args.soak:
-                        results["soak"] = await soak(server, agent, args.calls, args.soak)
-                        print(format_soak(results["soak"]), flush=True)
+                        soaked = {
+                            "server": kind,
+                            **await soak(server, agent, args.calls, args.soak),
+                        }
+                        results["soaks"].append(soaked)
+                        print(format_soak(soaked), flush=True)
             nursery.cancel_scope.cancel()
     results["summary"] = summarise(results["steps"])
     return results
@@ -252,7 +261,7 @@ async def soak(server: Server, agent: BenchAgent, calls: int, seconds: float) ->
     """``calls`` calls at all times for ``seconds``, each lasting 5–20 s, then the next.
 
     Resident memory is sampled every 10 s; growth is the last minute's mean over the first
-    minute's (after one minute of churn, so pools and caches have filled).
+    minute's (from 10 s in), and over the middle minute's for the second half alone.
     """
     clock = time.perf_counter
     window = Window()  # nothing timed: this is about memory
@@ -288,16 +297,24 @@ async def soak(server: Server, agent: BenchAgent, calls: int, seconds: float) ->
         while clock() - started < seconds:
             samples.append((clock() - started, procstat.resident_bytes(server.pids)))
             await trio.sleep(10)
-    first = [rss for at, rss in samples if at < 70 and at >= 10] or [samples[0][1]]
-    last = [rss for at, rss in samples if at >= seconds - 60] or [samples[-1][1]]
+
+    def mean_mib(start: float) -> float:
+        """Mean resident memory over the minute from ``start`` seconds in."""
+        window = [rss for at, rss in samples if start <= at < start + 60] or [samples[-1][1]]
+        return sum(window) / len(window) / 2**20
+
+    first, half, last = mean_mib(10), mean_mib(seconds / 2 - 30), mean_mib(seconds - 60)
     return {
         "calls": calls,
         "seconds": seconds,
         "placed": placed,
         "failed": failed,
-        "rss_first_minute_mib": sum(first) / len(first) / 2**20,
-        "rss_last_minute_mib": sum(last) / len(last) / 2**20,
-        "growth_mib": (sum(last) / len(last) - sum(first) / len(first)) / 2**20,
+        "rss_first_minute_mib": first,
+        "rss_last_minute_mib": last,
+        "growth_mib": last - first,
+        # Warming (pools, caches, the allocator) shows early; a leak keeps growing: compare the
+        # second half's growth with the first's.
+        "growth_second_half_mib": last - half,
         "samples": [(round(at, 1), round(rss / 2**20, 2)) for at, rss in samples],
     }
 

@@ -7,7 +7,7 @@ calls. Two sockets carry streams: quart-trio's (the ``/ws/cartesia`` route on th
 Rules: frames before ``start`` are consumed by ``wait_for_start``; a second ``start`` later is a
 protocol error. How a closed socket shows differs by socket:
 - quart-trio reports a disconnect by cancelling the route, not by raising, so
-  ``QuartTwilioStream.receive`` never sees the socket close; the route's shielded ``finally``
+  ``TwilioMediaStream.receive`` never sees the socket close; the route's shielded ``finally``
   handles that case.
 - ``SocketTwilioStream.receive`` raises ``trio.EndOfChannel``, as the port asks; its sends on a
   closed socket do nothing, because the reader reports the end (a writer must not turn a
@@ -34,8 +34,8 @@ class _MessageSocket(Protocol):
 
 
 @attrs.define
-class QuartTwilioStream:
-    """The Twilio side of one call over quart-trio's ``websocket``."""
+class TwilioMediaStream:
+    """The Twilio side of one call over a message socket: quart-trio's ``websocket`` as is."""
 
     _websocket: _MessageSocket
     _frames: OutboundFrames | None = None
@@ -80,7 +80,7 @@ class QuartTwilioStream:
 
 
 @attrs.define
-class SocketTwilioStream(QuartTwilioStream):
+class SocketTwilioStream(TwilioMediaStream):
     """The Twilio side of one call over ``archer.websocket_stream`` (the media listener).
 
     Built with a ``WebSocketStream``, whose ``WebSocketClosed`` is mapped here.

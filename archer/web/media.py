@@ -24,7 +24,7 @@ from archer.call.records import CallRecord, StreamClaim
 from archer.call.session import bridge_call, flush_call_record
 from archer.call.state import CallState, utc_now
 from archer.errors import StoreError, TwilioProtocolError
-from archer.twilio.stream import QuartTwilioStream
+from archer.twilio.stream import TwilioMediaStream
 from archer.web.twilio_auth import stream_upgrade_signed
 from archer.web.voice import stream_token_hash
 
@@ -47,14 +47,14 @@ def media_blueprint(services: Services) -> Blueprint:
             return "forbidden", 403
         await websocket.accept()
         # The proxy's target, so the call's tasks hold the object rather than a context lookup.
-        await carry_stream(services, QuartTwilioStream(websocket._get_current_object()))  # type: ignore[attr-defined]
+        await carry_stream(services, TwilioMediaStream(websocket._get_current_object()))  # type: ignore[attr-defined]
         # Returning closes Twilio's socket; the TwiML's <Hangup/> then ends the phone call.
         return None
 
     return blueprint
 
 
-async def carry_stream(services: Services, twilio: QuartTwilioStream) -> None:
+async def carry_stream(services: Services, twilio: TwilioMediaStream) -> None:
     """Read the accepted stream's ``start``, claim its call, bridge it and record it.
 
     Shared by the quart-trio route and the dedicated media listener
@@ -83,7 +83,7 @@ async def carry_stream(services: Services, twilio: QuartTwilioStream) -> None:
             await _carry(services, call, twilio)
 
 
-async def _carry(services: Services, call: CallState, twilio: QuartTwilioStream) -> None:
+async def _carry(services: Services, call: CallState, twilio: TwilioMediaStream) -> None:
     """Bridge the call, then record it, however it ended (cancellation included)."""
     settings, limits = services.settings, services.settings.limits
     try:

@@ -89,7 +89,7 @@ class CallerGarbage:
 
 @attrs.frozen
 class CallerRaw:
-    """Text on Twilio's socket, parsed as ``QuartTwilioStream.receive`` parses it."""
+    """Text on Twilio's socket, parsed as ``TwilioMediaStream.receive`` parses it."""
 
     text: str
 
