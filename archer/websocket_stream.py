@@ -28,6 +28,7 @@ from typing import Final
 import attrs
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -124,6 +125,9 @@ class WebSocketStream:
         """
         if self._closed is not None:
             raise self._closed
+        if self._connection.state is not ConnectionState.OPEN:
+            # The peer's close frame is read but not yet handled: nothing may be sent now.
+            raise WebSocketClosed(ABNORMAL_CLOSURE, "closing")
         if isinstance(message, str):
             data = self._connection.send(TextMessage(data=message))
         else:
@@ -159,7 +163,10 @@ class WebSocketStream:
                     await self._close_for(MESSAGE_TOO_BIG, "message too big")
                     return
             elif isinstance(event, Ping):
-                await self._write(self._connection.send(event.response()))
+                # wsproto reads a whole batch before we see it: a close frame later in this
+                # batch has already moved it past OPEN, and a pong is then moot.
+                if self._connection.state is ConnectionState.OPEN:
+                    await self._write(self._connection.send(event.response()))
             elif isinstance(event, CloseConnection):
                 self._closed = WebSocketClosed(event.code, event.reason or "")
                 with contextlib.suppress(LocalProtocolError):  # we had already sent ours

@@ -13,6 +13,8 @@ from functools import partial
 import pytest
 import trio
 import trio_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Ping, Request
 
 from archer.websocket_client import open_websocket_client
 from archer.websocket_stream import (
@@ -151,3 +153,33 @@ async def test_a_refused_upgrade_is_an_http_status_to_both_clients() -> None:
                 async with open_websocket_client(f"ws://127.0.0.1:{port}/ws"):
                     pass
             nursery.cancel_scope.cancel()
+
+
+async def test_a_ping_and_a_close_in_one_read_end_cleanly() -> None:
+    """wsproto has moved past OPEN by the time the ping is handled: no pong, a clean close."""
+    outcome: list[object] = []
+
+    async def read(websocket: WebSocketStream) -> None:
+        try:
+            await websocket.receive()
+        except WebSocketClosed as closed:
+            outcome.append(closed.code)
+        with pytest.raises(WebSocketClosed):
+            await websocket.send("too late")
+        outcome.append("send refused")
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            port = await _lean_server(read, nursery)
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            client = WSConnection(ConnectionType.CLIENT)
+            await stream.send_all(client.send(Request(host="127.0.0.1", target="/ws")))
+            while not any(isinstance(e, AcceptConnection) for e in client.events()):
+                client.receive_data(await stream.receive_some(4096))
+            await stream.send_all(client.send(Ping(b"x")) + client.send(CloseConnection(1000)))
+            while len(outcome) < 2:
+                client.receive_data(await stream.receive_some(4096) or None)
+                list(client.events())
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+    assert outcome == [1000, "send refused"]

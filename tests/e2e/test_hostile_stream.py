@@ -215,10 +215,13 @@ async def listen(peer: AgentPeer) -> None:
 # --- garbage between good frames ---------------------------------------------------------------
 
 
-async def test_garbage_between_good_frames_keeps_the_call_up(database_url: str) -> None:
+@pytest.mark.parametrize("media_listener", [False, True], ids=["route", "media_listener"])
+async def test_garbage_between_good_frames_keeps_the_call_up(
+    database_url: str, media_listener: bool
+) -> None:
     """Every garbage frame is skipped and counted; every good frame reaches the agent in order."""
     with structlog.testing.capture_logs() as logs:
-        async with running_system(database_url, listen) as system:
+        async with running_system(database_url, listen, media_listener=media_listener) as system:
             caller = system.caller
             await caller.dial()
             async with trio.open_nursery() as nursery:
@@ -255,9 +258,14 @@ async def test_garbage_between_good_frames_keeps_the_call_up(database_url: str) 
 # --- messages over the limit -------------------------------------------------------------------
 
 
-async def test_a_twilio_message_over_the_limit_closes_the_stream(database_url: str) -> None:
+@pytest.mark.parametrize("media_listener", [False, True], ids=["route", "media_listener"])
+async def test_a_twilio_message_over_the_limit_closes_the_stream(
+    database_url: str, media_listener: bool
+) -> None:
     """A caller message over ``max_message_bytes``: socket closed 1009, the call is recorded."""
-    async with running_system(database_url, listen, limits=SMALL_LIMITS) as system:
+    async with running_system(
+        database_url, listen, limits=SMALL_LIMITS, media_listener=media_listener
+    ) as system:
         caller = system.caller
         await caller.dial()
         async with trio.open_nursery() as nursery:
