@@ -144,8 +144,9 @@ class BenchTarget:
 class BenchAgent:
     """A Cartesia Managed Agents endpoint that answers every session and talks at pace.
 
-    ``calls`` maps a session's ``call_sid`` (from its dynamic variables, or a counter when the
-    server sends none, as the floor relay does) to the caller's ``CallStats``.
+    ``calls`` maps a session's ``call_sid`` (from its dynamic variables; Archer and the floor
+    both send it) to the caller's ``CallStats``. A session for no known call is served the same
+    way but counted nowhere.
     """
 
     def __init__(self, calls: dict[str, CallStats], window: Window, clock: Clock) -> None:
@@ -153,15 +154,14 @@ class BenchAgent:
         self.window = window
         self.clock = clock
         self.sessions = 0
-        self.port = 0
-        #: Set by ``stop_talking``: every agent stops sending, so in-flight frames can land.
+        #: Set at the end of a step: the step's sessions stop sending, so in-flight frames can
+        #: land. Each step gives the agent a new one; a session keeps the one it started with.
         self.quiet = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on a free loopback port (reported through ``task_status``) until cancelled."""
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
+        task_status.started(listeners[0].socket.getsockname()[1])
         await trio.serve_listeners(self._session, listeners)
 
     async def _session(self, stream: trio.SocketStream) -> None:
@@ -169,6 +169,7 @@ class BenchAgent:
         if accepted is None:
             return
         _, websocket = accepted
+        quiet = self.quiet
         try:
             create = json.loads(await websocket.receive())
             variables = create.get("dynamic_variables") or {}
@@ -191,7 +192,7 @@ class BenchAgent:
             direction = stats.to_caller if stats is not None else Direction()
             received = stats.to_agent if stats is not None else Direction()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._talk, websocket, index, direction)
+                nursery.start_soon(self._talk, websocket, index, direction, quiet)
                 await self._listen(websocket, received)
                 nursery.cancel_scope.cancel()
         except* WebSocketClosed:
@@ -199,11 +200,13 @@ class BenchAgent:
         finally:
             await websocket.aclose()
 
-    async def _talk(self, websocket: WebSocketStream, index: int, direction: Direction) -> None:
-        """Send one tagged 20 ms frame per tick on an absolute schedule until told to stop."""
+    async def _talk(
+        self, websocket: WebSocketStream, index: int, direction: Direction, quiet: trio.Event
+    ) -> None:
+        """Send one tagged 20 ms frame per tick on an absolute schedule until ``quiet``."""
         clock = self.clock
         next_at = trio.current_time()
-        while not self.quiet.is_set():
+        while not quiet.is_set():
             now = clock()
             await websocket.send(managed.audio_output(tagged_frame(index, direction.sent, now)))
             direction.sent += 1
@@ -272,13 +275,15 @@ async def run_caller(
             headers=[("X-Twilio-Signature", signer.sign(plan.url, {}))],
         ) as websocket:
             stream_sid = new_stream_sid()
-            await websocket.send(_connected())
-            await websocket.send(_start(target, stats.call_sid, stream_sid, plan.parameters))
+            await websocket.send(connected_frame())
+            await websocket.send(start_frame(target, stats.call_sid, stream_sid, plan.parameters))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_listen_as_caller, websocket, stats.to_caller, window, clock)
                 await _speak(websocket, stats, stream_sid, clock, quiet)
                 await hang_up.wait()
-                await websocket.send(_stop(target, stats.call_sid, stream_sid))
+                await websocket.send(
+                    stop_frame(target, stats.call_sid, stream_sid, frames_sent=stats.to_agent.sent)
+                )
                 nursery.cancel_scope.cancel()
     except* (OSError, trio.TooSlowError, WebSocketClosed, ValueError, KeyError) as group:
         exc = group.exceptions[0]
@@ -289,20 +294,28 @@ async def _speak(
     websocket: WebSocketStream, stats: CallStats, stream_sid: str, clock: Clock, quiet: trio.Event
 ) -> None:
     direction = stats.to_agent
-    prefix = (
-        '{"event":"media","streamSid":"' + stream_sid + '","media":{"track":"inbound","chunk":"'
-    )
     next_at = trio.current_time()
     while not quiet.is_set():
         sequence = direction.sent
-        now = clock()
-        payload = tagged_frame(stats.index, sequence, now)
         await websocket.send(
-            f'{prefix}{sequence + 1}","timestamp":"{sequence * 20}","payload":"{payload}"}}}}'
+            media_frame(stream_sid, sequence, tagged_frame(stats.index, sequence, clock()))
         )
         direction.sent += 1
         next_at += FRAME_SECONDS
         await trio.sleep_until(next_at)
+
+
+def media_frame(stream_sid: str, sequence: int, payload: str) -> str:
+    """Twilio's ``media`` message for the caller's frame ``sequence`` (0 is the first).
+
+    Built by concatenation, as cheaply as Archer builds its own: base64 needs no escaping.
+    ``sequenceNumber`` counts on from ``start``'s 1.
+    """
+    return (
+        f'{{"event":"media","sequenceNumber":"{sequence + 2}","streamSid":"{stream_sid}",'
+        f'"media":{{"track":"inbound","chunk":"{sequence + 1}","timestamp":"{sequence * 20}",'
+        f'"payload":"{payload}"}}}}'
+    )
 
 
 async def _listen_as_caller(
@@ -317,11 +330,13 @@ async def _listen_as_caller(
             direction.arrived(sequence, sent_at, now, window)
 
 
-def _connected() -> str:
+def connected_frame() -> str:
     return '{"event":"connected","protocol":"Call","version":"1.0.0"}'
 
 
-def _start(target: BenchTarget, call_sid: str, stream_sid: str, parameters: dict[str, str]) -> str:
+def start_frame(
+    target: BenchTarget, call_sid: str, stream_sid: str, parameters: dict[str, str]
+) -> str:
     return json.dumps(
         {
             "event": "start",
@@ -339,10 +354,12 @@ def _start(target: BenchTarget, call_sid: str, stream_sid: str, parameters: dict
     )
 
 
-def _stop(target: BenchTarget, call_sid: str, stream_sid: str) -> str:
+def stop_frame(target: BenchTarget, call_sid: str, stream_sid: str, *, frames_sent: int) -> str:
+    """Twilio's ``stop``, numbered after ``start`` and the ``frames_sent`` media frames."""
     return json.dumps(
         {
             "event": "stop",
+            "sequenceNumber": str(frames_sent + 2),
             "streamSid": stream_sid,
             "stop": {"accountSid": target.account_sid, "callSid": call_sid},
         }

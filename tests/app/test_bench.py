@@ -16,7 +16,18 @@ from typing import Any
 import pytest
 
 from archer.bench import procstat
+from archer.bench.peers import (
+    BenchTarget,
+    connected_frame,
+    media_frame,
+    read_tags,
+    start_frame,
+    stop_frame,
+    tagged_frame,
+)
 from archer.bench.report import percentiles, summarise
+from archer.cartesia import managed
+from tests.contract.schemas import validate_cartesia_server_message, validate_twilio_inbound
 
 needs_proc = pytest.mark.skipif(not procstat.available(), reason="archer bench needs Linux /proc")
 
@@ -91,3 +102,21 @@ def test_a_two_call_bench_measures_archer_and_the_floor(tmp_path: Path) -> None:
     assert ratio["cpu_per_call"] > 0
     assert results["machine"]["python"] == sys.version.split()[0]
     assert "archer/floor at 2 calls: cpu/call" in finished.stdout
+
+
+def test_the_bench_peers_speak_the_published_protocols() -> None:
+    """What the bench's callers and agent send validates against Twilio's and Cartesia's
+    AsyncAPI documents, so the bench measures real traffic."""
+    target = BenchTarget("http://127.0.0.1:1", "https://archer.example.com", "AC" + "b" * 32, "t")
+    stream_sid, call_sid = "MZ" + "1" * 32, "CA" + "2" * 32
+    payload = tagged_frame(3, 41, 12.5)
+    for message in (
+        connected_frame(),
+        start_frame(target, call_sid, stream_sid, {"token": "abc"}),
+        media_frame(stream_sid, 41, payload),
+        stop_frame(target, call_sid, stream_sid, frames_sent=42),
+    ):
+        validate_twilio_inbound(message)
+    assert json.loads(media_frame(stream_sid, 41, payload))["media"]["payload"] == payload
+    assert read_tags(payload) == [(41, 12.5)]
+    validate_cartesia_server_message(managed.audio_output(payload))
