@@ -44,6 +44,15 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--soak", type=float, default=0.0, help="then churn --calls calls for this many seconds"
     )
     parser.add_argument("--database-url", help="Archer's database (default: a fresh SQLite file)")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        type=_assignment,
+        help="extra environment for the server under test (repeatable), e.g. a setting to try"
+        " or PYTHONTRACEMALLOC=1 for a memory investigation",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     return parser
 
@@ -54,3 +63,10 @@ def _servers(text: str) -> list[str]:
     if unknown or not servers:
         raise argparse.ArgumentTypeError(f"servers are {', '.join(SERVERS)}; not {unknown}")
     return servers
+
+
+def _assignment(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value

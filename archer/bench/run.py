@@ -94,6 +94,7 @@ async def start_server(
     workers: int = 1,
     batch_ms: int = 20,
     database_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Server]:
     """Start Archer (or the floor) in its own process; stop it (SIGTERM, then kill) on exit."""
     port = free_port()
@@ -121,6 +122,7 @@ async def start_server(
             "DRAIN_TIMEOUT": "2",
             "MEDIA_PORT": str(media_port),
         }
+    env |= extra_env or {}
     with (workdir / f"{kind}.log").open("ab") as log:
         process = await trio.lowlevel.open_process(
             command, env=env, cwd=workdir, stdout=log, stderr=log
@@ -237,6 +239,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     workers=args.workers,
                     batch_ms=args.batch_ms,
                     database_url=args.database_url,
+                    extra_env=dict(args.server_env),
                 ) as server:
                     # One short call first, so imports and first-use caches are not counted as
                     # per-call memory.
