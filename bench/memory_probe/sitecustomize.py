@@ -1,0 +1,58 @@
+"""A memory probe for the server under ``archer bench`` (investigation only, never deployed).
+
+Run, from the repository root:
+    archer bench --servers archer-media --calls 12 --soak 480 \\
+        --server-env PYTHONPATH=$PWD/bench/memory_probe --server-env PROBE_OUT=/tmp/probe
+
+Python imports ``sitecustomize`` at start-up, so the server traces its allocations
+(``tracemalloc``, one frame each) and every 30 s appends to ``$PROBE_OUT.series`` the process's
+resident memory beside the Python heap tracemalloc sees: RSS rising while the heap stays flat
+points outside Python objects (allocator arenas, C buffers). With ``PROBE_SNAPSHOTS=1`` it also
+writes the lines whose allocations grew since 150 s in to ``$PROBE_OUT`` each minute; snapshots
+are costly, so that run measures RSS poorly.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import tracemalloc
+
+
+def _resident_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _watch(out: str, snapshots: bool) -> None:
+    started = time.monotonic()
+    base: tracemalloc.Snapshot | None = None
+    with open(out + ".series", "w") as series:
+        while True:
+            time.sleep(30)
+            at = time.monotonic() - started
+            heap, _ = tracemalloc.get_traced_memory()
+            rss = _resident_mib()
+            series.write(f"{at:6.0f} s  rss {rss:7.2f} MiB  python heap {heap / 2**20:7.2f} MiB\n")
+            series.flush()
+            if not snapshots or at < 150:
+                continue
+            if base is None:
+                base = tracemalloc.take_snapshot()
+            elif int(at) % 60 < 30:
+                grown = tracemalloc.take_snapshot().compare_to(base, "lineno")
+                with open(out, "w") as report:
+                    report.writelines(f"{stat}\n" for stat in grown[:15])
+
+
+if os.environ.get("PROBE_OUT"):
+    tracemalloc.start(1)
+    threading.Thread(
+        target=_watch,
+        args=(os.environ["PROBE_OUT"], bool(os.environ.get("PROBE_SNAPSHOTS"))),
+        daemon=True,
+    ).start()
