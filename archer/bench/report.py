@@ -60,7 +60,11 @@ def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
     """Per server: the most calls carried (p99 ≤ 5 ms, nothing dropped) and the knee."""
     summary: dict[str, Any] = {}
     for kind in sorted({step["server"] for step in steps}):
-        own = sorted((s for s in steps if s["server"] == kind), key=lambda s: s["calls"])
+        # A step where nothing was timed (every call failed) says nothing about latency.
+        own = sorted(
+            (s for s in steps if s["server"] == kind and s["to_agent_ms"]["n"]),
+            key=lambda s: s["calls"],
+        )
         worst = [max(s["to_agent_ms"]["p99"], s["to_caller_ms"]["p99"]) for s in own]
         carried = [
             s["calls"]

@@ -59,6 +59,14 @@ ACCOUNT_SID: Final = "AC" + "b" * 32
 AUTH_TOKEN: Final = "bench-auth-token"
 
 
+class ServerFailed(Exception):
+    """The server under test did not start; ``log`` holds the last lines it wrote."""
+
+    def __init__(self, message: str, log: list[str]) -> None:
+        super().__init__(message)
+        self.log = log
+
+
 @attrs.frozen
 class Server:
     """A server process under test: what it is and where it listens."""
@@ -134,7 +142,13 @@ async def start_server(
         f"http://127.0.0.1:{media_port}" if media_port else None,
     )
     try:
-        await _wait_until_listening(server, port)
+        try:
+            await _wait_until_listening(server, port)
+        except (RuntimeError, trio.TooSlowError) as exc:
+            # The log lives in a temporary directory that is about to go: quote its end.
+            tail = (workdir / f"{kind}.log").read_text(errors="replace").strip().splitlines()[-5:]
+            message = f"the {kind} server did not start ({exc or 'timed out'}); its log ends:"
+            raise ServerFailed(message, tail) from None
         yield server
     finally:
         with trio.CancelScope(shield=True):
@@ -328,10 +342,23 @@ def main(args: argparse.Namespace) -> int:
             "archer bench: needs Linux /proc to read the server's CPU and memory", file=sys.stderr
         )
         return 2
-    results = trio.run(bench, args)
+    failure: BaseException | None = None
+    try:
+        results = trio.run(bench, args)
+    except* ServerFailed as group:
+        failure = group
+        while isinstance(failure, BaseExceptionGroup):  # nurseries nest their groups
+            failure = failure.exceptions[0]
+    if isinstance(failure, ServerFailed):
+        print(f"archer bench: {failure}", *failure.log, sep="\n  ", file=sys.stderr)
+        return 1
     print(format_summary(results))
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    failed = sum(step["failed_calls"] for step in results["steps"])
+    if failed:
+        print(f"archer bench: {failed} calls failed (see FAILED above)", file=sys.stderr)
+        return 1
     return 0
 
 
