@@ -97,18 +97,10 @@ class Direction:
 
     sent: int = 0
     received: int = 0
-    #: Frames received whose sequence number was not the next one expected.
-    out_of_order: int = 0
     latencies: list[float] = attrs.Factory(list)
-    _expected: int = 0
 
-    def arrived(
-        self, sequence: int, sent_at: float, now: float, window: Window, *, timed: bool = True
-    ) -> None:
+    def arrived(self, sent_at: float, now: float, window: Window, *, timed: bool = True) -> None:
         self.received += 1
-        if sequence != self._expected:
-            self.out_of_order += 1
-        self._expected = sequence + 1
         if timed and sent_at in window:
             self.latencies.append(now - sent_at)
 
@@ -221,11 +213,11 @@ class BenchAgent:
                 continue  # dtmf, tool results: none in the bench
             now = clock()
             tags = read_tags(json.loads(message)["audio"])
-            for index, (sequence, sent_at) in enumerate(tags):
+            for index, (_, sent_at) in enumerate(tags):
                 # In a batch, only the newest frame is timed: the older ones waited for it by
                 # design (AGENT_AUDIO_BATCH_MS), which is not time the bridge added.
                 timed = index == len(tags) - 1
-                direction.arrived(sequence, sent_at, now, window, timed=timed)
+                direction.arrived(sent_at, now, window, timed=timed)
 
 
 async def run_caller(
@@ -326,8 +318,8 @@ async def _listen_as_caller(
         if not isinstance(message, str) or '"media"' not in message:
             continue  # marks and clears
         now = clock()
-        for sequence, sent_at in read_tags(json.loads(message)["media"]["payload"]):
-            direction.arrived(sequence, sent_at, now, window)
+        for _, sent_at in read_tags(json.loads(message)["media"]["payload"]):
+            direction.arrived(sent_at, now, window)
 
 
 def connected_frame() -> str:

@@ -202,45 +202,44 @@ async def forward_to_agent(
 
     Cancellation: whatever is still in the uplink (or held for a batch) is dropped with the call.
     """
-    held: list[str] = []
+    held: list[str] = []  # frames waiting for a batch to fill (batch_frames > 1 only)
     held_sample: float | None = None  # when a timed frame among those held arrived
-
-    async def hold(converted: str, received_at: float | None) -> None:
-        nonlocal held_sample
-        held.append(converted)
-        if received_at is not None:
-            held_sample = received_at
-        if len(held) >= batch_frames:
-            await send_held()
 
     async def send_held() -> None:
         nonlocal held_sample
-        if not held:
-            return
-        payload, received_at = _join_base64(held), held_sample
-        held.clear()
-        held_sample = None
-        await agent.send_audio(payload)
-        if received_at is not None:
-            call.latency_samples.append(("to_agent", trio.current_time() - received_at))
+        if held:
+            payload, received_at, held_sample = _join_base64(held), held_sample, None
+            held.clear()
+            await agent.send_audio(payload)
+            if received_at is not None:
+                call.latency_samples.append(("to_agent", trio.current_time() - received_at))
 
     async with uplink:
         async for item in uplink:
             if type(item) is str:
-                converted = transcoder.to_agent(item)
-                if converted is not None:
-                    await hold(converted, None)
+                converted, received_at = transcoder.to_agent(item), None
             elif type(item) is SampledAudio:
-                converted = transcoder.to_agent(item.payload)
-                if converted is not None:
-                    await hold(converted, item.received_at)
+                converted, received_at = transcoder.to_agent(item.payload), item.received_at
             elif type(item) is CallerDtmf:
                 await send_held()
                 await agent.send_dtmf(item.digit)
+                continue
             else:
                 assert isinstance(item, CallerSilence)
                 await send_held()
                 await agent.send_audio(transcoder.silence_for_agent(item.milliseconds))
+                continue
+            if converted is None:
+                continue
+            if batch_frames > 1:
+                held.append(converted)
+                held_sample = received_at if received_at is not None else held_sample
+                if len(held) >= batch_frames:
+                    await send_held()
+                continue
+            await agent.send_audio(converted)  # the per-frame path: no batch, no copy
+            if received_at is not None:
+                call.latency_samples.append(("to_agent", trio.current_time() - received_at))
 
 
 def _join_base64(payloads: list[str]) -> str:

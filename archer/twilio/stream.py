@@ -64,13 +64,16 @@ class TwilioMediaStream:
         return frame
 
     async def send_media(self, payload: str) -> None:
-        await self._websocket.send(self._outbound.media(payload))
+        await self._send(self._outbound.media(payload))
 
     async def send_mark(self, name: str) -> None:
-        await self._websocket.send(self._outbound.mark(name))
+        await self._send(self._outbound.mark(name))
 
     async def send_clear(self) -> None:
-        await self._websocket.send(self._outbound.clear)
+        await self._send(self._outbound.clear)
+
+    async def _send(self, message: str) -> None:
+        await self._websocket.send(message)
 
     @property
     def _outbound(self) -> OutboundFrames:
@@ -98,14 +101,6 @@ class SocketTwilioStream(TwilioMediaStream):
         except WebSocketClosed:
             raise trio.EndOfChannel from None
 
-    async def send_media(self, payload: str) -> None:
+    async def _send(self, message: str) -> None:
         with contextlib.suppress(WebSocketClosed):
-            await super().send_media(payload)
-
-    async def send_mark(self, name: str) -> None:
-        with contextlib.suppress(WebSocketClosed):
-            await super().send_mark(name)
-
-    async def send_clear(self) -> None:
-        with contextlib.suppress(WebSocketClosed):
-            await super().send_clear()
+            await self._websocket.send(message)
