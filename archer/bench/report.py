@@ -21,6 +21,8 @@ from archer.bench.timing import interpreter_build
 KNEE_MS: Final = 20.0
 #: What a call count must meet to be "carried": p99 within this, no frame dropped.
 CARRIED_MS: Final = 5.0
+#: A long soak's resident memory is also reported at every such mark.
+SOAK_MARK_SECONDS: Final = 600
 
 
 @attrs.frozen
@@ -133,13 +135,42 @@ def format_step(step: StepResult) -> str:
     )
 
 
+def summarise_soak(samples: Sequence[tuple[float, float]], seconds: float) -> dict[str, Any]:
+    """Resident memory over a soak, from ``(seconds in, MiB)`` samples.
+
+    Every figure is a minute's mean, so one sample's noise does not count as growth: the first
+    minute (from 10 s in), the last, the middle one (warming — pools, caches, the allocator —
+    shows early, a leak keeps growing, so the second half's growth tells them apart), and the
+    minute ending at each 10-minute mark, to show where growth stops in a long soak.
+    """
+
+    def mean_mib(start: float) -> float:
+        window = [mib for at, mib in samples if start <= at < start + 60] or [samples[-1][1]]
+        return sum(window) / len(window)
+
+    first, half, last = mean_mib(10), mean_mib(seconds / 2 - 30), mean_mib(seconds - 60)
+    marks = range(SOAK_MARK_SECONDS, int(seconds), SOAK_MARK_SECONDS)
+    return {
+        "seconds": seconds,
+        "rss_first_minute_mib": first,
+        "rss_last_minute_mib": last,
+        "growth_mib": last - first,
+        "growth_second_half_mib": last - half,
+        "rss_by_10_minutes_mib": [first, *(mean_mib(mark - 60) for mark in marks), last],
+        "samples": [(round(at, 1), round(mib, 2)) for at, mib in samples],
+    }
+
+
 def format_soak(soak: dict[str, Any]) -> str:
+    marks = soak["rss_by_10_minutes_mib"]
+    every_10_minutes = " ".join(f"{mib:.1f}" for mib in marks)
     return (
         f"soak {soak['server']}: {soak['calls']} calls for {soak['seconds']:g} s,"
         f" {soak['placed']} calls placed, {soak['failed']} failed;"
         f" rss first minute {soak['rss_first_minute_mib']:.1f} MiB,"
         f" last minute {soak['rss_last_minute_mib']:.1f} MiB, growth {soak['growth_mib']:+.2f} MiB"
         f" ({soak['growth_second_half_mib']:+.2f} MiB in the second half)"
+        + (f"; every 10 min: {every_10_minutes} MiB" if len(marks) > 2 else "")
     )
 
 

@@ -46,6 +46,7 @@ from archer.bench.report import (
     machine,
     percentiles,
     summarise,
+    summarise_soak,
 )
 
 #: How long a server may take to listen, and to stop after SIGTERM before it is killed.
@@ -277,8 +278,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 async def soak(server: Server, agent: BenchAgent, calls: int, seconds: float) -> dict[str, Any]:
     """``calls`` calls at all times for ``seconds``, each lasting 5–20 s, then the next.
 
-    Resident memory is sampled every 10 s; growth is the last minute's mean over the first
-    minute's (from 10 s in), and over the middle minute's for the second half alone.
+    Resident memory is sampled every 10 s; ``summarise_soak`` says what is made of it.
     """
     clock = time.perf_counter
     window = Window()  # nothing timed: this is about memory
@@ -315,24 +315,11 @@ async def soak(server: Server, agent: BenchAgent, calls: int, seconds: float) ->
             samples.append((clock() - started, procstat.resident_bytes(server.pids)))
             await trio.sleep(10)
 
-    def mean_mib(start: float) -> float:
-        """Mean resident memory over the minute from ``start`` seconds in."""
-        window = [rss for at, rss in samples if start <= at < start + 60] or [samples[-1][1]]
-        return sum(window) / len(window) / 2**20
-
-    first, half, last = mean_mib(10), mean_mib(seconds / 2 - 30), mean_mib(seconds - 60)
     return {
         "calls": calls,
-        "seconds": seconds,
         "placed": placed,
         "failed": failed,
-        "rss_first_minute_mib": first,
-        "rss_last_minute_mib": last,
-        "growth_mib": last - first,
-        # Warming (pools, caches, the allocator) shows early; a leak keeps growing: compare the
-        # second half's growth with the first's.
-        "growth_second_half_mib": last - half,
-        "samples": [(round(at, 1), round(rss / 2**20, 2)) for at, rss in samples],
+        **summarise_soak([(at, rss / 2**20) for at, rss in samples], seconds),
     }
 
 

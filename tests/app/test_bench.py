@@ -25,7 +25,7 @@ from archer.bench.peers import (
     stop_frame,
     tagged_frame,
 )
-from archer.bench.report import percentiles, summarise
+from archer.bench.report import format_soak, percentiles, summarise, summarise_soak
 from archer.cartesia import managed
 from tests.contract.schemas import validate_cartesia_server_message, validate_twilio_inbound
 
@@ -68,6 +68,41 @@ def test_the_summary_finds_what_is_carried_the_knee_and_the_ratios() -> None:
     assert [r["calls"] for r in summary["ratios"]] == [20, 30, 40]
     assert summary["ratios"][0]["p99_to_agent"] == pytest.approx(3.0 / 4.0)
     assert summary["ratios"][2]["cpu_per_call"] == pytest.approx(1.0)
+
+
+def test_a_soak_tells_warming_that_stops_from_growth_that_goes_on() -> None:
+    every_10_s = [float(at) for at in range(0, 1800, 10)]
+    # 100 MiB warming to 102 over the first 10 minutes, then flat...
+    warming = [(at, 100 + 2 * min(at, 600) / 600) for at in every_10_s]
+    # ...against 1 MiB more every 10 minutes, all the way.
+    leaking = [(at, 100 + at / 600) for at in every_10_s]
+
+    warmed, leaked = summarise_soak(warming, 1800), summarise_soak(leaking, 1800)
+
+    # Each figure is a minute's mean: the first minute's samples are at 10..60 s (mean 35 s in),
+    # the minute to the 10-minute mark's at 540..590 s (mean 565 s), the last's at 1740..1790 s
+    # (mean 1765 s), the middle one's at 870..920 s (mean 895 s).
+    first_warming, first_leaking = 100 + 2 * 35 / 600, 100 + 35 / 600
+    assert warmed["growth_mib"] == pytest.approx(102 - first_warming)
+    assert warmed["growth_second_half_mib"] == 0
+    assert leaked["growth_second_half_mib"] == pytest.approx((1765 - 895) / 600)
+    assert warmed["rss_by_10_minutes_mib"] == pytest.approx(
+        [first_warming, 100 + 2 * 565 / 600, 102, 102]
+    )
+    assert leaked["rss_by_10_minutes_mib"] == pytest.approx(
+        [first_leaking, 100 + 565 / 600, 100 + 1165 / 600, 100 + 1765 / 600]
+    )
+    printed = format_soak({"server": "archer", "calls": 20, "placed": 2100, "failed": 0, **warmed})
+    assert printed.endswith("every 10 min: 100.1 101.9 102.0 102.0 MiB")
+    assert "every 10 min" not in format_soak(
+        {
+            "server": "archer",
+            "calls": 20,
+            "placed": 700,
+            "failed": 0,
+            **summarise_soak(warming, 600),
+        }
+    )
 
 
 @needs_proc
