@@ -35,6 +35,7 @@ def _resident_mib() -> float:
 def _watch(out: str, snapshots: bool, interval: float) -> None:
     started = time.monotonic()
     base: tracemalloc.Snapshot | None = None
+    compared_at = 0.0
     with open(out + ".series", "w") as series:
         while True:
             time.sleep(interval)
@@ -50,7 +51,8 @@ def _watch(out: str, snapshots: bool, interval: float) -> None:
                 continue
             if base is None:
                 base = tracemalloc.take_snapshot()
-            elif int(at) % 60 < 30:
+            elif at - compared_at >= 60:  # once a minute, whatever the interval
+                compared_at = at
                 grown = tracemalloc.take_snapshot().compare_to(base, "lineno")
                 with open(out, "w") as report:
                     report.writelines(f"{stat}\n" for stat in grown[:15])
