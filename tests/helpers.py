@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import numpy as np
 import trio
 
-#: Packages whose tasks belong to a call; the server's own long-lived tasks are not listed.
 #: The five settings ``archer serve`` needs, for tests that start it as a process.
 SERVING_ENV = {
     "WEBHOOK_BASE_URL": "https://archer.example.com",
@@ -18,9 +21,23 @@ SERVING_ENV = {
     "CARTESIA_API_KEY": "sk_car_secret_key",
     "CARTESIA_AGENT_ID": "agent_123",
 }
+#: Packages whose tasks belong to a call; the server's own long-lived tasks are not listed.
 CALL_TASK_PREFIXES = ("archer.call.", "archer.cartesia.", "archer.twilio.", "archer.web.")
 #: Server tasks under those prefixes that live as long as the server, not a call.
 SERVER_TASKS = frozenset({"archer.web.media_listener.serve_media_listener"})
+
+
+def run_archer(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m archer *args`` to completion, with only ``env`` (and PATH) set."""
+    return subprocess.run(
+        [sys.executable, "-m", "archer", *args],
+        env={"PATH": os.environ["PATH"], **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def live_archer_tasks() -> list[str]:

@@ -14,18 +14,7 @@ import pytest
 
 from tests.helpers import SERVING_ENV as SERVING
 from tests.helpers import free_port
-
-
-def archer(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "archer", *args],
-        env={"PATH": os.environ["PATH"], **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.helpers import run_archer as archer
 
 
 def test_serve_without_a_required_setting_prints_one_line(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import pytest
 
 from archer.db.spool import spool_files, worker_spool_path
 from tests.helpers import SERVING_ENV as SERVING
-from tests.helpers import free_port
+from tests.helpers import free_port, run_archer
 
 #: Generous for a loaded CI machine; each wait returns as soon as its condition holds.
 DEADLINE = 20.0
@@ -187,14 +187,6 @@ def test_each_worker_has_its_own_spool_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
 def test_workers_must_be_a_positive_number(value: str, tmp_path: Path) -> None:
     """A bad ``--workers`` is a usage error (exit 2) before anything starts."""
-    result = subprocess.run(
-        [sys.executable, "-m", "archer", "serve", "--workers", value],
-        env={"PATH": os.environ["PATH"], **SERVING},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_archer("serve", "--workers", value, env=SERVING, cwd=tmp_path)
     assert result.returncode == 2
     assert "--workers" in result.stderr
