@@ -37,6 +37,7 @@ REQUIRED_FOR_SERVING: Final = (
 
 _T = TypeVar("_T")
 _E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
+_SIP_URI: Final = re.compile(r"sips?:[^\s<>\"',]{1,250}", re.IGNORECASE)
 
 
 @attrs.frozen(kw_only=True)
@@ -83,8 +84,8 @@ class Settings:
     #: Line agents only: optional overrides sent in ``start`` (the agent's code must read them).
     cartesia_line_introduction: str = ""
     cartesia_line_system_prompt: str = ""
-    #: Numbers an agent may transfer to by name (Line's transfer_call); others go to
-    #: HUMAN_AGENT_NUMBER.
+    #: Numbers (E.164) and SIP URIs an agent may transfer to by name (Line's transfer_call);
+    #: others go to HUMAN_AGENT_NUMBER.
     transfer_allowlist: frozenset[str] = frozenset()
     #: soxr quality for PCM agent formats (see bench/resample_quality.py for the trade-off).
     resample_quality: str = "HQ"
@@ -149,7 +150,7 @@ class Settings:
             ),
             cartesia_line_introduction=env.text("CARTESIA_LINE_INTRODUCTION", ""),
             cartesia_line_system_prompt=env.text("CARTESIA_LINE_SYSTEM_PROMPT", ""),
-            transfer_allowlist=env.numbers("TRANSFER_ALLOWLIST"),
+            transfer_allowlist=env.numbers("TRANSFER_ALLOWLIST", sip=True),
             resample_quality=env.choice("RESAMPLE_QUALITY", "hq", RESAMPLE_QUALITIES).upper(),
             agent_audio_batch_ms=int(env.choice("AGENT_AUDIO_BATCH_MS", "20", ("20", "40"))),
             human_agent_number=env.text("HUMAN_AGENT_NUMBER", ""),
@@ -274,15 +275,18 @@ class _Reader:
             raise ConfigError(f"{name}={value} must be greater than zero")
         return value
 
-    def numbers(self, name: str) -> frozenset[str]:
-        """A comma-separated list of E.164 phone numbers."""
+    def numbers(self, name: str, *, sip: bool = False) -> frozenset[str]:
+        """A comma-separated list of E.164 phone numbers (and SIP URIs when ``sip``)."""
         value = self._get(name)
         if value is None:
             return frozenset()
         numbers = frozenset(part.strip() for part in value.split(",") if part.strip())
-        bad = sorted(n for n in numbers if not _E164.fullmatch(n))
+        bad = sorted(
+            n for n in numbers if not (_E164.fullmatch(n) or (sip and _SIP_URI.fullmatch(n)))
+        )
         if bad:
-            raise ConfigError(f"{name} has {bad[0]!r}, which is not an E.164 number")
+            kind = "an E.164 number or a SIP URI" if sip else "an E.164 number"
+            raise ConfigError(f"{name} has {bad[0]!r}, which is not {kind}")
         return numbers
 
     def boolean(self, name: str, default: bool) -> bool:

@@ -53,7 +53,7 @@ class TurnStarted:
 
     turn: int
     role: Role
-    start_time: float
+    start_time: float | None
 
 
 @attrs.frozen(slots=True)
@@ -72,8 +72,8 @@ class TurnEnded:
     role: Role
     text: str
     interrupted: bool
-    start_time: float
-    end_time: float
+    start_time: float | None
+    end_time: float | None
 
 
 @attrs.frozen(slots=True)
@@ -86,9 +86,13 @@ class AgentNotice:
 
 @attrs.frozen(slots=True)
 class AgentTransfer:
-    """The agent asks Archer to move the call to ``number`` (Line's ``transfer_call``)."""
+    """The agent asks Archer to move the call (Line's ``transfer_call``).
 
-    number: str
+    ``target`` is an E.164 number or a SIP URI; ``None`` when the agent named none Archer can
+    dial, and the call then goes to the bank's own human-agent number.
+    """
+
+    target: str | None
 
 
 @attrs.frozen(slots=True)

@@ -322,7 +322,7 @@ async def receive_from_agent(
                     ]
                     queue(frames, turn=None)
                     log.info("agent.dtmf", digit=digit)
-                case AgentTransfer(number=number):
+                case AgentTransfer(target=target):
                     # The same tool as a Managed agent's transfer: it waits for the lead-in,
                     # checks the number against the allow-list and records the invocation.
                     transfers += 1
@@ -332,7 +332,7 @@ async def receive_from_agent(
                             name="transfer_to_human",
                             arguments={
                                 "reason": "the agent asked (transfer_call)",
-                                "number": number,
+                                "number": target,
                             },
                             expects_response=False,
                         ),

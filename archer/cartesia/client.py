@@ -37,6 +37,7 @@ from archer.call.events import (
 )
 from archer.cartesia import managed
 from archer.cartesia.connect import open_agent_socket
+from archer.cartesia.drift import DriftLog
 from archer.errors import AgentClosedError, AgentFatalError, AgentUnavailableError
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ class ManagedAgentStream:
 
     _websocket: trio_websocket.WebSocketConnection
     _agent_call_id: str = ""
-    _unknown_types: set[str] = attrs.Factory(set)
+    _drift: DriftLog = attrs.Factory(DriftLog)
 
     @property
     def agent_call_id(self) -> str:
@@ -157,7 +158,9 @@ class ManagedAgentStream:
                     closed.reason.code if closed.reason else None,
                     closed.reason.reason if closed.reason else None,
                 ) from None
-            event = managed.parse_server_event(message)
+            event = managed.parse_server_event(message, self._drift.pending)
+            if self._drift.pending:
+                self._drift.flush()
             match event:
                 case managed.AudioOutput(audio=audio):
                     return AgentAudio(audio)
@@ -192,9 +195,7 @@ class ManagedAgentStream:
                 case managed.SessionReady():
                     log.warning("agent.duplicate_session_ready")
                 case managed.Unknown(type=kind):
-                    if kind not in self._unknown_types:
-                        self._unknown_types.add(kind)
-                        log.info("agent.unknown_event", type=kind[:64])
+                    self._drift.unknown_event(kind)
 
     async def send_audio(self, payload: str) -> None:
         await self._send(managed.audio_input(payload))

@@ -8,6 +8,7 @@ parse with these, so a message that breaks either protocol always raises
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import NoReturn
 
@@ -60,3 +61,73 @@ def boolean(parent: Mapping[str, object], key: str, where: str) -> bool:
     if not isinstance(value, bool):
         raise CartesiaProtocolError(f"{where}.{key} is missing or not a boolean")
     return value
+
+
+# --- Fields Archer only records or logs --------------------------------------------------------
+#
+# Strict parsing of a field Archer never acts on turns a small protocol drift into a dropped
+# call. These readers return ``None`` for a missing or mistyped value and, when it was present
+# but mistyped, append its path to ``ignored`` so the adapter can log it (once per call).
+
+
+def lenient_text(
+    parent: Mapping[str, object], key: str, where: str, ignored: list[str] | None
+) -> str | None:
+    value = parent.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    _note(ignored, where, key)
+    return None
+
+
+def lenient_number(
+    parent: Mapping[str, object], key: str, where: str, ignored: list[str] | None
+) -> float | None:
+    value = parent.get(key)
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            pass
+        else:
+            if math.isfinite(number):  # 1e400 is valid JSON and reads as infinity
+                return number
+    _note(ignored, where, key)
+    return None
+
+
+def lenient_boolean(
+    parent: Mapping[str, object], key: str, where: str, ignored: list[str] | None
+) -> bool | None:
+    value = parent.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    _note(ignored, where, key)
+    return None
+
+
+def lenient_object(
+    parent: Mapping[str, object], key: str, where: str, ignored: list[str] | None
+) -> Mapping[str, object]:
+    """The object at ``key``, or an empty one when it is missing or not an object."""
+    value = parent.get(key)
+    if isinstance(value, dict):
+        return value
+    if value is not None:
+        _note(ignored, where, key)
+    return {}
+
+
+def note_unknown_keys(
+    event: Mapping[str, object], known: frozenset[str], where: str, ignored: list[str] | None
+) -> None:
+    """Append ``where.key`` to ``ignored`` for every key of ``event`` outside ``known``."""
+    if ignored is not None and not known.issuperset(event):
+        ignored.extend(f"{where}.{key}"[:80] for key in event if key not in known)
+
+
+def _note(ignored: list[str] | None, where: str, key: str) -> None:
+    if ignored is not None:
+        ignored.append(f"{where}.{key}")

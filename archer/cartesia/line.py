@@ -7,11 +7,15 @@ turns each server message into one frozen event with ``parse_server_event``. Eve
 keyed by ``event``; the only exception is the generic Cartesia error object, keyed by ``type``.
 Unknown server fields are ignored, ``stream_id`` is optional on every server event, and an
 unknown event comes back as ``Unknown`` (returned, not raised) because Cartesia adds events
-without notice. A known event with a missing or mistyped required field raises
-``CartesiaProtocolError`` naming the field. The server role (our Cartesia emulator and test
-servers) parses client messages strictly with ``parse_client_event`` and builds server
-messages. Builders raise ``ValueError`` for local misuse; parsers raise ``CartesiaProtocolError``
-for a peer's bad input. Audio stays base64 text and is never decoded on the client side.
+without notice. Fields Archer acts on are strict: a known event with one missing or mistyped
+raises ``CartesiaProtocolError`` naming the field. Fields it only logs (an error's text, the
+ack's config) are lenient: a mistyped one reads as absent and its path is appended to the
+parser's ``ignored`` list. A transfer whose target is unusable still parses (``target=None``),
+because a caller who asked for a person must not be hung up on. The server role (our Cartesia
+emulator and test servers) parses client messages strictly with ``parse_client_event`` and
+builds server messages. Builders raise ``ValueError`` for local misuse; parsers raise
+``CartesiaProtocolError`` for a peer's bad input. Audio stays base64 text and is never decoded
+on the client side.
 
 Line has no client tool-call channel (reference §5.1), so Archer defines its own convention
 over ``custom`` events: the agent sends ``{"archer_tool": name, "id": ..., "arguments": {...}}``
@@ -28,12 +32,14 @@ from __future__ import annotations
 
 import binascii
 import json
+import re
 from json.encoder import encode_basestring_ascii as _quote
 from typing import TYPE_CHECKING, Final
 
 import attrs
 
 from archer.cartesia.fields import boolean as _boolean
+from archer.cartesia.fields import lenient_object, lenient_text
 from archer.cartesia.fields import load_object as _load
 from archer.cartesia.fields import object_field as _object
 from archer.cartesia.fields import optional_text as _optional_text
@@ -52,6 +58,11 @@ IDLE_TIMEOUT: Final = "connection idle timeout"
 TOOL_REQUEST_KEY: Final = "archer_tool"
 TOOL_RESULT_KEY: Final = "archer_tool_result"
 MAX_TOOL_NAME_CHARS: Final = 64
+#: A transfer target: an E.164 number, or a SIP URI (RFC 3261 ``sip:``/``sips:``, no spaces or
+#: markup, at most 255 characters as Twilio's ``<Sip>`` noun takes).
+E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
+SIP_URI: Final = re.compile(r"sips?:[^\s<>\"']{1,250}", re.IGNORECASE)
+TRANSFER_DESTINATION_TYPES: Final = frozenset({"phone", "sip_uri"})
 MAX_TOOL_CALL_ID_CHARS: Final = 256
 
 
@@ -96,9 +107,17 @@ class Custom:
 
 @attrs.frozen(slots=True)
 class TransferCall:
-    """The agent asks Archer to transfer the call to ``target_phone_number``."""
+    """The agent asks Archer to transfer the call.
 
-    target_phone_number: str
+    ``target`` is an E.164 number or a ``sip:``/``sips:`` URI, whichever of the three shapes
+    the agent used (``transfer.target_phone_number``, a flat ``target_phone_number``, or the Line
+    SDK's ``transfer_destination: {type: phone | sip_uri, value}``). It is ``None`` when the target
+    is missing or unusable, and ``problem`` says why: a caller who asked for a person is then
+    transferred to the bank's own number, not hung up on.
+    """
+
+    target: str | None
+    problem: str | None = None
 
 
 @attrs.frozen(slots=True)
@@ -293,7 +312,9 @@ def tool_result(stream_id: str, tool_call_id: str, result: str, *, is_error: boo
 # --------------------------------------------------------------------------------------------
 
 
-def parse_server_event(message: str | bytes | None) -> ServerEvent:
+def parse_server_event(
+    message: str | bytes | None, ignored: list[str] | None = None
+) -> ServerEvent:
     """Parse one message from the agent.
 
     Returns ``Unknown`` for an event this module does not know.
@@ -313,57 +334,58 @@ def parse_server_event(message: str | bytes | None) -> ServerEvent:
         return Clear()
     if kind == "ack":
         stream_id = _optional_text(event, "stream_id", kind)
-        config = event.get("config", {})
-        if not isinstance(config, dict):
-            raise CartesiaProtocolError("ack.config is not an object")
-        return Ack(stream_id=stream_id or "", config=config)
+        return Ack(stream_id=stream_id or "", config=lenient_object(event, "config", kind, ignored))
     if kind == "dtmf":
         return Dtmf(digit=_digit(event, kind))
     if kind == "custom":
         return Custom(metadata=_object(event, "metadata", kind))
     if kind == "transfer_call":
-        return TransferCall(target_phone_number=_transfer_target(event))
+        return _transfer_call(event)
     if kind is None:
         kind = event.get("type")  # the generic Cartesia error object is keyed by "type"
     if kind == "error":
-        return _error(event)
+        return _error(event, ignored)
     if isinstance(kind, str):
         return Unknown(event=kind)
     raise CartesiaProtocolError("message has no event")
 
 
-def _transfer_target(event: Mapping[str, object]) -> str:
+def _transfer_call(event: Mapping[str, object]) -> TransferCall:
     transfer = event.get("transfer")
-    if transfer is not None:
-        if not isinstance(transfer, dict):
-            raise CartesiaProtocolError("transfer_call.transfer is not an object")
-        parent: Mapping[str, object] = transfer
-        where = "transfer_call.transfer"
-    else:
-        parent = event  # a flat shape some implementations send
-        where = "transfer_call"
-    target = _text(parent, "target_phone_number", where)
-    if not target:
-        raise CartesiaProtocolError(f"{where}.target_phone_number is empty")
-    return target
+    parent = transfer if isinstance(transfer, dict) else event
+    destination = parent.get("transfer_destination", event.get("transfer_destination"))
+    if destination is not None:
+        if not isinstance(destination, dict):
+            return TransferCall(None, "transfer_destination is not an object")
+        kind, value = destination.get("type"), destination.get("value")
+        if kind not in TRANSFER_DESTINATION_TYPES:
+            return TransferCall(None, f"transfer_destination.type {str(kind)[:20]!r} is unknown")
+        pattern = E164 if kind == "phone" else SIP_URI
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            return TransferCall(None, f"transfer_destination.value is not a valid {kind}")
+        return TransferCall(value)
+    number = parent.get("target_phone_number")
+    if number is None:
+        return TransferCall(None, "transfer_call names no target")
+    if not isinstance(number, str) or not E164.fullmatch(number):
+        return TransferCall(None, "target_phone_number is not an E.164 number")
+    return TransferCall(number)
 
 
-def _error(event: Mapping[str, object]) -> Error:
-    message = _optional_text(event, "message", "error")
+def _error(event: Mapping[str, object], ignored: list[str] | None) -> Error:
+    # Only logged and recorded, so nothing here may end the call: mistyped fields read as absent.
+    message = lenient_text(event, "message", "error", ignored)
     if message is None:
-        message = _optional_text(event, "title", "error")
-    code = _optional_text(event, "error_code", "error")
+        message = lenient_text(event, "title", "error", ignored)
+    code = lenient_text(event, "error_code", "error", ignored)
     if code is None:
         status = event.get("status_code")
         if isinstance(status, str):
             code = status
-        elif isinstance(status, int) and not isinstance(status, bool):
-            try:
-                code = str(status)
-            except ValueError:  # over the interpreter's digit limit for int → str
-                raise CartesiaProtocolError("error.status_code is out of range") from None
-        elif status is not None:
-            raise CartesiaProtocolError("error.status_code is not an integer or string")
+        elif isinstance(status, int) and not isinstance(status, bool) and abs(status) < 10**9:
+            code = str(status)
+        elif status is not None and ignored is not None:
+            ignored.append("error.status_code")
     return Error(message=message or "", code=code or "")
 
 
@@ -452,17 +474,6 @@ def media_output(stream_id: str, payload: str) -> str:
 def clear(stream_id: str) -> str:
     """The ``clear`` message (the caller barged in)."""
     return '{"event":"clear","stream_id":' + _quote(stream_id) + "}"
-
-
-def transfer_call(stream_id: str, target_phone_number: str) -> str:
-    """A ``transfer_call`` message asking the client to transfer to ``target_phone_number``."""
-    return _dumps(
-        {
-            "event": "transfer_call",
-            "stream_id": stream_id,
-            "transfer": {"target_phone_number": target_phone_number},
-        }
-    )
 
 
 def tool_call(stream_id: str, tool_call_id: str, name: str, arguments: Mapping[str, object]) -> str:

@@ -42,6 +42,7 @@ from archer.call.events import (
 )
 from archer.cartesia import line
 from archer.cartesia.connect import open_agent_socket
+from archer.cartesia.drift import DriftLog
 from archer.errors import AgentClosedError, AgentIdleError, AgentUnavailableError
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ class LineAgentStream:
     _websocket: trio_websocket.WebSocketConnection
     output_format: str
     _stream_id: str = ""
-    _unknown_events: set[str] = attrs.Factory(set)
+    _drift: DriftLog = attrs.Factory(DriftLog)
     _audio_started: float | None = None
     _audio_bytes: int = 0
     _rate_checked: bool = False
@@ -173,7 +174,9 @@ class LineAgentStream:
                 message = await self._websocket.get_message()
             except trio_websocket.ConnectionClosed as closed:
                 return _closing_event(closed)
-            event = line.parse_server_event(message)
+            event = line.parse_server_event(message, self._drift.pending)
+            if self._drift.pending:
+                self._drift.flush()
             match event:
                 case line.MediaOutput(payload=payload):
                     self._measure(payload)
@@ -192,16 +195,16 @@ class LineAgentStream:
                         arguments=request.arguments,
                         expects_response=True,
                     )
-                case line.TransferCall(target_phone_number=number):
-                    return AgentTransfer(number)
+                case line.TransferCall(target=target, problem=problem):
+                    if problem is not None:
+                        log.warning("agent.transfer_target_unusable", problem=problem)
+                    return AgentTransfer(target)
                 case line.Error(message=text, code=code):
                     return AgentNotice(code, text)
                 case line.Ack():
                     log.warning("agent.duplicate_ack")
                 case line.Unknown(event=kind):
-                    if kind not in self._unknown_events:
-                        self._unknown_events.add(kind)
-                        log.info("agent.unknown_event", type=kind[:64])
+                    self._drift.unknown_event(kind)
 
     async def send_audio(self, payload: str) -> None:
         await self._send(line.media_input(self._stream_id, payload))

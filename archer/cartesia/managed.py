@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from archer.cartesia.fields import boolean as _boolean
+from archer.cartesia.fields import lenient_boolean, lenient_number, lenient_object, lenient_text
 from archer.cartesia.fields import load_object as _load
+from archer.cartesia.fields import note_unknown_keys as _note_unknown_keys
 from archer.cartesia.fields import object_field as _object
 from archer.cartesia.fields import optional_text as _optional_text
 from archer.cartesia.fields import text as _text
@@ -59,6 +61,31 @@ _VARIABLE_NAME: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
 _RESERVED_PREFIXES: Final = ("system__", "secret__")
 _SESSION_CREATE_KEYS: Final = frozenset({"type", "audio", "dynamic_variables"})
 _SESSION_AUDIO_KEYS: Final = frozenset({"input_format", "output_delivery"})
+#: The fields each server event may carry (the AsyncAPI document); others are logged as drift.
+_SERVER_EVENT_KEYS: Final[Mapping[str, frozenset[str]]] = {
+    "turn_output_text_delta": frozenset({"type", "turn", "role", "text"}),
+    "audio_output_clear": frozenset({"type"}),
+    "turn_started": frozenset({"type", "turn", "role", "start_time"}),
+    "turn_ended": frozenset(
+        {
+            "type",
+            "turn",
+            "role",
+            "text",
+            "interrupted",
+            "start_time",
+            "end_time",
+            "tool_calls",
+            "eager_end_timestamp",
+        }
+    ),
+    "client_tool_call": frozenset(
+        {"type", "tool_call_id", "tool_name", "parameters", "expects_response"}
+    ),
+    "dtmf_output": frozenset({"type", "digit"}),
+    "session_ready": frozenset({"type", "call_id", "agent_id", "agent_version_id", "audio"}),
+    "error": frozenset({"type", "code", "message", "fatal"}),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,8 +102,8 @@ class SessionReady:
     """
 
     call_id: str
-    agent_id: str
-    agent_version_id: str
+    agent_id: str | None
+    agent_version_id: str | None
     input_format: str | None
     output_delivery: str | None
 
@@ -116,7 +143,7 @@ class TurnStarted:
 
     turn: int
     role: str
-    start_time: float
+    start_time: float | None
 
 
 @attrs.frozen(slots=True)
@@ -136,8 +163,8 @@ class TurnEnded:
     role: str
     text: str
     interrupted: bool
-    start_time: float
-    end_time: float
+    start_time: float | None
+    end_time: float | None
     tool_calls: tuple[Mapping[str, object], ...]
 
 
@@ -300,28 +327,34 @@ def client_tool_result(
 # --------------------------------------------------------------------------------------------
 
 
-def parse_server_event(message: str | bytes) -> ServerEvent:
+def parse_server_event(message: str | bytes, ignored: list[str] | None = None) -> ServerEvent:
     """Parse one message from the agent.
 
-    Returns ``Unknown`` for an event type this module does not know.
+    Returns ``Unknown`` for an event type this module does not know. Fields Archer acts on (the
+    audio, turn numbers and roles, tool calls, DTMF digits, the session's call id, an error's
+    code and ``fatal``) are strict. Fields it only records or logs are lenient: a mistyped one
+    reads as absent, and its path (``turn_ended.start_time``) is appended to ``ignored``, as is
+    every unknown field of a non-audio event, so the adapter can log drift once per call.
 
     Raises:
         CartesiaProtocolError: a binary frame, not JSON, not an object, no ``type``, or a
-            required field missing or of the wrong type.
+            field Archer acts on missing or of the wrong type.
     """
     event = _load(message)
     kind = event.get("type")
-    # audio_output first: it is nearly every message the agent sends.
+    # audio_output first: it is nearly every message the agent sends (and skips the key check).
     if kind == "audio_output":
         audio = event.get("audio")
         if not isinstance(audio, str):
             raise CartesiaProtocolError("audio_output.audio is missing or not a string")
         return AudioOutput(audio=audio)
+    if isinstance(kind, str) and kind in _SERVER_EVENT_KEYS:
+        _note_unknown_keys(event, _SERVER_EVENT_KEYS[kind], kind, ignored)
     if kind == "turn_output_text_delta":
         return TurnOutputTextDelta(
             turn=_integer(event, "turn", kind),
-            role=_enum(event, "role", kind, frozenset({"assistant"})),
-            text=_text(event, "text", kind),
+            role=lenient_text(event, "role", kind, ignored) or "assistant",
+            text=lenient_text(event, "text", kind, ignored) or "",
         )
     if kind == "audio_output_clear":
         return AudioOutputClear()
@@ -329,17 +362,17 @@ def parse_server_event(message: str | bytes) -> ServerEvent:
         return TurnStarted(
             turn=_integer(event, "turn", kind),
             role=_enum(event, "role", kind, ROLES),
-            start_time=_number(event, "start_time", kind),
+            start_time=lenient_number(event, "start_time", kind, ignored),
         )
     if kind == "turn_ended":
         return TurnEnded(
             turn=_integer(event, "turn", kind),
             role=_enum(event, "role", kind, ROLES),
-            text=_text(event, "text", kind),
-            interrupted=_boolean(event, "interrupted", kind),
-            start_time=_number(event, "start_time", kind),
-            end_time=_number(event, "end_time", kind),
-            tool_calls=_tool_calls(event),
+            text=lenient_text(event, "text", kind, ignored) or "",
+            interrupted=lenient_boolean(event, "interrupted", kind, ignored) or False,
+            start_time=lenient_number(event, "start_time", kind, ignored),
+            end_time=lenient_number(event, "end_time", kind, ignored),
+            tool_calls=_tool_calls(event, ignored),
         )
     if kind == "client_tool_call":
         return ClientToolCall(
@@ -351,20 +384,21 @@ def parse_server_event(message: str | bytes) -> ServerEvent:
     if kind == "dtmf_output":
         return DtmfOutput(digit=_digit(event, kind))
     if kind == "session_ready":
-        audio = _object(event, "audio", kind)
+        audio = lenient_object(event, "audio", kind, ignored)
+        where = "session_ready.audio"
         return SessionReady(
             call_id=_text(event, "call_id", kind),
-            agent_id=_text(event, "agent_id", kind),
-            agent_version_id=_text(event, "agent_version_id", kind),
-            input_format=_optional_text(audio, "input_format", "session_ready.audio"),
-            output_delivery=_optional_text(audio, "output_delivery", "session_ready.audio"),
+            agent_id=lenient_text(event, "agent_id", kind, ignored),
+            agent_version_id=lenient_text(event, "agent_version_id", kind, ignored),
+            input_format=lenient_text(audio, "input_format", where, ignored),
+            output_delivery=lenient_text(audio, "output_delivery", where, ignored),
         )
     if kind == "error":
         # The code is not checked against the schema's enum: an error with a code added later
         # must still reach the caller as that error, not be hidden behind a protocol error.
         return Error(
             code=_text(event, "code", kind),
-            message=_text(event, "message", kind),
+            message=lenient_text(event, "message", kind, ignored) or "",
             fatal=_boolean(event, "fatal", kind),
         )
     if isinstance(kind, str):
@@ -372,19 +406,27 @@ def parse_server_event(message: str | bytes) -> ServerEvent:
     raise CartesiaProtocolError("message has no type")
 
 
-def _tool_calls(event: Mapping[str, object]) -> tuple[Mapping[str, object], ...]:
+def _tool_calls(
+    event: Mapping[str, object], ignored: list[str] | None
+) -> tuple[Mapping[str, object], ...]:
+    """The tool calls a turn reports; only logged, so a malformed list or entry is dropped."""
     calls = event.get("tool_calls")
+    if calls is None:
+        return ()
     if not isinstance(calls, list):
-        raise CartesiaProtocolError("turn_ended.tool_calls is missing or not a list")
-    for index, call in enumerate(calls):
-        where = f"turn_ended.tool_calls[{index}]"
-        if not isinstance(call, dict):
-            raise CartesiaProtocolError(f"{where} is not an object")
-        _text(call, "name", where)
-        _object(call, "arguments", where)
-        _optional_text(call, "id", where)
-        _optional_text(call, "result", where)
-    return tuple(calls)
+        if ignored is not None:
+            ignored.append("turn_ended.tool_calls")
+        return ()
+    kept = tuple(
+        call
+        for call in calls
+        if isinstance(call, dict)
+        and isinstance(call.get("name"), str)
+        and isinstance(call.get("arguments"), dict)
+    )
+    if len(kept) != len(calls) and ignored is not None:
+        ignored.append("turn_ended.tool_calls[]")
+    return kept
 
 
 # --------------------------------------------------------------------------------------------

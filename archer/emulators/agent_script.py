@@ -16,9 +16,13 @@ Rules: a script is data, not code. The file is a JSON object ``{"description": "
   client tool; ``{var}`` in any string argument is replaced by a variable an earlier step stored
   with ``into``.
 - ``{"dtmf": "5"}``: press keys; ``{"pause": 0.5}``: wait; ``{"hang_up": {"reason": "..."}}``.
-- ``{"transfer": {"number": "+15555550199"}}``: ask the client to transfer the call (Line's
-  ``transfer_call`` event). Line only: a managed session playing a script with this step fails
-  at its start (managed agents transfer with a tool such as ``transfer_to_human``).
+- ``{"transfer": {"number": "+15555550199"}}`` or ``{"transfer": {"sip_uri": "sip:desk@pbx"}}``:
+  ask the client to transfer the call (Line's ``transfer_call`` event), optionally with
+  ``"shape"``: ``destination`` (the default: the Line SDK's ``transfer_destination: {type,
+  value}``), ``nested`` (``transfer.target_phone_number``) or ``flat`` (``target_phone_number``).
+  The target is sent as written, even when it is not a valid number, so a client's handling of a
+  bad target can be exercised. Line only: a managed session playing a script with this step
+  fails at its start (managed agents transfer with a tool such as ``transfer_to_human``).
 
 A script plays on either protocol: on Line, ``tool`` steps travel as ``custom`` events (Archer's
 convention in ``archer.cartesia.line``), so one script serves both.
@@ -71,7 +75,9 @@ _BUNDLED_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 _VARIABLE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _TOOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: E.164: ``+``, then 2 to 15 digits, the first not 0.
-_E164: Final = re.compile(r"\+[1-9][0-9]{1,14}")
+#: How a Line agent may name a transfer target on the wire (see ``Transfer``).
+TRANSFER_SHAPES: Final = ("destination", "nested", "flat")
+_TRANSFER_KEYS: Final = {"number": "phone", "sip_uri": "sip_uri"}
 #: ``{name}`` inside a string argument; braces around anything else are literal text.
 PLACEHOLDER: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -138,9 +144,15 @@ class HangUp:
 
 @attrs.frozen(slots=True)
 class Transfer:
-    """Ask the client to transfer the call to E.164 ``number`` (a Line ``transfer_call``)."""
+    """Ask the client to transfer the call to ``target`` (a Line ``transfer_call``).
 
-    number: str
+    ``kind`` is ``phone`` or ``sip_uri``; ``shape`` picks one of the three wire shapes agents
+    send (``TRANSFER_SHAPES``). ``target`` is not validated: it is what a misbehaving agent says.
+    """
+
+    target: str
+    kind: str = "phone"
+    shape: str = "destination"
 
 
 Step = Say | Listen | CollectDtmf | CallTool | SendDtmf | Pause | HangUp | Transfer
@@ -308,15 +320,29 @@ def _parse_step(raw: object, where: str) -> Step:
             raise AgentScriptError(f"{where}: must be a number of seconds from 0 to 3600")
         return Pause(seconds=float(value))
     if action == "transfer":
-        number = _fields(value, {"number"}, where).get("number")
-        if not isinstance(number, str) or not _E164.fullmatch(number):
-            raise AgentScriptError(f"{where}: 'number' must be an E.164 number like +15555550199")
-        return Transfer(number=number)
+        return _parse_transfer(value, where)
     fields = _fields(value, {"reason"}, where)
     reason = fields.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise AgentScriptError(f"{where}: 'reason' must be a string")
     return HangUp(reason=reason or None)
+
+
+def _parse_transfer(value: object, where: str) -> Transfer:
+    fields = _fields(value, {"number", "sip_uri", "shape"}, where)
+    targets = [(kind, fields[key]) for key, kind in _TRANSFER_KEYS.items() if key in fields]
+    if len(targets) != 1:
+        raise AgentScriptError(f"{where}: needs exactly one of 'number' or 'sip_uri'")
+    kind, target = targets[0]
+    if not isinstance(target, str) or not 1 <= len(target) <= 300:
+        raise AgentScriptError(f"{where}: the target must be text of 1 to 300 characters")
+    shape = fields.get("shape", "destination")
+    if shape not in TRANSFER_SHAPES or (kind == "sip_uri" and shape != "destination"):
+        raise AgentScriptError(
+            f"{where}: 'shape' must be one of {', '.join(TRANSFER_SHAPES)}"
+            " (a SIP URI only travels as a destination)"
+        )
+    return Transfer(target=target, kind=kind, shape=shape)
 
 
 def _parse_tool(value: object, where: str) -> CallTool:

@@ -2,8 +2,9 @@
 
 Layer: emulator. ``CartesiaEmulator`` (``archer.emulators.cartesia``) checks the upgrade and
 hands a Line connection to ``LineCall``, which plays the same ``AgentScript`` as a Managed
-session through the shared ``ScriptedCall``; only the wire differs. Every message is parsed and
-built by ``archer.cartesia.line``.
+session through the shared ``ScriptedCall``; only the wire differs. Messages are parsed and
+built by ``archer.cartesia.line``, except ``transfer_call``, which is written here by hand in the
+shapes real agents send (``transfer_call_message``).
 
 Protocol rules followed (reference ../shared/reference/cartesia-agents.md §2.A, §4, §5.1, §8;
 where Cartesia's behaviour is unknown the emulator is strict, to catch client bugs):
@@ -21,8 +22,8 @@ where Cartesia's behaviour is unknown the emulator is strict, to catch client bu
 - No turn or transcript events (Line has none). ``say`` streams ``media_output`` in 20 ms
   chunks at speaking pace; caller speech stops an interruptible one with ``clear``. ``tool``
   sends Archer's ``custom`` tool call and waits for its answer as on Managed; ``dtmf`` sends
-  ``dtmf``; ``transfer`` sends ``transfer_call``; ``hang_up`` closes 1000 ``call ended by
-  agent`` (``, reason: ...``).
+  ``dtmf``; ``transfer`` sends ``transfer_call`` in the shape the step names (hand-written);
+  ``hang_up`` closes 1000 ``call ended by agent`` (``, reason: ...``).
 - No client message for ``idle_timeout`` seconds closes 1000 ``connection idle timeout``.
   WebSocket pings are answered by trio-websocket but, unlike Cartesia's, do not reset the timer
   (the library does not surface them); Archer streams caller audio continuously anyway.
@@ -31,6 +32,7 @@ where Cartesia's behaviour is unknown the emulator is strict, to catch client bu
 from __future__ import annotations
 
 import binascii
+import json
 import secrets
 from base64 import b64encode
 from collections.abc import Mapping
@@ -178,6 +180,24 @@ class LineCall(ScriptedCall):
         )
 
     async def _transfer(self, step: Transfer) -> None:
-        self.emulator.report(f"agent asks to transfer to {step.number}")
-        self.session.transfers.append(step.number)
-        await self.websocket.send_message(line.transfer_call(self.stream_id, step.number))
+        self.emulator.report(f"agent asks to transfer to {step.target}")
+        self.session.transfers.append(step.target)
+        await self.websocket.send_message(transfer_call_message(self.stream_id, step))
+
+
+def transfer_call_message(stream_id: str, step: Transfer) -> str:
+    """A ``transfer_call`` as agents send it, written here rather than by Archer's codec.
+
+    ``destination`` is the shape of the Line SDK's wire models (``cartesia-line`` 0.2.19,
+    ``TransferOutput.transfer_destination``); ``nested`` is the shape of the Calls API reference
+    (``transfer.target_phone_number``); ``flat`` is what some agents send. Written by hand so
+    that a test notices when Archer's parser and the peers disagree.
+    """
+    message: dict[str, object] = {"event": "transfer_call", "stream_id": stream_id}
+    if step.shape == "destination":
+        message["transfer_destination"] = {"type": step.kind, "value": step.target}
+    elif step.shape == "nested":
+        message["transfer"] = {"target_phone_number": step.target}
+    else:
+        message["target_phone_number"] = step.target
+    return json.dumps(message)

@@ -118,14 +118,14 @@ class TwilioRestControl:
     # --- TelephonyControl -----------------------------------------------------------------
 
     async def transfer(self, call_sid: str, number: str) -> None:
-        """Move the live call to ``number`` (E.164) with inline ``<Dial>`` TwiML.
+        """Move the live call to ``number`` (E.164, or a SIP URI) with inline ``<Dial>`` TwiML.
 
         Twilio abandons the running ``<Connect><Stream>``, so the media stream ends.
 
         Raises:
-            TelephonyError: ``number`` is not E.164 or ``call_sid`` is malformed (nothing is
-                sent), or Twilio refused (e.g. code 21220: the call is no longer in progress)
-                or could not be reached.
+            TelephonyError: ``number`` is neither E.164 nor a SIP URI, or ``call_sid`` is
+                malformed (nothing is sent), or Twilio refused (e.g. code 21220: the call is no
+                longer in progress) or could not be reached.
 
         Cancellation: takes effect once the request returns (at most ``timeout`` per connect
         and read); the transfer may have happened anyway.

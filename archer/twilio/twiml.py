@@ -31,6 +31,8 @@ MAX_INLINE_TWIML_CHARS: Final = 4000
 MAX_RESPONSE_BYTES: Final = 64 * 1024
 
 _E164: Final = re.compile(r"\+[1-9][0-9]{1,14}")
+#: A SIP URI for ``<Dial><Sip>``: ``sip:``/``sips:``, no spaces or markup, at most 255 characters.
+_SIP_URI: Final = re.compile(r"sips?:[^\s<>\"']{1,250}", re.IGNORECASE)
 
 
 def connect_stream(*, stream_url: str, parameters: Mapping[str, str]) -> str:
@@ -79,16 +81,23 @@ def apology(message: str) -> str:
     return _render(response, max_chars=MAX_INLINE_TWIML_CHARS)
 
 
-def dial(number: str) -> str:
-    """Transfer the call to ``number`` (E.164), e.g. a human agent; sent inline over REST.
+def dial(target: str) -> str:
+    """Transfer the call to ``target``, e.g. a human agent; sent inline over REST.
+
+    ``target`` is an E.164 number (``<Dial>number</Dial>``) or a SIP URI
+    (``<Dial><Sip>uri</Sip></Dial>``, for a contact centre reached over SIP).
 
     Raises:
-        ValueError: ``number`` is not an E.164 number such as ``+14155550100``.
+        ValueError: ``target`` is neither an E.164 number such as ``+14155550100`` nor a
+            ``sip:``/``sips:`` URI.
     """
-    if not _E164.fullmatch(number):
-        raise ValueError(f"{number[:40]!r} is not an E.164 phone number")
     response = VoiceResponse()
-    response.dial(number)
+    if _E164.fullmatch(target):
+        response.dial(target)
+    elif _SIP_URI.fullmatch(target):
+        response.dial().sip(target)
+    else:
+        raise ValueError(f"{target[:40]!r} is neither an E.164 phone number nor a SIP URI")
     return _render(response, max_chars=MAX_INLINE_TWIML_CHARS)
 
 

@@ -102,16 +102,22 @@ def test_line_agents_are_one_setting_away() -> None:
             "CARTESIA_PROTOCOL": "line",
             "CARTESIA_AUDIO_FORMAT": "pcm_16000",
             "CARTESIA_LINE_OUTPUT_FORMAT": "pcm_24000",
-            "TRANSFER_ALLOWLIST": "+15555550199, +15555550198",
+            "TRANSFER_ALLOWLIST": "+15555550199, +15555550198, sip:desk@pbx.example.com",
         }
     )
     settings.check_serving()
     assert settings.agent_output_format == "pcm_24000"
-    assert settings.transfer_allowlist == {"+15555550199", "+15555550198"}
+    assert settings.transfer_allowlist == {
+        "+15555550199",
+        "+15555550198",
+        "sip:desk@pbx.example.com",
+    }
     managed = Settings.from_environ({**SERVING, "CARTESIA_LINE_OUTPUT_FORMAT": "pcm_24000"})
     assert managed.agent_output_format == "mulaw_8000"  # Managed agents answer in their input
     with pytest.raises(ConfigError, match="TRANSFER_ALLOWLIST"):
         Settings.from_environ({**SERVING, "TRANSFER_ALLOWLIST": "+1555, 911"})
+    with pytest.raises(ConfigError, match="E.164 number or a SIP URI"):
+        Settings.from_environ({**SERVING, "TRANSFER_ALLOWLIST": "sip:<desk>"})
     with pytest.raises(ConfigError, match="CARTESIA_LINE_OUTPUT_FORMAT"):
         Settings.from_environ({**SERVING, "CARTESIA_LINE_OUTPUT_FORMAT": "opus"})
 

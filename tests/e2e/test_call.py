@@ -87,6 +87,7 @@ async def running_system(
     tools: ToolRegistry | None = E2E_TOOLS,
     twilio_api_base_url: str = "https://api.twilio.invalid",
     human_agent_number: str = "",
+    transfer_allowlist: frozenset[str] = frozenset(),
     audio_format: str = "mulaw_8000",
     spool_replay_interval: float = 30.0,
     protocol: str = "managed",
@@ -105,6 +106,7 @@ async def running_system(
         settings = Settings(
             twilio_api_base_url=twilio_api_base_url,
             human_agent_number=human_agent_number,
+            transfer_allowlist=transfer_allowlist,
             cartesia_audio_format=audio_format,
             spool_path=str(spool_dir / "calls.jsonl"),
             spool_replay_interval=spool_replay_interval,

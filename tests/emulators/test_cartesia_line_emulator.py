@@ -8,6 +8,7 @@ is parsed with the Line codec's client-side parser as it arrives.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +30,7 @@ from archer.emulators.agent_script import (
     parse_agent_script,
 )
 from archer.emulators.cartesia import CartesiaEmulator
+from archer.emulators.cartesia_line import transfer_call_message
 from archer.websocket_client import open_websocket_client
 from tests.emulators.test_cartesia_emulator import (
     Agent,
@@ -351,7 +353,7 @@ async def test_agent_dtmf_transfer_and_hang_up() -> None:
         assert (close.code, close.reason) == (1000, line.CALL_ENDED_BY_AGENT)
         assert [event.digit for event in client.of(line.Dtmf)] == ["1", "2", "#"]
         [transfer] = client.of(line.TransferCall)
-        assert transfer.target_phone_number == "+15555550199"
+        assert transfer == line.TransferCall("+15555550199")
         session = await agent.ended()
         assert session.transfers == ["+15555550199"]
         assert (session.ended_by, session.close_code) == ("agent", 1000)
@@ -433,12 +435,48 @@ async def test_a_line_only_script_fails_a_managed_session_at_its_start() -> None
 @pytest.mark.parametrize(
     ("step", "problem"),
     [
-        ({"transfer": {}}, "'number'"),
-        ({"transfer": {"number": "5555550199"}}, "E.164"),
+        ({"transfer": {}}, "exactly one of 'number' or 'sip_uri'"),
+        ({"transfer": {"number": "+1", "sip_uri": "sip:a@b"}}, "exactly one of"),
+        ({"transfer": {"number": ""}}, "1 to 300 characters"),
+        ({"transfer": {"number": "+1555", "shape": "round"}}, "'shape' must be one of"),
+        ({"transfer": {"sip_uri": "sip:a@b", "shape": "nested"}}, "only travels as a destination"),
         ({"transfer": {"number": "+1555", "to": "x"}}, "unknown key 'to'"),
     ],
 )
 def test_invalid_transfer_steps_are_refused(step: dict[str, Any], problem: str) -> None:
-    """A transfer step needs exactly an E.164 'number'."""
+    """A transfer step names exactly one target, as a number or a SIP URI, in a known shape."""
     with pytest.raises(AgentScriptError, match=re.escape(problem)):
         parse_agent_script({"steps": [step]}, name="bad")
+
+
+@pytest.mark.parametrize(
+    ("step", "wire"),
+    [
+        (
+            {"number": "+15555550199"},
+            {"transfer_destination": {"type": "phone", "value": "+15555550199"}},
+        ),
+        (
+            {"sip_uri": "sip:desk@pbx.example.com"},
+            {"transfer_destination": {"type": "sip_uri", "value": "sip:desk@pbx.example.com"}},
+        ),
+        (
+            {"number": "+15555550199", "shape": "nested"},
+            {"transfer": {"target_phone_number": "+15555550199"}},
+        ),
+        ({"number": "+15555550199", "shape": "flat"}, {"target_phone_number": "+15555550199"}),
+        # A broken agent's target goes out as written, so clients can be tested against it.
+        (
+            {"number": "call my manager"},
+            {"transfer_destination": {"type": "phone", "value": "call my manager"}},
+        ),
+    ],
+)
+def test_transfer_steps_are_sent_in_the_shape_they_name(
+    step: dict[str, Any], wire: dict[str, object]
+) -> None:
+    """The emulator writes transfer_call itself: the Line SDK's shape by default, or another."""
+    [transfer] = parse_agent_script({"steps": [{"transfer": step}]}, name="t").steps
+    assert isinstance(transfer, Transfer)
+    message = json.loads(transfer_call_message("sid_1", transfer))
+    assert message == {"event": "transfer_call", "stream_id": "sid_1", **wire}

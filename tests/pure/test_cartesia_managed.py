@@ -238,13 +238,6 @@ def test_unknown_fields_are_ignored() -> None:
         ('{"type":"audio_output","audio":5}', r"audio_output\.audio"),
         ('{"type":"dtmf_output","digit":"A"}', r"dtmf_output\.digit"),
         ('{"type":"dtmf_output"}', r"dtmf_output\.digit"),
-        ('{"type":"session_ready","call_id":"a","agent_id":"b","audio":{}}', "agent_version_id"),
-        ('{"type":"session_ready","call_id":"a","agent_id":"b","agent_version_id":"c"}', "audio"),
-        (
-            '{"type":"session_ready","call_id":"a","agent_id":"b","agent_version_id":"c",'
-            '"audio":{"input_format":8000}}',
-            r"audio\.input_format",
-        ),
         (
             '{"type":"client_tool_call","tool_call_id":"c","tool_name":"t","parameters":[],'
             '"expects_response":true}',
@@ -258,35 +251,6 @@ def test_unknown_fields_are_ignored() -> None:
         ('{"type":"turn_started","turn":true,"role":"user","start_time":0}', "turn"),
         ('{"type":"turn_started","turn":1.0,"role":"user","start_time":0}', "turn"),
         ('{"type":"turn_started","turn":1,"role":"system","start_time":0}', "role"),
-        ('{"type":"turn_started","turn":1,"role":"user","start_time":"0"}', "start_time"),
-        ('{"type":"turn_started","turn":1,"role":"user","start_time":false}', "start_time"),
-        ('{"type":"turn_output_text_delta","turn":1,"role":"user","text":"x"}', "role"),
-        ('{"type":"turn_output_text_delta","turn":1,"role":"assistant"}', "text"),
-        (
-            '{"type":"turn_ended","turn":1,"role":"user","text":"x","interrupted":0,'
-            '"start_time":0,"end_time":1,"tool_calls":[]}',
-            "interrupted",
-        ),
-        (
-            '{"type":"turn_ended","turn":1,"role":"user","text":"x","interrupted":false,'
-            '"start_time":0,"end_time":1}',
-            "tool_calls",
-        ),
-        (
-            '{"type":"turn_ended","turn":1,"role":"user","text":"x","interrupted":false,'
-            '"start_time":0,"end_time":1,"tool_calls":["x"]}',
-            r"tool_calls\[0\]",
-        ),
-        (
-            '{"type":"turn_ended","turn":1,"role":"user","text":"x","interrupted":false,'
-            '"start_time":0,"end_time":1,"tool_calls":[{"name":"n"}]}',
-            "arguments",
-        ),
-        (
-            '{"type":"turn_ended","turn":1,"role":"user","text":"x","interrupted":false,'
-            '"start_time":0,"end_time":1,"tool_calls":[{"arguments":{}}]}',
-            "name",
-        ),
         ('{"type":"error","code":"agent_failed","message":"m"}', "fatal"),
         ('{"type":"error","message":"m","fatal":true}', "code"),
     ],
@@ -295,6 +259,63 @@ def test_parse_server_event_rejects_bad_input(message: str | bytes, match: str) 
     """Malformed server messages raise CartesiaProtocolError naming the problem."""
     with pytest.raises(CartesiaProtocolError, match=match):
         parse_server_event(message)
+
+
+_ENDED = '"type":"turn_ended","turn":1,"role":"user","text":"x","start_time":0,"end_time":1'
+
+
+@pytest.mark.parametrize(
+    ("message", "ignored"),
+    [
+        ('{"type":"session_ready","call_id":"a","agent_id":"b","audio":{}}', []),
+        ('{"type":"session_ready","call_id":"a","agent_id":"b","agent_version_id":"c"}', []),
+        (
+            '{"type":"session_ready","call_id":"a","agent_id":7,"audio":{"input_format":8000}}',
+            ["session_ready.agent_id", "session_ready.audio.input_format"],
+        ),
+        ('{"type":"session_ready","call_id":"a","audio":[]}', ["session_ready.audio"]),
+        (
+            '{"type":"turn_started","turn":1,"role":"user","start_time":"0"}',
+            ["turn_started.start_time"],
+        ),
+        (
+            '{"type":"turn_started","turn":1,"role":"user","start_time":false}',
+            ["turn_started.start_time"],
+        ),
+        (
+            '{"type":"turn_started","turn":1,"role":"user","start_time":1e400}',
+            ["turn_started.start_time"],
+        ),
+        ('{"type":"turn_output_text_delta","turn":1,"role":"assistant"}', []),
+        ('{"type":"turn_output_text_delta","turn":1,"text":5}', ["turn_output_text_delta.text"]),
+        ("{" + _ENDED + ',"interrupted":0,"tool_calls":[]}', ["turn_ended.interrupted"]),
+        ("{" + _ENDED + ',"interrupted":false}', []),
+        ("{" + _ENDED + ',"tool_calls":{}}', ["turn_ended.tool_calls"]),
+        ("{" + _ENDED + ',"tool_calls":["x"]}', ["turn_ended.tool_calls[]"]),
+        ("{" + _ENDED + ',"tool_calls":[{"name":"n"}]}', ["turn_ended.tool_calls[]"]),
+        ("{" + _ENDED + ',"tool_calls":[{"arguments":{}}]}', ["turn_ended.tool_calls[]"]),
+        ("{" + _ENDED + ',"tool_calls":[],"mood":"fine"}', ["turn_ended.mood"]),
+        ('{"type":"error","code":"c","message":1,"fatal":false}', ["error.message"]),
+    ],
+)
+def test_fields_archer_only_records_are_lenient_and_named(message: str, ignored: list[str]) -> None:
+    """Mistyped or unknown fields Archer only records or logs read as absent; each is named."""
+    seen: list[str] = []
+    event = parse_server_event(message, seen)
+    assert not isinstance(event, Unknown)
+    assert seen == ignored
+
+
+def test_lenient_fields_read_as_absent() -> None:
+    """A dropped field takes its neutral value: no time, no text, not interrupted."""
+    event = parse_server_event(
+        "{" + _ENDED.replace('"text":"x"', '"text":1') + ',"interrupted":"no"}'
+    )
+    assert isinstance(event, TurnEnded)
+    assert (event.text, event.interrupted, event.tool_calls) == ("", False, ())
+    started = parse_server_event('{"type":"turn_started","turn":2,"role":"user","start_time":"x"}')
+    assert isinstance(started, TurnStarted)
+    assert started.start_time is None
 
 
 def test_error_event_keeps_an_unlisted_code() -> None:

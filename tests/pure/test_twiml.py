@@ -122,9 +122,20 @@ def test_dial_structure_and_size() -> None:
     assert len(document) < 4000
 
 
-@pytest.mark.parametrize("number", ["", "14155550100", "+0123", "+1 415 555 0100", "+1" + "2" * 15])
+def test_dial_to_a_sip_uri_is_dial_sip() -> None:
+    """A SIP URI target becomes Response/Dial/Sip(uri), as a contact centre over SIP needs."""
+    root = _parse(twiml.dial("sip:fraud-desk@pbx.bank.example;transport=tls"))
+    [dial] = list(root)
+    [sip] = list(dial)
+    assert (sip.tag, sip.text) == ("Sip", "sip:fraud-desk@pbx.bank.example;transport=tls")
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["", "14155550100", "+0123", "+1 415 555 0100", "+1" + "2" * 15, "sip:", "sip:a b", "tel:+1"],
+)
 def test_dial_rejects_non_e164(number: str) -> None:
-    """dial refuses anything but an E.164 number."""
+    """dial refuses anything but an E.164 number or a SIP URI."""
     with pytest.raises(ValueError, match=r"E\.164"):
         twiml.dial(number)
 
