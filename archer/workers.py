@@ -120,7 +120,9 @@ async def supervise(
     try:
         for sock in listening:
             sock.listen(config.backlog)
-        log.info("workers.starting", workers=workers, bind=config.bind)
+        log.info(
+            "workers.starting", workers=workers, bind=config.bind, metrics_dir=str(metrics_dir)
+        )
         _warn_about_orphan_spools(Path(settings.spool_path), workers)
         # Create the schema once, before the workers race to: SQLite would otherwise have N
         # processes switching a new file to WAL at the same moment.
