@@ -105,16 +105,16 @@ class Settings:
     #: Seconds live calls get after SIGTERM; by default as long as the longest call can still
     #: run (``default_drain_timeout``), so a deploy cuts no call.
     drain_timeout: float = 3670.0
-    #: Records the database did not take wait here (one file per process) until replayed.
-    spool_path: str = "spool/calls.jsonl"
-    spool_replay_interval: float = 30.0
-    limits: CallLimits = attrs.Factory(CallLimits)
-    # --- capacity (issue 15) ---
+    # --- capacity: MAX_ACTIVE_CALLS (archer.web.capacity) ---
     #: Calls this process carries at once; at the cap /readyz answers 503 and a webhook that
     #: still arrives gets the overflow TwiML (``archer.web.capacity``).
     max_active_calls: int = 50
     #: Where a call that finds the process full is sent (E.164); "" : a short apology instead.
     overflow_number: str = ""
+    #: Records the database did not take wait here (one file per process) until replayed.
+    spool_path: str = "spool/calls.jsonl"
+    spool_replay_interval: float = 30.0
+    limits: CallLimits = attrs.Factory(CallLimits)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Self:
@@ -172,12 +172,12 @@ class Settings:
             workers=env.integer("ARCHER_WORKERS", 1, minimum=1),
             db_pool_size=env.integer("DB_POOL_SIZE", 5, minimum=1),
             drain_timeout=env.number("DRAIN_TIMEOUT", default_drain_timeout(limits)),
+            # --- capacity ---
+            max_active_calls=env.integer("MAX_ACTIVE_CALLS", 50, minimum=1),
+            overflow_number=env.text("OVERFLOW_NUMBER", "", check=_e164),
             spool_path=env.text("SPOOL_PATH", "spool/calls.jsonl"),
             spool_replay_interval=env.number("SPOOL_REPLAY_INTERVAL", 30.0),
             limits=limits,
-            # --- capacity (issue 15) ---
-            max_active_calls=env.integer("MAX_ACTIVE_CALLS", 50, minimum=1),
-            overflow_number=env.text("OVERFLOW_NUMBER", "", check=_e164),
         )
 
     def check_serving(self) -> None:
