@@ -151,9 +151,9 @@ async def test_a_call_longer_than_30_s_outlives_a_sigterm_under_the_default_sett
     tmp_path: Path,
 ) -> None:
     """Default DRAIN_TIMEOUT: a call in progress at SIGTERM, and one answered just before whose
-    stream arrives during the drain, both run on past 30 s, end normally and are recorded;
-    then the process exits 0 on its own."""
-    port = free_port()
+    stream arrives during the drain (on the media listener), both run on past 30 s, end
+    normally and are recorded; then the process exits 0 on its own."""
+    port, media_port = free_port(), free_port()
     database = tmp_path / "archer.db"
     async with trio.open_nursery() as nursery:
         agent = AgentServer(stay_on_the_line)
@@ -168,6 +168,7 @@ async def test_a_call_longer_than_30_s_outlives_a_sigterm_under_the_default_sett
             "CARTESIA_AGENT_ID": "agent_drain",
             "CARTESIA_WS_URL": agent.url,
             "SPOOL_PATH": str(tmp_path / "spool.jsonl"),
+            "MEDIA_PORT": str(media_port),
         }
         server = await trio.lowlevel.open_process(
             [sys.executable, "-m", "archer", "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -188,10 +189,11 @@ async def test_a_call_longer_than_30_s_outlives_a_sigterm_under_the_default_sett
                     archer_url=f"http://127.0.0.1:{port}",
                     public_base_url=BASE_URL,
                     auth_token=AUTH_TOKEN,
+                    media_url=media_url,
                     call_sid=f"CA{n:032x}",
                     stream_sid=f"MZ{n:032x}",
                 )
-                for n in (1, 2)
+                for n, media_url in ((1, None), (2, f"http://127.0.0.1:{media_port}"))
             )
             await in_progress.dial()
             await in_progress.connect(nursery)
