@@ -13,6 +13,7 @@ import attrs
 from quart_trio import QuartTrio
 
 from archer.metrics import Metrics
+from archer.web.capacity import Capacity
 from archer.web.drain import Drain
 from archer.web.health import health_blueprint
 from archer.web.media import media_blueprint
@@ -42,6 +43,10 @@ class Services:
     spool: RecordSpool
     drain: Drain = attrs.Factory(Drain)
     metrics: Metrics = attrs.Factory(Metrics)
+    #: MAX_ACTIVE_CALLS against the calls ``drain`` counts (built from them unless given).
+    capacity: Capacity = attrs.Factory(
+        lambda self: Capacity(self.settings.max_active_calls, self.drain), takes_self=True
+    )
 
 
 def create_app(services: Services) -> QuartTrio:

@@ -11,13 +11,20 @@ Rules:
   ``FRAME_LATENCY_SAMPLE_EVERY``). The per-call counters (frames, barge-ins, tool calls) are
   plain ints on ``CallState`` and reach the metrics once, in ``call_finished``.
 - The registry is this object's own, not ``prometheus_client.REGISTRY``: tests build several
-  apps in one process, and a server is one process (scale out with more processes, each
-  scraped on its own; no multiprocess mode).
+  apps in one process.
+- ``archer serve --workers N``: the supervisor gives the workers one fresh directory in
+  ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode: every worker's values
+  live in memory-mapped files there), and ``render`` then reads every worker's files, so one
+  scrape of the shared port reports the whole server whichever worker answers it. Gauges say
+  how workers combine (``livesum``: the sum over running workers). The per-process
+  ``process_*`` collector is left out in that mode (it would describe only the worker that
+  answered); use the container's CPU and memory instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, get_args
 
 import attrs
@@ -30,11 +37,16 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from archer.call.records import END_REASONS, CallStatus
 
 if TYPE_CHECKING:
     from archer.call.records import CallRecord
+
+#: prometheus_client's own variable: set (by the ``--workers`` supervisor) before it is imported,
+#: it stores every value in files in that directory, one set per process.
+MULTIPROC_DIR_VARIABLE: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 #: The value of any label that is not one of its fixed set.
 OTHER: Final = "other"
@@ -74,6 +86,9 @@ DB_OPERATIONS: Final = (
     "recent_transactions",
     "set_card_status",
 )
+
+#: What a call that found the process at MAX_ACTIVE_CALLS got: the apology, or OVERFLOW_NUMBER.
+OVERFLOW_OUTCOMES: Final = ("apology", "redirected")
 
 #: Routes that check ``X-Twilio-Signature``.
 SIGNED_ROUTES: Final = ("/twilio/voice", "/twilio/status", "/ws/cartesia")
@@ -136,10 +151,15 @@ class Metrics:
     """Archer's metrics and the registry they live in; build once per server.
 
     ``tool_names`` bounds the ``tool`` label: the names in ``config/tools.json`` by default;
-    any other tool name is counted as ``"other"``.
+    any other tool name is counted as ``"other"``. ``multiprocess_dir``: the directory of
+    prometheus_client's multiprocess mode (``--workers``), which ``render`` aggregates; it must
+    be the ``PROMETHEUS_MULTIPROC_DIR`` this process started with.
     """
 
     tool_names: frozenset[str] = attrs.field(factory=_default_tool_names, converter=frozenset)
+    multiprocess_dir: Path | None = None
+    #: This process's cap (MAX_ACTIVE_CALLS), reported as ``archer_calls_capacity``.
+    max_active_calls: int | None = None
     registry: CollectorRegistry = attrs.field(init=False, factory=CollectorRegistry)
 
     calls_active: Gauge = attrs.field(init=False)
@@ -157,14 +177,20 @@ class Metrics:
     spool_depth_gauge: Gauge = attrs.field(init=False)
     signature_rejections: Counter = attrs.field(init=False)
     webhook_apologies: Counter = attrs.field(init=False)
+    calls_overflowed: Counter = attrs.field(init=False)
+    calls_capacity: Gauge = attrs.field(init=False)
     _latency_by_direction: dict[str, Histogram] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         registry = self.registry
-        # CPU, memory, open files and start time of this process (Linux; nothing elsewhere).
-        ProcessCollector(registry=registry)
+        if self.multiprocess_dir is None:
+            # CPU, memory, open files and start time of this process (Linux; nothing elsewhere).
+            ProcessCollector(registry=registry)
         self.calls_active = Gauge(
-            "archer_calls_active", "Calls being bridged now.", registry=registry
+            "archer_calls_active",
+            "Calls being bridged now.",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.calls = Counter(
             "archer_calls_total",
@@ -236,8 +262,10 @@ class Metrics:
         )
         self.spool_depth_gauge = Gauge(
             "archer_spool_depth",
-            "Call records in the local spool waiting to be replayed into the database.",
+            "Call records in the spool waiting to be replayed into the database.",
             registry=registry,
+            # Workers may replay the same spool files: the largest count, not the sum.
+            multiprocess_mode="livemax",
         )
         self.signature_rejections = Counter(
             "archer_signature_rejections_total",
@@ -250,6 +278,22 @@ class Metrics:
             "Incoming calls answered with the apology TwiML (database down or draining).",
             registry=registry,
         )
+        self.calls_overflowed = Counter(
+            "archer_calls_overflowed_total",
+            "Incoming calls turned away at MAX_ACTIVE_CALLS, by what they got.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.calls_capacity = Gauge(
+            "archer_calls_capacity",
+            "Calls this server takes at most (MAX_ACTIVE_CALLS, summed over workers).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        if self.max_active_calls is not None:
+            self.calls_capacity.set(self.max_active_calls)
+        for outcome in OVERFLOW_OUTCOMES:
+            self.calls_overflowed.labels(outcome)
         # Series with fixed label sets start at zero, so rate() and alerts see them at once.
         for direction in FRAME_DIRECTIONS:
             for outcome in FRAME_OUTCOMES:
@@ -366,8 +410,20 @@ class Metrics:
         """An incoming call was answered with the apology TwiML instead of a stream."""
         self.webhook_apologies.inc()
 
+    def overflow(self, *, redirected: bool) -> None:
+        """An incoming call found the process at MAX_ACTIVE_CALLS (sent on, or apologised to)."""
+        self.calls_overflowed.labels("redirected" if redirected else "apology").inc()
+
     # --- exposition ---------------------------------------------------------------------------
 
     def render(self) -> tuple[bytes, str]:
-        """The registry in Prometheus' text format, and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The metrics in Prometheus' text format, and its content type.
+
+        In multiprocess mode: every worker's, aggregated from ``multiprocess_dir`` (read at
+        each scrape, so it sees workers that started or stopped since).
+        """
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(everyone), CONTENT_TYPE_LATEST

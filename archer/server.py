@@ -47,15 +47,20 @@ SHUTDOWN_GRACE: Final = 1.0
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, spool: JsonlSpool, tools: ToolRegistry | None = None
+    settings: Settings,
+    *,
+    spool: JsonlSpool,
+    tools: ToolRegistry | None = None,
+    metrics_dir: Path | None = None,
 ) -> AsyncIterator[Services]:
     """Open the database (creating the schema if needed) and build the app's services.
 
-    ``tools`` replaces the banking tools (tests use their own).
+    ``tools`` replaces the banking tools (tests use their own). ``metrics_dir``: the
+    ``--workers`` multiprocess metrics directory (``archer.metrics``).
 
     Cancellation: the database engine and Twilio's HTTP connections are released on the way out.
     """
-    metrics = Metrics()
+    metrics = Metrics(multiprocess_dir=metrics_dir, max_active_calls=settings.max_active_calls)
     store = attrs.evolve(
         SqlCallStore.open(settings.database_url, pool_size=settings.db_pool_size),
         observe=metrics.db_operation,
@@ -153,6 +158,7 @@ async def serve(  # noqa: ASYNC128
     tools: ToolRegistry | None = None,
     hypercorn_toml: Path | None = None,
     listen_fds: Sequence[int] = (),
+    metrics_dir: Path | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_termination,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -163,12 +169,15 @@ async def serve(  # noqa: ASYNC128
     The spool is replayed at start and every ``SPOOL_REPLAY_INTERVAL`` while serving.
 
     ``listen_fds``: serve on these already-listening sockets (inherited from the ``--workers``
-    supervisor) instead of binding ``host``:``port``.
+    supervisor) instead of binding ``host``:``port``. ``metrics_dir``: the supervisor's
+    multiprocess metrics directory, so ``/metrics`` reports every worker.
 
     Cancellation: stops serving at once; live calls are cancelled and flushed.
     """
     spool = JsonlSpool(Path(settings.spool_path))
-    async with open_services(settings, spool=spool, tools=tools) as services:
+    async with open_services(
+        settings, spool=spool, tools=tools, metrics_dir=metrics_dir
+    ) as services:
         config = hypercorn_config(
             settings,
             host=host if host is not None else settings.host,

@@ -103,7 +103,15 @@ class Settings:
     #: ``archer serve`` worker processes sharing the listening socket (``--workers`` overrides).
     workers: int = 1
     db_pool_size: int = 5
-    drain_timeout: float = 30.0
+    #: Seconds live calls get after SIGTERM; by default as long as the longest call can still
+    #: run (``default_drain_timeout``), so a deploy cuts no call.
+    drain_timeout: float = 3670.0
+    # --- capacity: MAX_ACTIVE_CALLS (archer.web.capacity) ---
+    #: Calls this process carries at once; at the cap /readyz answers 503 and a webhook that
+    #: still arrives gets the overflow TwiML (``archer.web.capacity``).
+    max_active_calls: int = 50
+    #: Where a call that finds the process full is sent (E.164); "" : a short apology instead.
+    overflow_number: str = ""
     #: Records the database did not take wait here (one file per process) until replayed.
     spool_path: str = "spool/calls.jsonl"
     spool_replay_interval: float = 30.0
@@ -164,7 +172,10 @@ class Settings:
             media_port=env.integer("MEDIA_PORT", 0, maximum=65535),
             workers=env.integer("ARCHER_WORKERS", 1, minimum=1),
             db_pool_size=env.integer("DB_POOL_SIZE", 5, minimum=1),
-            drain_timeout=env.number("DRAIN_TIMEOUT", 30.0),
+            drain_timeout=env.number("DRAIN_TIMEOUT", default_drain_timeout(limits)),
+            # --- capacity ---
+            max_active_calls=env.integer("MAX_ACTIVE_CALLS", 50, minimum=1),
+            overflow_number=env.text("OVERFLOW_NUMBER", "", check=_e164),
             spool_path=env.text("SPOOL_PATH", "spool/calls.jsonl"),
             spool_replay_interval=env.number("SPOOL_REPLAY_INTERVAL", 30.0),
             limits=limits,
@@ -199,6 +210,16 @@ class Settings:
     def media_stream_url(self) -> str:
         """The public ``wss://`` URL Twilio dials for the media stream."""
         return f"wss://{self.public_host}/ws/cartesia"
+
+
+def default_drain_timeout(limits: CallLimits) -> float:
+    """``DRAIN_TIMEOUT`` when unset: the longest a call answered just before SIGTERM may run.
+
+    Its stream may arrive up to ``STREAM_TOKEN_TTL`` after the webhook (plus
+    ``TWILIO_START_TIMEOUT`` for ``start``) and then lasts at most ``MAX_CALL_SECONDS``: with
+    the defaults 60 + 10 + 3600 = 3670 s. A drain this long cuts no call at a deploy.
+    """
+    return limits.stream_token_ttl + limits.twilio_start_timeout + limits.max_call_seconds
 
 
 def load_environ(environ: Mapping[str, str], dotenv: Path = Path(".env")) -> dict[str, str]:
@@ -327,6 +348,12 @@ def _base_url(value: str) -> str:
     _url(value, ("http", "https"), "an http(s) URL such as https://archer.example.com")
     if urlsplit(value).path not in ("", "/"):
         raise ValueError("a bare origin (no path), such as https://archer.example.com")
+    return value
+
+
+def _e164(value: str) -> str:
+    if not _E164.fullmatch(value):
+        raise ValueError("an E.164 phone number such as +15555550199")
     return value
 
 

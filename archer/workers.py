@@ -18,6 +18,11 @@ Rules:
   a server that silently runs at reduced capacity; there is no in-place respawn.
 - Workers watch a pipe from the supervisor; if the supervisor dies (even by SIGKILL), they drain
   and exit rather than serve on unsupervised.
+- Metrics: the supervisor makes a fresh directory for each run, hands it to every worker as
+  ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode), marks each worker dead
+  there when it exits (its live gauges stop counting; its counters stay, so totals never go
+  back) and removes the directory once every worker is gone. Whichever worker answers a scrape
+  reports the whole server (``archer.metrics``).
 - Each worker has its own spool file (``worker_spool_path``) and replays only that: the replay
   rewrites its file, which would lose lines another process appended meanwhile, so neither a
   shared file replayed by one worker nor one replayed by the supervisor would be safe.
@@ -26,8 +31,10 @@ Rules:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
@@ -41,8 +48,9 @@ from archer.db.spool import spool_files, worker_spool_path
 from archer.errors import ArcherError, ConfigError, StoreError
 from archer.settings import Settings
 
-# archer.server (quart, hypercorn, SQLAlchemy: about a second to import) is imported inside the
-# functions, so a worker sets its SIGTERM handler before that, not after (``run_worker``).
+# archer.server (quart, hypercorn, SQLAlchemy: about a second to import) and archer.metrics
+# (prometheus_client) are imported inside the functions, so a worker sets its SIGTERM handler
+# before that, not after (``run_worker``).
 
 log = structlog.get_logger(__name__)
 
@@ -86,6 +94,7 @@ async def supervise(
     Cancellation: the workers are not killed; they see the supervisor's pipe close when this
     process exits, and drain.
     """
+    from archer.metrics import MULTIPROC_DIR_VARIABLE
     from archer.server import hypercorn_config
 
     config = hypercorn_config(
@@ -104,11 +113,16 @@ async def supervise(
     listening = [*sockets.secure_sockets, *sockets.insecure_sockets]
     # Never written: it closes when this process ends, however it ends, and workers notice.
     supervisor_read, supervisor_write = os.pipe()
-    supervision = _Supervision()
+    # One scrape, every worker: their metric values meet in files here (archer.metrics).
+    metrics_dir = Path(tempfile.mkdtemp(prefix="archer-metrics-"))
+    worker_environ = {**os.environ, MULTIPROC_DIR_VARIABLE: str(metrics_dir)}
+    supervision = _Supervision(metrics_dir=metrics_dir)
     try:
         for sock in listening:
             sock.listen(config.backlog)
-        log.info("workers.starting", workers=workers, bind=config.bind)
+        log.info(
+            "workers.starting", workers=workers, bind=config.bind, metrics_dir=str(metrics_dir)
+        )
         _warn_about_orphan_spools(Path(settings.spool_path), workers)
         # Create the schema once, before the workers race to: SQLite would otherwise have N
         # processes switching a new file to WAL at the same moment.
@@ -124,6 +138,7 @@ async def supervise(
                         hypercorn_toml=hypercorn_toml,
                     ),
                     pass_fds=(*(sock.fileno() for sock in listening), supervisor_read),
+                    env=worker_environ,
                 )
                 supervision.processes.append(process)
                 log.info("workers.started", worker=index, pid=process.pid)
@@ -144,6 +159,10 @@ async def supervise(
         if supervisor_read >= 0:
             os.close(supervisor_read)
         os.close(supervisor_write)
+        if all(process.returncode is not None for process in supervision.processes):
+            # A worker still running (this task was cancelled) keeps its files; /tmp's
+            # cleaner takes them later.
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     exit_code = 1 if supervision.failures else 0
     (log.error if exit_code else log.info)(
         "workers.stopped", exit_code=exit_code, failed=supervision.failures or None
@@ -178,6 +197,7 @@ def worker_command(
 class _Supervision:
     """The workers, whether they were asked to stop, and which ones failed."""
 
+    metrics_dir: Path
     processes: list[trio.Process] = attrs.Factory(list)
     stopping: bool = False
     failures: list[str] = attrs.Factory(list)
@@ -190,7 +210,11 @@ class _Supervision:
 
     async def watch(self, index: int, process: trio.Process) -> None:
         """Wait for worker ``index`` to exit; an exit nobody asked for stops the others."""
+        from prometheus_client.multiprocess import mark_process_dead
+
         code = await process.wait()
+        # Its live gauges (calls active) no longer count towards the server's.
+        mark_process_dead(process.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
         described = f"worker {index} (pid {process.pid}) {_exit_text(code)}"
         if self.stopping and code == -signal.SIGTERM:
             # Our SIGTERM reached it before it set its handler (``run_worker`` does that first
@@ -259,6 +283,7 @@ def run_worker(
     # not the default "die": remember it until the shutdown trigger looks.
     early_stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: early_stop.set())
+    from archer.metrics import MULTIPROC_DIR_VARIABLE
     from archer.server import serve
 
     # Every line this process logs, in every task and thread (trio copies the context).
@@ -266,6 +291,8 @@ def run_worker(
     settings = attrs.evolve(
         settings, spool_path=str(worker_spool_path(Path(settings.spool_path), index))
     )
+    # Set by the supervisor (prometheus_client read it when it was imported just above).
+    metrics_dir = os.environ.get(MULTIPROC_DIR_VARIABLE)
     trio.run(
         partial(
             serve,
@@ -273,6 +300,7 @@ def run_worker(
             host=host,
             hypercorn_toml=hypercorn_toml,
             listen_fds=listen_fds,
+            metrics_dir=Path(metrics_dir) if metrics_dir else None,
             shutdown_trigger=partial(wait_for_stop, supervisor_fd, early_stop),
         )
     )

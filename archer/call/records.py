@@ -34,6 +34,7 @@ END_REASONS: Final = frozenset(
         "protocol_error",  # a peer sent something we could not understand
         "stream_rejected",  # the media stream's one-time token was missing, used or expired
         "max_duration",  # the call hit the maximum call length
+        "overflow",  # turned away at MAX_ACTIVE_CALLS (apology, or OVERFLOW_NUMBER): never bridged
         "server_shutdown",  # the server drained and cancelled the call
         "database_unavailable",  # the database failed while the call needed it
         "internal_error",  # a bug; the traceback is in the log

@@ -1,14 +1,18 @@
 """``GET /healthz`` (the process answers) and ``GET /readyz`` (it can take calls).
 
-Layer: web. Readiness needs the database to answer within a short deadline.
+Layer: web. Readiness needs the database to answer within a short deadline, the process not to
+be draining, and room below ``MAX_ACTIVE_CALLS`` (``archer.web.capacity``). ``/readyz``'s body is
+always JSON with the counts, ready or not: ``{"ready": false, "reason": "at capacity",
+"live_calls": 50, "reserved_calls": 0, "max_active_calls": 50, "draining": false}``.
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Final
 
 import trio
-from quart import Blueprint
+from quart import Blueprint, Response
 
 from archer.errors import StoreError
 
@@ -27,17 +31,29 @@ def health_blueprint(services: Services) -> Blueprint:
     async def healthz() -> tuple[str, int]:  # noqa: ASYNC124
         return "ok\n", 200
 
+    def answer(reason: str | None) -> Response:
+        body = {"ready": reason is None, "reason": reason, **services.capacity.snapshot()}
+        return Response(
+            json.dumps(body) + "\n",
+            status=200 if reason is None else 503,
+            content_type="application/json",
+        )
+
     @blueprint.get("/readyz")
-    async def readyz() -> tuple[str, int]:
+    async def readyz() -> Response:
         if services.drain.draining:
-            return f"draining: {services.drain.live_calls} calls still live\n", 503
+            return answer("draining")
+        if services.capacity.full:
+            # Checked before the database: a full process must stop getting calls even if
+            # the database is slow to answer.
+            return answer("at capacity")
         with trio.move_on_after(READY_TIMEOUT) as deadline:
             try:
                 await services.store.check()
             except StoreError as exc:
-                return f"database unavailable: {exc}\n", 503
+                return answer(f"database unavailable: {exc}")
         if deadline.cancelled_caught:
-            return "database did not answer in time\n", 503
-        return "ready\n", 200
+            return answer("database did not answer in time")
+        return answer(None)
 
     return blueprint

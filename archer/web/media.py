@@ -75,6 +75,9 @@ async def carry_stream(services: Services, twilio: TwilioMediaStream) -> None:
         call_sid=start.call_sid, stream_sid=start.stream_sid
     ):
         call = await _claim(services, start)
+        # From here the call is live (counted by the drain below) or refused: its place
+        # reserved by the webhook is no longer needed.
+        services.capacity.release(start.call_sid)
         if call is None:
             return
         log.info("call.started", customer_id=call.customer_id)

@@ -2,7 +2,9 @@
 
 Layer: web. Validates the signature, opens the call row (finding or creating the customer),
 mints the one-time stream token and answers TwiML. Never a 500: with the database down the
-caller hears a short apology and Twilio hangs up.
+caller hears a short apology and Twilio hangs up. At ``MAX_ACTIVE_CALLS`` (``archer.web.capacity``)
+the caller hears a short apology, or is sent to ``OVERFLOW_NUMBER``, and the call is written as
+one finished row with ``end_reason=overflow``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Final
 
 import structlog
+import trio
 from quart import Blueprint, Response
 
-from archer.call.records import NewCall
+from archer.call.records import CallRecord, NewCall
 from archer.call.state import utc_now
 from archer.errors import StoreError
 from archer.logs import mask_phone
@@ -32,6 +35,12 @@ APOLOGY: Final = (
     "We're sorry, we can't take your call right now. Please try again in a few minutes."
 )
 TWIML_CONTENT_TYPE: Final = "text/xml"
+#: Said when this process is at MAX_ACTIVE_CALLS and no OVERFLOW_NUMBER is set.
+BUSY_APOLOGY: Final = (
+    "We're sorry, all our lines are busy right now. Please call again in a few minutes."
+)
+#: The overflow row is a courtesy to the records; the caller's answer never waits longer.
+OVERFLOW_WRITE_TIMEOUT: Final = 2.0
 
 
 def stream_token_hash(token: str) -> str:
@@ -56,6 +65,8 @@ def voice_blueprint(services: Services) -> Blueprint:
             log.info("call.refused_draining", call_sid=call_sid)
             services.metrics.apology()
             return Response(twiml.apology(APOLOGY), content_type=TWIML_CONTENT_TYPE)
+        if not services.capacity.admit(call_sid):
+            return await _overflow(services, params, call_sid)
         from_number = params.get("From", "")
         caller_e164 = e164_or_none(from_number)
         token = secrets.token_urlsafe(32)
@@ -73,6 +84,7 @@ def voice_blueprint(services: Services) -> Blueprint:
             try:
                 opened = await services.store.open_call(new_call)
             except StoreError as exc:
+                services.capacity.release(call_sid)
                 log.error("call.rejected_database_unavailable", error=str(exc))
                 services.metrics.apology()
                 return Response(twiml.apology(APOLOGY), content_type=TWIML_CONTENT_TYPE)
@@ -93,3 +105,44 @@ def voice_blueprint(services: Services) -> Blueprint:
         return Response(body, content_type=TWIML_CONTENT_TYPE)
 
     return blueprint
+
+
+async def _overflow(services: Services, params: dict[str, str], call_sid: str) -> Response:
+    """Answer a call that finds this process full: the overflow number, or the apology.
+
+    The call is written as one finished row (``failed``, or ``transferred`` when sent to
+    ``OVERFLOW_NUMBER``, with ``end_reason=overflow``) so the record says why the caller never
+    reached the agent, and Twilio's later status callback lands on that row instead of leaving
+    a bare ``initiated`` one. Best effort: the answer never waits on it beyond
+    ``OVERFLOW_WRITE_TIMEOUT``, and a database error is only logged.
+
+    Cancellation: the row may or may not be written; nothing else is left behind.
+    """
+    overflow_number = services.settings.overflow_number
+    capacity = services.capacity
+    with structlog.contextvars.bound_contextvars(call_sid=call_sid):
+        log.warning(
+            "call.overflow",
+            live_calls=capacity.live_calls,
+            reserved_calls=capacity.reserved_calls,
+            max_active_calls=capacity.max_active_calls,
+            redirected=bool(overflow_number),
+        )
+        services.metrics.overflow(redirected=bool(overflow_number))
+        now = utc_now()
+        record = CallRecord(
+            call_sid=call_sid,
+            status="transferred" if overflow_number else "failed",
+            started_at=now,
+            ended_at=now,
+            from_number=params.get("From", ""),
+            to_number=params.get("To", ""),
+            end_reason="overflow",
+        )
+        with trio.move_on_after(OVERFLOW_WRITE_TIMEOUT):
+            try:
+                await services.store.save_call(record)
+            except StoreError as exc:
+                log.error("call.overflow_not_recorded", error=str(exc))
+    body = twiml.dial(overflow_number) if overflow_number else twiml.apology(BUSY_APOLOGY)
+    return Response(body, content_type=TWIML_CONTENT_TYPE)
