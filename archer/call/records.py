@@ -120,6 +120,10 @@ class OpenedCall:
 
     call_sid: str
     customer_id: int | None
+    #: This webhook's token is the call's one usable token. False for a repeated webhook: the
+    #: call was armed before (its token may be live, spent or expired), so this one must not
+    #: be handed a stream.
+    armed: bool = True
 
 
 @attrs.frozen(slots=True)

@@ -3,6 +3,12 @@
 Layer: web. Validates the signature, opens the call row (finding or creating the customer),
 mints the one-time stream token and answers TwiML. Never a 500: with the database down the
 caller hears a short apology and Twilio hangs up.
+
+A call is armed once (issue 19): a repeated webhook for a CallSid (a replay of a captured,
+signed request; the signature covers only the URL and form, so it replays perfectly) is
+answered ``<Hangup/>`` and never gets a token, whether the first token is live, spent or
+expired. Twilio's ``I-Twilio-Idempotency-Token`` header does not help here: it is not covered
+by the signature, so a replayer can send, copy or leave it out at will; it is only logged.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Final
 
 import structlog
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from archer.call.records import NewCall
 from archer.call.state import utc_now
@@ -76,6 +82,12 @@ def voice_blueprint(services: Services) -> Blueprint:
                 log.error("call.rejected_database_unavailable", error=str(exc))
                 services.metrics.apology()
                 return Response(twiml.apology(APOLOGY), content_type=TWIML_CONTENT_TYPE)
+            if not opened.armed:
+                log.warning(
+                    "call.webhook_repeated",
+                    idempotency_token=request.headers.get("I-Twilio-Idempotency-Token") is not None,
+                )
+                return Response(twiml.hang_up(), content_type=TWIML_CONTENT_TYPE)
             log.info(
                 "call.incoming",
                 caller=mask_phone(caller_e164 or from_number),
