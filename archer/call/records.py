@@ -22,6 +22,7 @@ END_REASONS: Final = frozenset(
     {
         "caller_hangup",  # Twilio sent `stop`
         "twilio_disconnected",  # the media socket closed without `stop`
+        "twilio_lost",  # no media from Twilio for TWILIO_MEDIA_TIMEOUT (socket gone or silent)
         "agent_hangup",  # the agent closed with 1000
         "agent_ended",  # the agent's end_call tool
         "transferred",  # handed to a human
