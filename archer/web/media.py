@@ -24,6 +24,7 @@ from archer.call.records import CallRecord, StreamClaim
 from archer.call.session import bridge_call, flush_call_record
 from archer.call.state import CallState, utc_now
 from archer.errors import StoreError, TwilioProtocolError
+from archer.twilio.form import TwilioFormError, check_stream_start
 from archer.twilio.stream import TwilioMediaStream
 from archer.web.twilio_auth import stream_upgrade_signed
 from archer.web.voice import stream_token_hash
@@ -42,7 +43,10 @@ def media_blueprint(services: Services) -> Blueprint:
     async def media_stream() -> tuple[str, int] | None:
         # Before accept: a forged upgrade is refused with 403 and never becomes a socket.
         if not stream_upgrade_signed(
-            services, websocket.headers.get("X-Twilio-Signature"), websocket.path
+            services,
+            websocket.headers.get("X-Twilio-Signature"),
+            websocket.path,
+            websocket.query_string.decode("latin-1"),
         ):
             return "forbidden", 403
         await websocket.accept()
@@ -132,6 +136,11 @@ async def _claim(services: Services, start: Start) -> CallState | None:
     token = start.custom_parameters.get("token", "")
     if not token:
         log.warning("stream.rejected", reason="no token")
+        return None
+    try:
+        check_stream_start(start.call_sid, start.stream_sid, token)
+    except TwilioFormError as exc:
+        log.warning("stream.rejected", reason=str(exc))
         return None
     now = utc_now()
     try:

@@ -27,6 +27,7 @@ from archer.errors import StoreError
 from archer.logs import mask_phone
 from archer.phone import e164_or_none
 from archer.twilio import twiml
+from archer.twilio.form import voice_form
 from archer.web.twilio_auth import signed_form
 
 if TYPE_CHECKING:
@@ -54,22 +55,21 @@ def voice_blueprint(services: Services) -> Blueprint:
         params = await signed_form(services, "/twilio/voice")
         if params is None:
             return "forbidden", 403
-        call_sid = params.get("CallSid", "")
-        if not call_sid:
-            return "CallSid is required", 400
+        form = voice_form(params)  # a malformed field is a 400 (archer.app), before any write
+        call_sid = form.call_sid
         if services.drain.draining:
             # Shutting down: this process takes no new call; the caller can try again at once.
             log.info("call.refused_draining", call_sid=call_sid)
             services.metrics.apology()
             return Response(twiml.apology(APOLOGY), content_type=TWIML_CONTENT_TYPE)
-        from_number = params.get("From", "")
+        from_number = form.from_number
         caller_e164 = e164_or_none(from_number)
         token = secrets.token_urlsafe(32)
         now = utc_now()
         new_call = NewCall(
             call_sid=call_sid,
             from_number=from_number,
-            to_number=params.get("To", ""),
+            to_number=form.to_number,
             caller_e164=caller_e164,
             stream_token_hash=stream_token_hash(token),
             stream_token_expires_at=now + timedelta(seconds=settings.limits.stream_token_ttl),
