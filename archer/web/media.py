@@ -7,8 +7,12 @@ the call, whatever ended it.
 
 Rules: quart-trio cancels this route when Twilio's socket goes away, so a disconnect arrives as
 cancellation, not as an exception; the shielded flush in ``finally`` runs either way. A call
-nobody finished by then ended because the socket went (``twilio_disconnected``). Everything
-after the upgrade is accepted (``carry_stream``) is shared with the dedicated media listener.
+nobody finished by then ended because the socket went (``twilio_disconnected``). Hypercorn
+(0.18) closing the socket itself, on a message over ``MAX_MESSAGE_BYTES`` (1009), is not
+reported to the route until the TCP connection ends, and sends meanwhile are dropped silently:
+a peer that holds its socket open is caught by the call's media timeout (``twilio_lost``,
+``TWILIO_MEDIA_TIMEOUT``), as is any stream that stops sending. Everything after the upgrade
+is accepted (``carry_stream``) is shared with the dedicated media listener.
 """
 
 from __future__ import annotations

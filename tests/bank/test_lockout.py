@@ -26,7 +26,8 @@ from archer.db.engine import init_schema
 from archer.db.seed import seed_demo_bank
 from archer.db.store import SqlCallStore
 from archer.db.tables import customers, pin_failures, pin_lockouts
-from archer.errors import ToolError
+from archer.errors import ConfigError, ToolError
+from archer.settings import Settings
 from tests.bank.test_tools import SEED, Bank
 from tests.fakes.telephony import FakeTelephony
 
@@ -171,3 +172,16 @@ async def test_two_instances_share_one_count(database_url: str) -> None:
     finally:
         await second.aclose()
         await first.store.aclose()
+
+
+def test_the_lockout_settings_are_read_and_checked() -> None:
+    """``PIN_MAX_FAILURES`` and ``PIN_LOCKOUT_SECONDS``: defaults 5 and 900, read, validated."""
+    defaults = Settings.from_environ({})
+    assert (defaults.pin_max_failures, defaults.pin_lockout_seconds) == (5, 900.0)
+    assert PinPolicy() == PinPolicy(defaults.pin_max_failures, defaults.pin_lockout_seconds)
+    custom = Settings.from_environ({"PIN_MAX_FAILURES": "3", "PIN_LOCKOUT_SECONDS": "60"})
+    assert (custom.pin_max_failures, custom.pin_lockout_seconds) == (3, 60.0)
+    with pytest.raises(ConfigError, match="PIN_MAX_FAILURES"):
+        Settings.from_environ({"PIN_MAX_FAILURES": "0"})
+    with pytest.raises(ConfigError, match="PIN_LOCKOUT_SECONDS"):
+        Settings.from_environ({"PIN_LOCKOUT_SECONDS": "soon"})
