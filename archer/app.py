@@ -60,7 +60,7 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(metrics_blueprint(services.metrics))
 
     @app.errorhandler(TwilioFormError)
-    async def malformed_twilio_form(error: TwilioFormError) -> tuple[str, int]:
+    async def malformed_twilio_form(error: TwilioFormError) -> tuple[str, int]:  # noqa: ASYNC124
         # Signed but not what Twilio sends (issue 19): refused before anything is written.
         # The message names the field, never its value.
         log.warning("twilio.form_rejected", path=request.path, error=str(error))
