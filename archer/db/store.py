@@ -119,7 +119,9 @@ class SqlCallStore:
     # --- CallStore ------------------------------------------------------------------------
 
     async def open_call(self, call: NewCall) -> OpenedCall:
-        """Find or create the caller's customer and insert (or refresh) the call row.
+        """Find or create the caller's customer and insert the call row, armed with its token.
+
+        A call is armed once (``OpenedCall.armed`` is False for a CallSid seen before).
 
         Raises:
             StoreError: the database is unavailable.
