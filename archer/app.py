@@ -10,9 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 import attrs
+import structlog
+from quart import request
 from quart_trio import QuartTrio
 
 from archer.metrics import Metrics
+from archer.twilio.form import TwilioFormError
 from archer.web.capacity import Capacity
 from archer.web.drain import Drain
 from archer.web.health import health_blueprint
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
     from archer.call.tools import ToolRegistry
     from archer.settings import Settings
     from archer.twilio.signature import SignatureChecker
+
+log = structlog.get_logger(__name__)
 
 #: Twilio's webhook bodies are a few hundred bytes of form fields; anything large is not Twilio.
 MAX_WEBHOOK_BYTES: Final = 64 * 1024
@@ -58,4 +63,12 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(media_blueprint(services))
     app.register_blueprint(health_blueprint(services))
     app.register_blueprint(metrics_blueprint(services.metrics))
+
+    @app.errorhandler(TwilioFormError)
+    async def malformed_twilio_form(error: TwilioFormError) -> tuple[str, int]:  # noqa: ASYNC124
+        # Signed but not what Twilio sends (issue 19): refused before anything is written.
+        # The message names the field, never its value.
+        log.warning("twilio.form_rejected", path=request.path, error=str(error))
+        return str(error), 400
+
     return app

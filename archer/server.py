@@ -23,6 +23,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from archer.app import Services, create_app
+from archer.bank.ports import PinPolicy
 from archer.bank.tools import bank_tools
 from archer.call.ports import AgentConnector
 from archer.call.tools import ToolRegistry
@@ -83,6 +84,7 @@ async def open_services(
                 telephony,
                 human_agent_number=settings.human_agent_number,
                 transfer_allowlist=settings.transfer_allowlist,
+                pin_policy=PinPolicy(settings.pin_max_failures, settings.pin_lockout_seconds),
             )
         yield Services(
             settings=settings,

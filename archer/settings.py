@@ -46,6 +46,9 @@ class CallLimits:
 
     #: Twilio must send ``connected`` and ``start`` within this after the upgrade.
     twilio_start_timeout: float = 10.0
+    #: A call whose Twilio stream sends nothing for this long is over (``twilio_lost``): Twilio
+    #: sends a media frame every 20 ms, even in silence.
+    twilio_media_timeout: float = 5.0
     #: The agent must answer ``session_create`` with ``session_ready`` within this.
     agent_ready_timeout: float = 10.0
     #: A call is cut off after this long, whatever is happening.
@@ -93,6 +96,11 @@ class Settings:
     #: frames joined: half the agent-leg messages, 20 ms more latency).
     agent_audio_batch_ms: int = 20
     human_agent_number: str = ""
+    # --- PIN lock-out (issue 19): failures counted per customer in the database ---
+    #: Failed PIN verifications (across calls and instances) that lock verification...
+    pin_max_failures: int = 5
+    #: ...within this many seconds; the lock then lasts as long.
+    pin_lockout_seconds: float = 900.0
     log_level: str = "info"
     log_format: str = "json"
     host: str = "0.0.0.0"
@@ -127,6 +135,7 @@ class Settings:
         env = _Reader(environ)
         limits = CallLimits(
             twilio_start_timeout=env.number("TWILIO_START_TIMEOUT", 10.0),
+            twilio_media_timeout=env.number("TWILIO_MEDIA_TIMEOUT", 5.0),
             agent_ready_timeout=env.number("AGENT_READY_TIMEOUT", 10.0),
             max_call_seconds=env.number("MAX_CALL_SECONDS", 3600.0),
             flush_timeout=env.number("FLUSH_TIMEOUT", 5.0),
@@ -162,6 +171,8 @@ class Settings:
             resample_quality=env.choice("RESAMPLE_QUALITY", "hq", RESAMPLE_QUALITIES).upper(),
             agent_audio_batch_ms=int(env.choice("AGENT_AUDIO_BATCH_MS", "20", ("20", "40"))),
             human_agent_number=env.text("HUMAN_AGENT_NUMBER", ""),
+            pin_max_failures=env.integer("PIN_MAX_FAILURES", 5, minimum=1),
+            pin_lockout_seconds=env.number("PIN_LOCKOUT_SECONDS", 900.0),
             log_level=env.choice("LOG_LEVEL", "info", LOG_LEVELS),
             log_format=env.choice("LOG_FORMAT", "json", LOG_FORMATS),
             host=env.text("ARCHER_HOST", "0.0.0.0"),

@@ -8,7 +8,7 @@ there is no way to ask for another customer's account through this port.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 import attrs
 
@@ -40,6 +40,35 @@ class Transaction:
 
 
 @attrs.frozen(slots=True)
+class PinPolicy:
+    """How many failed PIN verifications a customer may have before verification locks.
+
+    ``max_failures`` failures within ``lockout_seconds`` (counted across calls and instances)
+    lock verification for ``lockout_seconds`` (``PIN_MAX_FAILURES``, ``PIN_LOCKOUT_SECONDS``).
+    """
+
+    max_failures: int = 5
+    lockout_seconds: float = 900.0
+
+
+#: ``PIN_MAX_FAILURES`` and ``PIN_LOCKOUT_SECONDS`` as shipped.
+DEFAULT_PIN_POLICY: Final = PinPolicy()
+
+
+@attrs.frozen(slots=True)
+class PinLock:
+    """A customer's PIN verification state as the database holds it now."""
+
+    #: Verification is refused until ``locked_until`` (the database's clock).
+    locked: bool
+    #: Failures inside the current window (0 when not asked to count).
+    failures: int = 0
+    locked_until: datetime | None = None
+    #: This failure is the one that locked it (a lock-out row was written).
+    newly_locked: bool = False
+
+
+@attrs.frozen(slots=True)
 class CardChange:
     """What a freeze/unfreeze did to one card: its status before and after."""
 
@@ -56,6 +85,21 @@ class BankStore(Protocol):
 
     async def pin_hash(self, customer_id: int) -> str | None:
         """The customer's stored PIN hash (None: no PIN set, or no such customer)."""
+        ...
+
+    async def pin_lock(self, customer_id: int) -> PinLock:
+        """Whether the customer's PIN verification is locked out now (the database's clock)."""
+        ...
+
+    async def record_pin_failure(
+        self, customer_id: int, call_sid: str, policy: PinPolicy
+    ) -> PinLock:
+        """Record one failed verification and return the state it leaves, atomically.
+
+        Writes a ``pin_failures`` row (unless already locked, when nothing is counted) and, if
+        this failure brings the window's count to ``policy.max_failures``, a ``pin_lockouts``
+        row. Concurrent failures of one customer (any instance) are serialised.
+        """
         ...
 
     async def accounts(self, customer_id: int, account_type: AccountType | None) -> list[Account]:

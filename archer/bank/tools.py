@@ -9,7 +9,9 @@ Policy:
   *this* call; otherwise the result is an error telling the agent to verify first.
 - A caller with no customer record can only be transferred or have the call ended.
 - ``verify_caller`` answers only "verified" or "not verified": it never says whether the number
-  is a customer or has a PIN, and takes as long either way. Three failures lock it for the call.
+  is a customer or has a PIN, and takes as long either way. Three failures lock it for the call;
+  ``PIN_MAX_FAILURES`` within ``PIN_LOCKOUT_SECONDS`` lock it for the customer, across calls and
+  instances, even against the right PIN (``archer.bank.verification``).
 - Refusals are ``ToolError``s (the agent hears the message); results are JSON objects with
   amounts in integer minor units and their currency.
 """
@@ -20,10 +22,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final, Literal
 
 import structlog
-import trio
 
 from archer.bank.definitions import ToolDefinition, load_definitions
-from archer.bank.pins import hash_pin, verify_pin
+from archer.bank.ports import DEFAULT_PIN_POLICY, PinPolicy
+from archer.bank.verification import PinVerifier
 from archer.call.tools import Tool, ToolContext, ToolFunction, ToolRegistry, ToolResult
 from archer.errors import TelephonyError, ToolError
 from archer.logs import mask_phone
@@ -39,8 +41,6 @@ MAX_TRANSACTIONS: Final = 10
 DEFAULT_TRANSACTIONS: Final = 5
 #: Waiting for a lead-in or a goodbye to play takes longer than a database query.
 CALL_CONTROL_TIMEOUT: Final = 30.0
-#: Compared against when a customer has no PIN, so "no PIN" costs as long as a wrong PIN.
-_DECOY_PIN_HASH: Final = hash_pin("decoy", salt=b"archer-decoy-salt")
 
 NOT_VERIFIED: Final = (
     "The caller is not verified in this call. Ask for their PIN and call verify_caller first."
@@ -53,6 +53,11 @@ LOCKED: Final = (
     "Verification is locked for this call after three failed attempts. "
     "Offer to transfer the caller to a colleague."
 )
+LOCKED_OUT: Final = (
+    "Verification is locked for this customer after too many failed attempts across calls; "
+    "no PIN can be checked now, not even the right one. Tell the caller to try again later, "
+    "or offer to transfer them to a colleague."
+)
 
 
 def bank_tools(
@@ -62,10 +67,11 @@ def bank_tools(
     human_agent_number: str,
     transfer_allowlist: frozenset[str] = frozenset(),
     definitions: tuple[ToolDefinition, ...] | None = None,
+    pin_policy: PinPolicy = DEFAULT_PIN_POLICY,
 ) -> ToolRegistry:
     """The registry of banking tools, each checked against its definition's parameters."""
     functions: dict[str, tuple[ToolFunction, float | None]] = {
-        "verify_caller": (_verify_caller(bank), None),
+        "verify_caller": (_verify_caller(PinVerifier(bank, pin_policy)), None),
         "get_account_balance": (_get_account_balance(bank), None),
         "list_recent_transactions": (_list_recent_transactions(bank), None),
         "freeze_card": (_set_card_status(bank, "frozen"), None),
@@ -102,7 +108,7 @@ def _verified_customer(context: ToolContext) -> int:
     return context.customer_id
 
 
-def _verify_caller(bank: BankStore) -> ToolFunction:
+def _verify_caller(verifier: PinVerifier) -> ToolFunction:
     async def verify_caller(context: ToolContext, arguments: Mapping[str, object]) -> ToolResult:
         verification = context.verification
         if verification.verified:
@@ -112,17 +118,17 @@ def _verify_caller(bank: BankStore) -> ToolFunction:
         pin = str(arguments["pin"]).strip()
         if not (pin.isdigit() and 4 <= len(pin) <= 8):
             raise ToolError("The PIN must be 4 to 8 digits; ask the caller to repeat it.")
-        stored = None if context.customer_id is None else await bank.pin_hash(context.customer_id)
-        # PBKDF2 takes a tenth of a second: in a worker thread, never on the trio thread.
-        matched = await trio.to_thread.run_sync(
-            verify_pin, pin, stored if stored is not None else _DECOY_PIN_HASH
-        )
-        if matched and stored is not None:
+        check = await verifier.check(context.customer_id, context.call_sid, pin)
+        if check.locked_out:
+            raise ToolError(LOCKED_OUT)
+        if check.verified:
             verification.verified = True
             log.info("bank.caller_verified")
             return ToolResult({"verified": True})
         verification.failures += 1
         attempts_left = max(0, verification.MAX_FAILURES - verification.failures)
+        if check.attempts_left is not None:
+            attempts_left = min(attempts_left, check.attempts_left)
         log.warning("bank.verification_failed", attempts_left=attempts_left)
         if verification.locked:
             raise ToolError(LOCKED)

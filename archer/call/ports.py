@@ -156,7 +156,9 @@ class CallStore(Protocol):
     """Where calls are recorded. Every write is idempotent."""
 
     async def open_call(self, call: NewCall) -> OpenedCall:
-        """Find or create the caller's customer and insert (or refresh) the call row.
+        """Find or create the caller's customer and insert the call row, armed with its token.
+
+        A call is armed once: for a CallSid seen before, nothing is armed (``armed=False``).
 
         Raises:
             StoreError: the database is unavailable.

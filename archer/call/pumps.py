@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import math
+from datetime import timedelta
 from typing import TYPE_CHECKING, Final, assert_never
 
 import attrs
@@ -37,6 +39,7 @@ from archer.call.events import (
     TurnTextDelta,
 )
 from archer.call.playback import MARK_INTERVAL_MS
+from archer.call.state import utc_now
 from archer.errors import AgentUnresponsiveError, TwilioProtocolError
 from archer.twilio.frames import Dtmf, Mark, Media, Stop
 
@@ -407,21 +410,39 @@ async def keep_agent_alive(agent: AgentStream, interval: float) -> None:
             raise AgentUnresponsiveError(f"agent did not answer a ping within {interval:g} s")
 
 
-async def fill_inbound_gaps(uplink: trio.MemorySendChannel[UplinkItem], call: CallState) -> None:
-    """While Twilio's audio has stalled, send the agent silence so its idle rules stay quiet.
+async def fill_inbound_gaps(
+    uplink: trio.MemorySendChannel[UplinkItem],
+    call: CallState,
+    *,
+    media_timeout: float = math.inf,
+) -> None:
+    """While Twilio's audio has stalled, send the agent silence so its idle rules stay quiet;
+    return once it has stalled for ``media_timeout`` seconds (the stream is lost).
 
     Looks every ``INBOUND_CHECK_MS``: a period with no caller frame is counted in
-    ``call.inbound_gap_ms`` and filled with that much silence. Costs no work per frame.
+    ``call.inbound_gap_ms`` and filled with that much silence. Costs no work per frame. Twilio
+    sends a frame every 20 ms even in silence, so a stream quiet for ``media_timeout`` has lost
+    its caller, whatever its socket says (a socket closed under the route without the route
+    being told, or one held open by a peer that sends nothing). Before returning, the call is
+    closed at the last check that saw a frame, so its duration is the time the caller was
+    there, not the time spent noticing they were gone.
 
     Cancellation: stops filling; nothing is left behind.
     """
     with uplink:
         seen = call.frames_in
+        last_frame_at = trio.current_time()
         while True:
             await trio.sleep(INBOUND_CHECK_MS / 1000)
+            now = trio.current_time()
             if call.frames_in != seen:
-                seen = call.frames_in
+                seen, last_frame_at = call.frames_in, now
                 continue
+            quiet = now - last_frame_at
+            if quiet >= media_timeout:
+                log.warning("twilio.stream_lost", quiet_seconds=round(quiet, 2))
+                call.close(now=utc_now() - timedelta(seconds=quiet), clock=last_frame_at)
+                return
             call.inbound_gap_ms += INBOUND_CHECK_MS
             # A full uplink means the agent socket is busy anyway: nothing to keep alive.
             with contextlib.suppress(trio.WouldBlock):

@@ -22,6 +22,7 @@ END_REASONS: Final = frozenset(
     {
         "caller_hangup",  # Twilio sent `stop`
         "twilio_disconnected",  # the media socket closed without `stop`
+        "twilio_lost",  # no media from Twilio for TWILIO_MEDIA_TIMEOUT (socket gone or silent)
         "agent_hangup",  # the agent closed with 1000
         "agent_ended",  # the agent's end_call tool
         "transferred",  # handed to a human
@@ -121,6 +122,10 @@ class OpenedCall:
 
     call_sid: str
     customer_id: int | None
+    #: This webhook's token is the call's one usable token. False for a repeated webhook: the
+    #: call was armed before (its token may be live, spent or expired), so this one must not
+    #: be handed a stream.
+    armed: bool = True
 
 
 @attrs.frozen(slots=True)

@@ -7,7 +7,8 @@ Rules (../shared/ARCHITECTURE.md §3):
 - ``run_call`` owns exactly one nursery. The agent session is opened before it (in
   ``bridge_call``) and outlives every child.
 - The Twilio reader runs in the nursery body and is the call's lifeline: a ``stop`` or a closed
-  socket ends the call normally and cancels the siblings. The agent hanging up cleanly does the
+  socket ends the call normally and cancels the siblings; a stream that sends nothing for
+  ``TWILIO_MEDIA_TIMEOUT`` ends it as ``twilio_lost``. The agent hanging up cleanly does the
   same from its side.
 - Any other failure propagates out of the nursery as an exception group; ``bridge_call`` turns
   it into ``status=failed`` and an ``end_reason`` with ``except*`` and never re-raises, so the
@@ -137,7 +138,16 @@ async def run_call(
             nursery.start_soon(play_to_caller, twilio, downlink_receive, call, playback)
             nursery.start_soon(tool_runner.run)
             nursery.start_soon(keep_agent_alive, agent, limits.agent_ping_interval)
-            nursery.start_soon(fill_inbound_gaps, uplink_send.clone(), call)
+            gap_uplink = uplink_send.clone()
+
+            async def until_twilio_is_lost() -> None:
+                # A Twilio stream that stops sending has lost its caller (issue 19).
+                timeout = limits.twilio_media_timeout
+                await fill_inbound_gaps(gap_uplink, call, media_timeout=timeout)
+                call.finish("failed", "twilio_lost", f"no media from Twilio for {timeout:g} s")
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_twilio_is_lost)
             end_reason = await receive_from_twilio(twilio, uplink_send, call, playback)
             call.finish("completed", end_reason)
             nursery.cancel_scope.cancel()

@@ -21,7 +21,7 @@ from archer.call.events import TurnEnded, TurnStarted, TurnTextDelta
 from archer.call.records import CallRecord, CallStatus, ClaimedCall, ToolCallRecord, TurnRecord
 
 #: End reasons that only say the media stream stopped, whatever stopped it.
-STREAM_END_REASONS = frozenset({"caller_hangup", "twilio_disconnected"})
+STREAM_END_REASONS = frozenset({"caller_hangup", "twilio_disconnected", "twilio_lost"})
 
 # An agent's custom events are stored on the call row, so one chatty or hostile agent must not
 # grow it without bound: keep the first MAX_AGENT_EVENTS (count the rest) and replace any event

@@ -6,8 +6,12 @@ them for the agent and writes every invocation into the call state.
 Rules: a tool that raises, refuses (``ToolError``) or overruns its timeout becomes an
 ``is_error`` result and the call goes on; only a failure of the machinery itself (the agent
 socket dying while the result is sent) propagates and ends the call. Results are capped at
-4096 bytes, Cartesia's limit. Arguments are masked before they are recorded, so a PIN never
-reaches the database or a log line. At most ``MAX_CONCURRENT_TOOLS`` run at once; a request
+4096 bytes, Cartesia's limit. Secrets are masked by name and by value before anything is recorded
+or answered: the value of a secret-named argument (``pin``) is cut out of every argument, result
+and error text of the call, whatever field or type it arrived in, so a PIN the agent echoes in a
+``note`` or as a number never reaches the database, the spool or a log line. A ``tool_call_id``
+seen before in the call is refused as a duplicate and never runs, so the first invocation's
+audit row cannot be overwritten. At most ``MAX_CONCURRENT_TOOLS`` run at once; a request
 beyond the queue is answered at once with an ``is_error`` "busy" result so the agent's reader
 never waits on a tool.
 """
@@ -15,6 +19,8 @@ never waits on a tool.
 from __future__ import annotations
 
 import json
+import re
+import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -46,7 +52,15 @@ SECRET_ARGUMENT_NAMES: Final = frozenset(
     {"pin", "password", "passcode", "otp", "secret", "token", "account_number", "card_number"}
 )
 _MASK: Final = "***"
+#: Secret values shorter than this are not hunted for in other fields (a one-digit "PIN" would
+#: mask every digit of a balance); the banking tools refuse PINs under four digits anyway.
+MIN_SECRET_VALUE_CHARS: Final = 3
 _CUT_MARKER: Final = " [cut off: result too large]"
+#: The answer to a ``tool_call_id`` already used in this call.
+DUPLICATE_ID: Final = (
+    "duplicate tool_call_id: a call with this id was already received in this call; "
+    "it was not run again. Use a new id for a new call."
+)
 
 
 @attrs.define
@@ -140,14 +154,89 @@ class ToolRegistry:
     def get(self, name: str) -> Tool | None:
         return self.tools.get(name)
 
-    def masked(self, name: str, arguments: Mapping[str, object]) -> dict[str, object]:
-        """``arguments`` with every secret value replaced, safe to store and log."""
+    def masked(
+        self, name: str, arguments: Mapping[str, object], secrets: frozenset[str] = frozenset()
+    ) -> dict[str, object]:
+        """``arguments`` with every secret replaced, safe to store and log.
+
+        Secret-named values are masked whatever they hold, at any depth; ``secrets`` (and the
+        values of this call's own secret-named arguments) are cut out of every other string,
+        and a number equal to one of them is masked too.
+        """
+        found = secrets | self.secret_values(name, arguments)
+        masked = _mask_value(dict(arguments), self._secret_names(name), found)
+        assert isinstance(masked, dict)
+        return masked
+
+    def secret_values(self, name: str, arguments: Mapping[str, object]) -> frozenset[str]:
+        """The texts of every secret-named argument's value (at any depth), in each form the
+        value could be echoed in: as sent, stripped, and as a number's text."""
+        values: set[str] = set()
+        _collect_secrets(dict(arguments), self._secret_names(name), values, under_secret=False)
+        return frozenset(value for value in values if len(value) >= MIN_SECRET_VALUE_CHARS)
+
+    def _secret_names(self, name: str) -> frozenset[str]:
         tool = self.tools.get(name)
         extra = tool.secret_arguments if tool is not None else frozenset()
+        return SECRET_ARGUMENT_NAMES | frozenset(key.lower() for key in extra)
+
+
+def _collect_secrets(
+    value: object, names: frozenset[str], into: set[str], *, under_secret: bool
+) -> None:
+    """Add the text forms of every value under a secret name to ``into``."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _collect_secrets(
+                item, names, into, under_secret=under_secret or str(key).lower() in names
+            )
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _collect_secrets(item, names, into, under_secret=under_secret)
+    elif under_secret and value is not None and not isinstance(value, bool):
+        into.update(secret_forms(value))
+
+
+def secret_forms(value: object) -> set[str]:
+    """The texts a secret ``value`` may show up as (``"1234"``, ``1234``, ``1234.0``, ...)."""
+    if isinstance(value, float):
+        forms = {repr(value), str(value), json.dumps(value)}
+        if value.is_integer():
+            forms.add(str(int(value)))
+        return forms
+    text = str(value)
+    return {text, text.strip(), json.dumps(value, default=str).strip('"')}
+
+
+def _mask_value(value: object, names: frozenset[str], secrets: frozenset[str]) -> object:
+    if isinstance(value, Mapping):
         return {
-            key: _MASK if key.lower() in SECRET_ARGUMENT_NAMES or key in extra else value
-            for key, value in arguments.items()
+            key: _MASK if str(key).lower() in names else _mask_value(item, names, secrets)
+            for key, item in value.items()
         }
+    if isinstance(value, list | tuple):
+        return [_mask_value(item, names, secrets) for item in value]
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _MASK if secret_forms(value) & secrets else value
+    return value
+
+
+def scrub(text: str, secrets: frozenset[str]) -> str:
+    """``text`` with every occurrence of each secret replaced by the mask (longest first).
+
+    A secret made of digits is masked where it stands as a number of its own (not inside a
+    longer run of digits), so a PIN of 1234 does not mangle a balance of 123456 in a result.
+    """
+    for secret in sorted(secrets, key=len, reverse=True):
+        if not secret or secret not in text:
+            continue
+        if secret.isdigit():
+            text = re.sub(rf"(?<![0-9]){re.escape(secret)}(?![0-9])", _MASK, text)
+        else:
+            text = text.replace(secret, _MASK)
+    return text
 
 
 def cap_result(text: str) -> str:
@@ -176,6 +265,10 @@ class ToolRunner:
     timeout: float
     _requests_in: trio.MemorySendChannel[_Submitted] = attrs.field(init=False)
     _requests_out: trio.MemoryReceiveChannel[_Submitted] = attrs.field(init=False)
+    #: Every ``tool_call_id`` submitted in this call (a repeat is refused, never run).
+    _seen_ids: set[str] = attrs.field(init=False, factory=set)
+    #: The secret values (PINs) the agent has sent in this call, masked wherever they show.
+    _secrets: frozenset[str] = attrs.field(init=False, default=frozenset())
 
     def __attrs_post_init__(self) -> None:
         self._requests_in, self._requests_out = trio.open_memory_channel[_Submitted](
@@ -188,6 +281,17 @@ class ToolRunner:
         ``playback_epoch`` is the epoch of agent speech the request arrived in, so a tool that
         waits for its lead-in knows whether the caller has cut in since.
         """
+        if request.tool_call_id in self._seen_ids:
+            # Executing it again would run a side effect twice and overwrite the first audit
+            # row; the agent is told, and the first invocation's record stays as it was.
+            log.warning("tool.duplicate_id", tool=request.name, tool_call_id=request.tool_call_id)
+            if request.expects_response:
+                await self.agent.send_tool_result(request.tool_call_id, DUPLICATE_ID, is_error=True)
+            return
+        self._seen_ids.add(request.tool_call_id)
+        # Remembered for the rest of the call: a PIN given once is cut out of every later
+        # argument and result too.
+        self._secrets |= self.registry.secret_values(request.name, request.arguments)
         try:
             self._requests_in.send_nowait(_Submitted(request, playback_epoch))
         except trio.WouldBlock:
@@ -195,7 +299,7 @@ class ToolRunner:
             self.call.tool_started(
                 request.tool_call_id,
                 request.name,
-                self.registry.masked(request.name, request.arguments),
+                self.registry.masked(request.name, request.arguments, self._secrets),
                 now=utc_now(),
             )
             await self._answer(request, ToolResult("too many tool calls at once; try again", True))
@@ -228,7 +332,7 @@ class ToolRunner:
         self.call.tool_started(
             request.tool_call_id,
             request.name,
-            self.registry.masked(request.name, request.arguments),
+            self.registry.masked(request.name, request.arguments, self._secrets),
             now=utc_now(),
         )
         problem = tool.argument_problem(request.arguments) if tool is not None else None
@@ -257,13 +361,25 @@ class ToolRunner:
             return ToolResult(str(refusal), is_error=True)
         except Exception:
             # A bug in one tool must not end the call: the agent hears a generic failure and
-            # the traceback goes to the log once, with the call's context bound.
-            log.exception("tool.crashed", tool=tool.name)
+            # the traceback goes to the log once, with the call's context bound (and any PIN
+            # its message echoed cut out).
+            log.error(
+                "tool.crashed",
+                tool=tool.name,
+                exception=scrub(traceback.format_exc(), self._secrets),
+            )
             return ToolResult(f"{tool.name} failed", is_error=True)
 
     async def _answer(self, request: ToolCallRequest, result: ToolResult) -> None:
         text = result.text()
-        self.call.tool_finished(request.tool_call_id, text, is_error=result.is_error, now=utc_now())
+        # The agent gets the result as is (it sent the PIN itself); the record never holds it,
+        # not even echoed by a validation error.
+        self.call.tool_finished(
+            request.tool_call_id,
+            scrub(text, self._secrets),
+            is_error=result.is_error,
+            now=utc_now(),
+        )
         log.info("tool.finished", tool=request.name, is_error=result.is_error)
         if request.expects_response:
             await self.agent.send_tool_result(request.tool_call_id, text, is_error=result.is_error)

@@ -15,6 +15,10 @@ Rules:
 - Every SQLAlchemy error (and ``OSError``) becomes ``StoreError``; failures are logged once, at
   warning, on the trio side, successes at debug from inside the thread (so the caller's bound
   contextvars appear on them). PIN hashes are never logged.
+- PIN lock-out (``pin_lock``, ``record_pin_failure``): failures are rows in ``pin_failures``
+  stamped and windowed by the database's own clock (never a host clock), and a failure is
+  counted under the customer's row lock (``FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
+  SQLite), so N instances counting at once can never let a sixth guess slip through.
 - ``set_card_status`` reads and writes in one transaction holding the row (``FOR UPDATE`` on
   PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so concurrent freezes of one card report one
   change, and a card already in the asked-for status is not written at all.
@@ -22,7 +26,7 @@ Rules:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal, Self, TypeVar, TypeVarTuple, cast, get_args
 
 import attrs
@@ -31,10 +35,26 @@ import structlog
 import trio
 from sqlalchemy.exc import SQLAlchemyError
 
-from archer.bank.ports import Account, AccountType, CardChange, CardStatus, Transaction
+from archer.bank.ports import (
+    Account,
+    AccountType,
+    CardChange,
+    CardStatus,
+    PinLock,
+    PinPolicy,
+    Transaction,
+)
 from archer.db.engine import make_engine, pool_capacity
 from archer.db.store import _describe
-from archer.db.tables import accounts, cards, customers, transactions
+from archer.db.tables import (
+    UtcDateTime,
+    accounts,
+    cards,
+    customers,
+    pin_failures,
+    pin_lockouts,
+    transactions,
+)
 from archer.errors import StoreError
 
 if TYPE_CHECKING:
@@ -106,6 +126,26 @@ class SqlBankStore:
         """
         return await self._run("pin_hash", self._pin_hash_sync, customer_id)
 
+    async def pin_lock(self, customer_id: int) -> PinLock:
+        """Whether the customer's PIN verification is locked out now.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        return await self._run("pin_lock", self._pin_lock_sync, customer_id)
+
+    async def record_pin_failure(
+        self, customer_id: int, call_sid: str, policy: PinPolicy
+    ) -> PinLock:
+        """Record one failed verification; the state it leaves (see ``BankStore``).
+
+        Raises:
+            StoreError: the database is unavailable (nothing was recorded).
+        """
+        return await self._run(
+            "record_pin_failure", self._record_pin_failure_sync, customer_id, call_sid, policy
+        )
+
     async def accounts(self, customer_id: int, account_type: AccountType | None) -> list[Account]:
         """The customer's accounts, of one type if given, ordered by type then last4.
 
@@ -172,6 +212,57 @@ class SqlBankStore:
             ).scalar_one_or_none()
         log.debug("db.pin_hash_read", customer_id=customer_id, has_pin=pin_hash is not None)
         return pin_hash
+
+    def _pin_lock_sync(self, customer_id: int) -> PinLock:
+        with self._engine.begin() as conn:
+            locked_until = _locked_until(conn, customer_id, _database_now(conn))
+        return PinLock(locked=locked_until is not None, locked_until=locked_until)
+
+    def _record_pin_failure_sync(
+        self, customer_id: int, call_sid: str, policy: PinPolicy
+    ) -> PinLock:
+        with self._engine.begin() as conn:
+            # The customer's row is the lock that serialises their verifications, whichever
+            # instance runs them (SQLite's BEGIN IMMEDIATE already holds the database).
+            known = conn.execute(
+                sa.select(customers.c.id).where(customers.c.id == customer_id).with_for_update()
+            ).scalar_one_or_none()
+            if known is None:
+                return PinLock(locked=False)
+            now = _database_now(conn)
+            locked_until = _locked_until(conn, customer_id, now)
+            if locked_until is not None:
+                # A guess while locked is refused before the PIN is looked at: not a failure.
+                return PinLock(locked=True, locked_until=locked_until)
+            conn.execute(
+                sa.insert(pin_failures).values(
+                    customer_id=customer_id, call_sid=call_sid, failed_at=now
+                )
+            )
+            window = timedelta(seconds=policy.lockout_seconds)
+            failures: int = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(pin_failures)
+                .where(
+                    pin_failures.c.customer_id == customer_id,
+                    pin_failures.c.failed_at > now - window,
+                )
+            ).scalar_one()
+            if failures < policy.max_failures:
+                log.debug("db.pin_failure_recorded", customer_id=customer_id, failures=failures)
+                return PinLock(locked=False, failures=failures)
+            until = now + window
+            conn.execute(
+                sa.insert(pin_lockouts).values(
+                    customer_id=customer_id,
+                    call_sid=call_sid,
+                    failures=failures,
+                    locked_at=now,
+                    locked_until=until,
+                )
+            )
+        log.warning("db.pin_locked_out", customer_id=customer_id, failures=failures)
+        return PinLock(locked=True, failures=failures, locked_until=until, newly_locked=True)
 
     def _accounts_sync(self, customer_id: int, account_type: AccountType | None) -> list[Account]:
         stmt = (
@@ -293,6 +384,25 @@ if TYPE_CHECKING:
     def _implements_the_port(store: SqlBankStore) -> BankStore:
         # mypy proves here that SqlBankStore satisfies the BankStore protocol.
         return store
+
+
+# --- PIN lock-out helpers (inside a unit of work) ---------------------------------------------
+
+
+def _database_now(conn: sa.Connection) -> datetime:
+    """The database's clock: it alone decides PIN windows, whichever host asks."""
+    now: datetime = conn.execute(sa.select(sa.func.now(type_=UtcDateTime()))).scalar_one()
+    return now
+
+
+def _locked_until(conn: sa.Connection, customer_id: int, now: datetime) -> datetime | None:
+    """The end of the customer's lock-out in force at ``now``, or None."""
+    until: datetime | None = conn.execute(
+        sa.select(sa.func.max(pin_lockouts.c.locked_until)).where(
+            pin_lockouts.c.customer_id == customer_id, pin_lockouts.c.locked_until > now
+        )
+    ).scalar_one()
+    return until
 
 
 # --- rows -> records (pure) -----------------------------------------------------------------

@@ -23,7 +23,7 @@ Rules:
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, TypeVarTuple, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar, TypeVarTuple, cast
 
 import attrs
 import sqlalchemy as sa
@@ -58,6 +58,9 @@ log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
+
+#: Twilio call statuses of a call not over yet (anything else is final: never armed again).
+_CALL_UNDER_WAY: Final = ("queued", "initiated", "ringing", "in-progress")
 
 
 class DbObserver(Protocol):
@@ -116,7 +119,9 @@ class SqlCallStore:
     # --- CallStore ------------------------------------------------------------------------
 
     async def open_call(self, call: NewCall) -> OpenedCall:
-        """Find or create the caller's customer and insert (or refresh) the call row.
+        """Find or create the caller's customer and insert the call row, armed with its token.
+
+        A call is armed once (``OpenedCall.armed`` is False for a CallSid seen before).
 
         Raises:
             StoreError: the database is unavailable.
@@ -218,7 +223,6 @@ class SqlCallStore:
             upsert = insert.on_conflict_do_update(
                 index_elements=[calls.c.call_sid],
                 set_={
-                    # A retried webhook answers with a fresh token; the old one must die.
                     "stream_token_hash": new.stream_token_hash,
                     "stream_token_expires_at": new.stream_token_expires_at,
                     # Fill what a status callback that beat the webhook could not know.
@@ -226,17 +230,29 @@ class SqlCallStore:
                     "to_number": sa.func.coalesce(calls.c.to_number, new.to_number),
                     "customer_id": sa.func.coalesce(calls.c.customer_id, new.customer_id),
                 },
-                # Once a stream has claimed the call, a late retry must not re-arm a token.
-                where=calls.c.stream_sid.is_(None),
+                # A call is armed once (issue 19). A repeated webhook (a replay of a captured,
+                # signed request) never gets a second usable token, whether the first is still
+                # live, spent by a stream or expired; and a call that ended (Twilio's final
+                # status arrived first) is never armed at all. Only a row the status callback
+                # opened for a call still under way is armed here.
+                where=sa.and_(
+                    calls.c.stream_token_expires_at.is_(None),
+                    calls.c.stream_sid.is_(None),
+                    calls.c.ended_at.is_(None),
+                    sa.or_(
+                        calls.c.twilio_status.is_(None),
+                        calls.c.twilio_status.in_(_CALL_UNDER_WAY),
+                    ),
+                ),
             ).returning(calls.c.id)
-            refreshed = conn.execute(upsert).first() is not None
+            armed = conn.execute(upsert).first() is not None
         log.debug(
             "db.call_opened",
             customer_id=customer_id,
             customer_created=created,
-            token_armed=refreshed,
+            token_armed=armed,
         )
-        return OpenedCall(call_sid=call.call_sid, customer_id=customer_id)
+        return OpenedCall(call_sid=call.call_sid, customer_id=customer_id, armed=armed)
 
     def _claim_stream_sync(self, claim: StreamClaim) -> ClaimedCall | None:
         # One statement, so two streams racing for the same token cannot both win.

@@ -31,6 +31,8 @@ __all__ = [
     "cards",
     "customers",
     "metadata",
+    "pin_failures",
+    "pin_lockouts",
     "tool_calls",
     "transactions",
 ]
@@ -220,4 +222,38 @@ tool_calls = sa.Table(
     sa.Column("started_at", UtcDateTime, nullable=False),
     sa.Column("finished_at", UtcDateTime),
     sa.UniqueConstraint("call_id", "tool_call_id"),
+)
+
+# --- PIN lock-out (issue 19) -----------------------------------------------------------------
+
+pin_failures = sa.Table(
+    "pin_failures",
+    metadata,
+    _id(),
+    sa.Column(
+        "customer_id",
+        sa.BigInteger,
+        sa.ForeignKey("customers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("call_sid", sa.Text, nullable=False),
+    sa.Column("failed_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
+    sa.Index("pin_failures_customer_id_failed_at_idx", "customer_id", "failed_at"),
+)
+
+pin_lockouts = sa.Table(
+    "pin_lockouts",
+    metadata,
+    _id(),
+    sa.Column(
+        "customer_id",
+        sa.BigInteger,
+        sa.ForeignKey("customers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("call_sid", sa.Text, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("locked_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
+    sa.Column("locked_until", UtcDateTime, nullable=False),
+    sa.Index("pin_lockouts_customer_id_locked_until_idx", "customer_id", "locked_until"),
 )

@@ -49,12 +49,16 @@ class SignatureChecker:
         """Whether ``signature`` signs the media-stream WebSocket upgrade to ``stream_url``.
 
         Twilio signs the ``wss://`` URL from the TwiML with no parameters (the upgrade is a GET
-        without a body). Its security guide says to retry with a trailing ``/`` when that
-        fails, so both forms are accepted.
+        without a body); ``stream_url`` carries the upgrade's query string, if it had one. Its
+        security guide says to retry with a trailing ``/`` when that fails, so both forms are
+        accepted.
         """
         if not signature:
             return False
-        with_slash = stream_url.rstrip("/") + "/"
+        # The query string, if any, is part of what was signed (issue 19: appending one to a
+        # signed URL must not pass); the trailing slash goes on the path, before it.
+        path, sep, query = stream_url.partition("?")
+        with_slash = path.rstrip("/") + "/" + sep + query
         return any(
             bool(self._validator.validate(url, {}, signature)) for url in (stream_url, with_slash)
         )

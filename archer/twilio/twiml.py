@@ -101,6 +101,13 @@ def dial(target: str) -> str:
     return _render(response, max_chars=MAX_INLINE_TWIML_CHARS)
 
 
+def hang_up() -> str:
+    """``<Hangup/>`` alone: the answer to a repeated voice webhook, which never gets a stream."""
+    response = VoiceResponse()
+    response.hangup()
+    return _render(response, max_chars=None)
+
+
 def empty() -> str:
     """An empty ``<Response/>``, for callbacks whose body Twilio ignores (status callbacks)."""
     return _render(VoiceResponse(), max_chars=None)

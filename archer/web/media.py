@@ -7,8 +7,12 @@ the call, whatever ended it.
 
 Rules: quart-trio cancels this route when Twilio's socket goes away, so a disconnect arrives as
 cancellation, not as an exception; the shielded flush in ``finally`` runs either way. A call
-nobody finished by then ended because the socket went (``twilio_disconnected``). Everything
-after the upgrade is accepted (``carry_stream``) is shared with the dedicated media listener.
+nobody finished by then ended because the socket went (``twilio_disconnected``). Hypercorn
+(0.18) closing the socket itself, on a message over ``MAX_MESSAGE_BYTES`` (1009), is not
+reported to the route until the TCP connection ends, and sends meanwhile are dropped silently:
+a peer that holds its socket open is caught by the call's media timeout (``twilio_lost``,
+``TWILIO_MEDIA_TIMEOUT``), as is any stream that stops sending. Everything after the upgrade
+is accepted (``carry_stream``) is shared with the dedicated media listener.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from archer.call.records import CallRecord, StreamClaim
 from archer.call.session import bridge_call, flush_call_record
 from archer.call.state import CallState, utc_now
 from archer.errors import StoreError, TwilioProtocolError
+from archer.twilio.form import TwilioFormError, check_stream_start
 from archer.twilio.stream import TwilioMediaStream
 from archer.web.twilio_auth import stream_upgrade_signed
 from archer.web.voice import stream_token_hash
@@ -42,7 +47,10 @@ def media_blueprint(services: Services) -> Blueprint:
     async def media_stream() -> tuple[str, int] | None:
         # Before accept: a forged upgrade is refused with 403 and never becomes a socket.
         if not stream_upgrade_signed(
-            services, websocket.headers.get("X-Twilio-Signature"), websocket.path
+            services,
+            websocket.headers.get("X-Twilio-Signature"),
+            websocket.path,
+            websocket.query_string.decode("latin-1"),
         ):
             return "forbidden", 403
         await websocket.accept()
@@ -135,6 +143,11 @@ async def _claim(services: Services, start: Start) -> CallState | None:
     token = start.custom_parameters.get("token", "")
     if not token:
         log.warning("stream.rejected", reason="no token")
+        return None
+    try:
+        check_stream_start(start.call_sid, start.stream_sid, token)
+    except TwilioFormError as exc:
+        log.warning("stream.rejected", reason=str(exc))
         return None
     now = utc_now()
     try:

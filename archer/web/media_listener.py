@@ -97,7 +97,10 @@ async def _serve_one(services: Services, stream: trio.SocketStream) -> None:
     if upgrade.path.rstrip("/") != MEDIA_PATH:  # Twilio may add a trailing slash
         await upgrade.refuse(404)
         return
-    if not stream_upgrade_signed(services, upgrade.header("X-Twilio-Signature"), upgrade.path):
+    query = upgrade.request.target.partition("?")[2]
+    if not stream_upgrade_signed(
+        services, upgrade.header("X-Twilio-Signature"), upgrade.path, query
+    ):
         await upgrade.refuse(403)
         return
     websocket = await upgrade.accept()

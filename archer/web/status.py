@@ -14,6 +14,7 @@ from quart import Blueprint, Response
 from archer.call.records import TwilioStatusUpdate
 from archer.errors import StoreError
 from archer.twilio import twiml
+from archer.twilio.form import status_form
 from archer.web.twilio_auth import signed_form
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ def status_blueprint(services: Services) -> Blueprint:
         params = await signed_form(services, "/twilio/status")
         if params is None:
             return "forbidden", 403
+        status_form(params)  # a malformed field is a 400 (archer.app), before any write
         call_sid = params.get("CallSid", "")
         status = params.get("CallStatus", "")
         if not call_sid or not status:

@@ -36,14 +36,18 @@ async def signed_form(services: Services, path: str) -> dict[str, str] | None:
     return None
 
 
-def stream_upgrade_signed(services: Services, signature: str | None, path: str) -> bool:
+def stream_upgrade_signed(
+    services: Services, signature: str | None, path: str, query: str = ""
+) -> bool:
     """True if the media-stream upgrade's ``signature`` is Twilio's, of the public ``wss://`` URL.
 
-    ``path`` is the path the upgrade asked for (logged when refused).
+    ``path`` is the path the upgrade asked for (logged when refused); ``query`` its query string
+    (without ``?``), which the signature must cover too, as Twilio signs the full URL.
     """
     if not services.settings.twilio_validate_signatures:
         return True
-    if services.signatures.valid_stream_upgrade(services.settings.media_stream_url, signature):
+    url = services.settings.media_stream_url + (f"?{query}" if query else "")
+    if services.signatures.valid_stream_upgrade(url, signature):
         return True
     log.warning("twilio.signature_rejected", path=path)
     services.metrics.signature_rejected("/ws/cartesia")

@@ -5,6 +5,12 @@ mints the one-time stream token and answers TwiML. Never a 500: with the databas
 caller hears a short apology and Twilio hangs up. At ``MAX_ACTIVE_CALLS`` (``archer.web.capacity``)
 the caller hears a short apology, or is sent to ``OVERFLOW_NUMBER``, and the call is written as
 one finished row with ``end_reason=overflow``.
+
+A call is armed once (issue 19): a repeated webhook for a CallSid (a replay of a captured,
+signed request; the signature covers only the URL and form, so it replays perfectly) is
+answered ``<Hangup/>`` and never gets a token, whether the first token is live, spent or
+expired. Twilio's ``I-Twilio-Idempotency-Token`` header does not help here: it is not covered
+by the signature, so a replayer can send, copy or leave it out at will; it is only logged.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 import trio
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from archer.call.records import CallRecord, NewCall
 from archer.call.state import utc_now
@@ -24,6 +30,7 @@ from archer.errors import StoreError
 from archer.logs import mask_phone
 from archer.phone import e164_or_none
 from archer.twilio import twiml
+from archer.twilio.form import VoiceForm, voice_form
 from archer.web.twilio_auth import signed_form
 
 if TYPE_CHECKING:
@@ -57,24 +64,23 @@ def voice_blueprint(services: Services) -> Blueprint:
         params = await signed_form(services, "/twilio/voice")
         if params is None:
             return "forbidden", 403
-        call_sid = params.get("CallSid", "")
-        if not call_sid:
-            return "CallSid is required", 400
+        form = voice_form(params)  # a malformed field is a 400 (archer.app), before any write
+        call_sid = form.call_sid
         if services.drain.draining:
             # Shutting down: this process takes no new call; the caller can try again at once.
             log.info("call.refused_draining", call_sid=call_sid)
             services.metrics.apology()
             return Response(twiml.apology(APOLOGY), content_type=TWIML_CONTENT_TYPE)
         if not services.capacity.admit(call_sid):
-            return await _overflow(services, params, call_sid)
-        from_number = params.get("From", "")
+            return await _overflow(services, form, call_sid)
+        from_number = form.from_number
         caller_e164 = e164_or_none(from_number)
         token = secrets.token_urlsafe(32)
         now = utc_now()
         new_call = NewCall(
             call_sid=call_sid,
             from_number=from_number,
-            to_number=params.get("To", ""),
+            to_number=form.to_number,
             caller_e164=caller_e164,
             stream_token_hash=stream_token_hash(token),
             stream_token_expires_at=now + timedelta(seconds=settings.limits.stream_token_ttl),
@@ -88,6 +94,13 @@ def voice_blueprint(services: Services) -> Blueprint:
                 log.error("call.rejected_database_unavailable", error=str(exc))
                 services.metrics.apology()
                 return Response(twiml.apology(APOLOGY), content_type=TWIML_CONTENT_TYPE)
+            if not opened.armed:
+                services.capacity.release(call_sid)  # no stream will come for a refused repeat
+                log.warning(
+                    "call.webhook_repeated",
+                    idempotency_token=request.headers.get("I-Twilio-Idempotency-Token") is not None,
+                )
+                return Response(twiml.hang_up(), content_type=TWIML_CONTENT_TYPE)
             log.info(
                 "call.incoming",
                 caller=mask_phone(caller_e164 or from_number),
@@ -107,7 +120,7 @@ def voice_blueprint(services: Services) -> Blueprint:
     return blueprint
 
 
-async def _overflow(services: Services, params: dict[str, str], call_sid: str) -> Response:
+async def _overflow(services: Services, form: VoiceForm, call_sid: str) -> Response:
     """Answer a call that finds this process full: the overflow number, or the apology.
 
     The call is written as one finished row (``failed``, or ``transferred`` when sent to
@@ -135,8 +148,8 @@ async def _overflow(services: Services, params: dict[str, str], call_sid: str) -
             status="transferred" if overflow_number else "failed",
             started_at=now,
             ended_at=now,
-            from_number=params.get("From", ""),
-            to_number=params.get("To", ""),
+            from_number=form.from_number,
+            to_number=form.to_number,
             end_reason="overflow",
         )
         with trio.move_on_after(OVERFLOW_WRITE_TIMEOUT):

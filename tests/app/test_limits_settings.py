@@ -25,6 +25,7 @@ LIMITS: dict[str, tuple[str, str, float]] = {
     "tool_timeout": ("TOOL_TIMEOUT", "4", 4.0),
     "agent_ping_interval": ("AGENT_PING_INTERVAL", "7.5", 7.5),
     "max_message_bytes": ("MAX_MESSAGE_BYTES", "8192", 8192),
+    "twilio_media_timeout": ("TWILIO_MEDIA_TIMEOUT", "2.5", 2.5),
 }
 
 

@@ -30,7 +30,14 @@ from tests.fakes.store import FakeCallStore, FakeSpool
 from tests.fakes.twilio import FakeTwilio
 from tests.helpers import audio, live_archer_tasks
 
-LIMITS = CallLimits(tool_timeout=2.0, agent_ping_interval=20.0, max_call_seconds=3600.0)
+# The fakes send caller media only when a test says so (Twilio would every 20 ms), so a quiet
+# fake is not a lost stream here; tests/call/test_lost_stream.py sets its own media timeout.
+LIMITS = CallLimits(
+    tool_timeout=2.0,
+    agent_ping_interval=20.0,
+    max_call_seconds=3600.0,
+    twilio_media_timeout=3600.0,
+)
 
 
 async def _echo(context: ToolContext, arguments: Mapping[str, object]) -> ToolResult:
@@ -311,7 +318,9 @@ async def test_tool_call_gets_its_result_and_is_recorded_masked(
     assert bridge.call.call_sid in result
     [recorded] = bridge.call.snapshot().tool_calls
     assert recorded.arguments == {"pin": "***", "account_type": "checking"}
-    assert recorded.result == result
+    # The echo tool sent the PIN back: the agent gets it, the record never holds it.
+    assert '"pin":"1234"' in result
+    assert recorded.result == result.replace("1234", "***")
     assert recorded.finished_at is not None
 
 

@@ -215,21 +215,37 @@ async def test_claim_stream_refuses_bad_claims(
     assert await sql_store.claim_stream(claim()) is not None
 
 
-async def test_retried_webhook_rearms_the_token_until_the_stream_claims(
-    sql_store: SqlCallStore,
-) -> None:
-    """A retried webhook replaces the unclaimed token; after a claim it cannot re-arm one."""
-    await sql_store.open_call(new_call(token_hash="a" * 64))
-    await sql_store.open_call(new_call(token_hash="b" * 64))
+async def test_a_repeated_webhook_never_arms_a_second_token(sql_store: SqlCallStore) -> None:
+    """Issue 19: the first webhook's token is the call's only one; a repeat (a replay) arms
+    nothing, before the claim, after it, and after the call ended."""
+    first = await sql_store.open_call(new_call(token_hash="a" * 64))
+    replayed = await sql_store.open_call(new_call(token_hash="b" * 64))
+    assert (first.armed, replayed.armed) == (True, False)
+    assert replayed.customer_id == first.customer_id
 
-    assert await sql_store.claim_stream(claim(token_hash="a" * 64)) is None
-    assert await sql_store.claim_stream(claim(token_hash="b" * 64)) is not None
+    assert await sql_store.claim_stream(claim(token_hash="b" * 64)) is None
+    assert await sql_store.claim_stream(claim(token_hash="a" * 64)) is not None
 
-    await sql_store.open_call(new_call(token_hash="c" * 64))
+    assert not (await sql_store.open_call(new_call(token_hash="c" * 64))).armed
     assert await sql_store.claim_stream(claim(token_hash="c" * 64, stream_sid="MZ0002")) is None
+    await sql_store.save_call(finished_record(customer_id=first.customer_id))
+    assert not (await sql_store.open_call(new_call(token_hash="d" * 64))).armed
+    assert await sql_store.claim_stream(claim(token_hash="d" * 64, stream_sid="MZ0003")) is None
     stored = await sql_store.load_call("CA0001")
     assert stored is not None
     assert stored.record.stream_sid == "MZ0001"
+
+
+async def test_a_status_callback_row_is_armed_unless_the_call_is_over(
+    sql_store: SqlCallStore,
+) -> None:
+    """A row the status callback opened first is armed by the webhook while the call is under
+    way, never once Twilio reported it over."""
+    await sql_store.record_twilio_status(TwilioStatusUpdate("CA0001", "ringing", None))
+    assert (await sql_store.open_call(new_call("CA0001", token_hash="a" * 64))).armed
+    await sql_store.record_twilio_status(TwilioStatusUpdate("CA0002", "completed", 3))
+    assert not (await sql_store.open_call(new_call("CA0002", token_hash="b" * 64))).armed
+    assert await sql_store.claim_stream(claim("CA0002", token_hash="b" * 64)) is None
 
 
 async def test_save_call_is_idempotent(sql_store: SqlCallStore) -> None:

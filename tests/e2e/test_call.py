@@ -119,7 +119,10 @@ async def running_system(
             cartesia_ws_url=agent_url or agent_server_url or agent.url,
             cartesia_protocol=protocol,
             media_port=media_port,
-            limits=limits or CallLimits(agent_ready_timeout=2.0, flush_timeout=5.0),
+            # The test caller sends media only when told (Twilio would every 20 ms): a quiet
+            # test caller is not a lost stream unless a test sets a short media timeout.
+            limits=limits
+            or CallLimits(agent_ready_timeout=2.0, flush_timeout=5.0, twilio_media_timeout=60.0),
         )
         urls = await nursery.start(
             partial(

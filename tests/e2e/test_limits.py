@@ -42,6 +42,9 @@ COVERED_ELSEWHERE = {
     "agent_ready_timeout": "tests.e2e.test_call::test_agent_never_answers_session_create",
     "tool_timeout": "tests.call.test_session::test_slow_tool_times_out_while_audio_keeps_flowing",
     "agent_ping_interval": "tests.call.test_session::test_unanswered_ping_fails_the_call",
+    "twilio_media_timeout": (
+        "tests.e2e.test_lost_stream::test_a_stream_that_sends_nothing_ends_as_twilio_lost"
+    ),
     "max_message_bytes": (
         "tests.e2e.test_hostile_stream::test_a_twilio_message_over_the_limit_closes_the_stream",
         "tests.e2e.test_hostile_stream::test_an_agent_message_over_the_limit_fails_the_call",

@@ -35,6 +35,8 @@ class FakeCallStore:
         customer_id = None
         if call.caller_e164 is not None:
             customer_id = self.customers.setdefault(call.caller_e164, len(self.customers) + 1)
+        if call.call_sid in self.calls:  # armed once, as the real store (issue 19)
+            return OpenedCall(call_sid=call.call_sid, customer_id=customer_id, armed=False)
         self.calls[call.call_sid] = CallRecord(
             call_sid=call.call_sid,
             status="initiated",
