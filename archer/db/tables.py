@@ -30,6 +30,7 @@ __all__ = [
     "calls",
     "cards",
     "customers",
+    "instances",
     "metadata",
     "tool_calls",
     "transactions",
@@ -182,6 +183,8 @@ calls = sa.Table(
     sa.Column("stream_token_expires_at", UtcDateTime),
     # Custom events the agent sent, in order (a JSON array of objects).
     sa.Column("agent_events", _Json, nullable=False, server_default=sa.text("'[]'")),
+    # The instance carrying the stream (instances.id); no foreign key, see schema.sql.
+    sa.Column("instance_id", sa.Text),
     _check("status", "status IN (" + ", ".join(f"'{s}'" for s in CALL_STATUSES) + ")"),
     sa.Index("calls_customer_id_idx", "customer_id"),
     sa.Index("calls_started_at_idx", "started_at"),
@@ -220,4 +223,12 @@ tool_calls = sa.Table(
     sa.Column("started_at", UtcDateTime, nullable=False),
     sa.Column("finished_at", UtcDateTime),
     sa.UniqueConstraint("call_id", "tool_call_id"),
+)
+
+instances = sa.Table(
+    "instances",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("renewed_at", UtcDateTime, nullable=False),
 )

@@ -79,6 +79,7 @@ class FakeSpool:
     """``RecordSpool`` in a list; ``broken`` makes it fail like a full disk."""
 
     records: list[CallRecord] = attrs.Factory(list)
+    statuses: list[TwilioStatusUpdate] = attrs.Factory(list)
     broken: bool = False
 
     async def append(self, record: CallRecord) -> None:
@@ -86,3 +87,9 @@ class FakeSpool:
         if self.broken:
             raise OSError("No space left on device (fake)")
         self.records.append(record)
+
+    async def append_status(self, update: TwilioStatusUpdate) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.broken:
+            raise OSError("No space left on device (fake)")
+        self.statuses.append(update)
