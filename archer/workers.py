@@ -18,9 +18,9 @@ Rules:
   a server that silently runs at reduced capacity; there is no in-place respawn.
 - Workers watch a pipe from the supervisor; if the supervisor dies (even by SIGKILL), they drain
   and exit rather than serve on unsupervised.
-- Each worker has its own spool file (``worker_spool_path``) and replays only that: the replay
-  rewrites its file, which would lose lines another process appended meanwhile, so neither a
-  shared file replayed by one worker nor one replayed by the supervisor would be safe.
+- Each worker is an instance of its own (``INSTANCE_ID`` plus ``-w<index>``): its own lease,
+  and its own journal in the spool directory (``archer.db.spool``), which any instance replays
+  once its writer is gone.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import attrs
 import structlog
 import trio
 
-from archer.db.spool import spool_files, worker_spool_path
 from archer.errors import ArcherError, ConfigError, StoreError
 from archer.settings import Settings
 
@@ -109,7 +108,6 @@ async def supervise(
         for sock in listening:
             sock.listen(config.backlog)
         log.info("workers.starting", workers=workers, bind=config.bind)
-        _warn_about_orphan_spools(Path(settings.spool_path), workers)
         # Create the schema once, before the workers race to: SQLite would otherwise have N
         # processes switching a new file to WAL at the same moment.
         await trio.to_thread.run_sync(_init_schema, settings.database_url)
@@ -229,18 +227,6 @@ def _init_schema(database_url: str) -> None:
         log.error("workers.database_unavailable", error=str(exc))
 
 
-def _warn_about_orphan_spools(spool_path: Path, workers: int) -> None:
-    """Log spool files of workers this run does not have (left by a run with more workers)."""
-    ours = {worker_spool_path(spool_path, index) for index in range(workers)}
-    for path in spool_files(spool_path):
-        if path not in ours and path.is_file() and path.stat().st_size > 0:
-            log.warning(
-                "workers.orphan_spool",
-                path=str(path),
-                note="no worker of this run replays it: stop the server, run `archer spool replay`",
-            )
-
-
 def run_worker(
     settings: Settings,
     *,
@@ -263,9 +249,7 @@ def run_worker(
 
     # Every line this process logs, in every task and thread (trio copies the context).
     structlog.contextvars.bind_contextvars(worker=index)
-    settings = attrs.evolve(
-        settings, spool_path=str(worker_spool_path(Path(settings.spool_path), index))
-    )
+    settings = attrs.evolve(settings, instance_id=worker_instance_id(settings.instance_id, index))
     trio.run(
         partial(
             serve,
@@ -276,6 +260,11 @@ def run_worker(
             shutdown_trigger=partial(wait_for_stop, supervisor_fd, early_stop),
         )
     )
+
+
+def worker_instance_id(instance_id: str, index: int) -> str:
+    """The ``INSTANCE_ID`` of worker ``index``: each worker holds its own lease and journal."""
+    return f"{instance_id}-w{index}"
 
 
 async def wait_for_stop(supervisor_fd: int, early_stop: threading.Event) -> None:
