@@ -10,7 +10,8 @@ Rules:
   instance. Only the database's clock is used (``archer.db.clock``).
 - A call row names the instance carrying its stream (``calls.instance_id``, set by the claim).
 - The reaper (``run_reaper``, in every instance) finishes open calls whose instance is dead:
-  ``status=failed``, ``end_reason=instance_lost``, ``ended_at`` = the lease's last renewal (now,
+  ``status=failed`` (``completed`` if Twilio's status callback already said so),
+  ``end_reason=instance_lost``, ``ended_at`` = the lease's last renewal (now,
   if the row is gone); and any call still open ``overdue_seconds`` after it started, whatever its
   lease says (``end_reason=overdue``). Turns and tool calls already written stay.
 - Safe with any number of reapers at once: it is one conditional ``UPDATE ... RETURNING`` on open
@@ -143,7 +144,8 @@ class SqlInstances:
             sa.update(calls)
             .where(calls.c.status.in_(OPEN_STATUSES), sa.or_(lost, overdue))
             .values(
-                status="failed",
+                # Twilio's own verdict if its final status came while the lease was still live.
+                status=sa.case((calls.c.twilio_status == "completed", "completed"), else_="failed"),
                 end_reason=sa.case((lost, "instance_lost"), else_="overdue"),
                 # The last moment the dead instance was known alive: the best end we know.
                 ended_at=sa.case(
