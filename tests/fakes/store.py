@@ -24,6 +24,8 @@ class FakeCallStore:
     statuses: dict[str, TwilioStatusUpdate] = attrs.Factory(dict)
     saves: int = 0
     down: bool = False
+    #: Every write taken, in order: ("save_call" | "record_twilio_status", call_sid).
+    writes: list[tuple[str, str]] = attrs.Factory(list)
 
     async def _io(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -65,10 +67,12 @@ class FakeCallStore:
         await self._io()
         self.saves += 1
         self.calls[record.call_sid] = record
+        self.writes.append(("save_call", record.call_sid))
 
     async def record_twilio_status(self, update: TwilioStatusUpdate) -> None:
         await self._io()
         self.statuses[update.call_sid] = update
+        self.writes.append(("record_twilio_status", update.call_sid))
 
     async def check(self) -> None:
         await self._io()
