@@ -16,8 +16,10 @@ Rules:
   after, so the bank's audit has the row before the action; if the "before" write fails, the
   tool does not act (``archer.call.tools``).
 - One write at a time (a lock), each reading the state when it starts, so the rows only move
-  forward. A failed write is logged and counted, never fatal: the next one, or the final flush
-  (and behind it the spool), writes the same rows again.
+  forward; a write still in flight when the call ends can land after the final flush, and the
+  store never lets an in-progress write undo a finished call (``SqlCallStore.save_call``).
+- A failed write is logged and counted, never fatal: the next one, or the final flush (and
+  behind it the spool), writes the same rows again.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ log = structlog.get_logger(__name__)
 
 #: The longest a change other than a turn's end waits before it is written.
 RECORD_BATCH_SECONDS: Final = 3.0
-#: The longest one write may hold up the call's end (the write is shielded, see ``write_now``).
+#: The longest one write may take (a side-effecting tool waits for it before it acts).
 RECORD_WRITE_TIMEOUT: Final = 5.0
 
 
@@ -62,8 +64,7 @@ class CallRecorder:
     async def run(self) -> None:
         """Write at each turn's end, or every ``RECORD_BATCH_SECONDS`` if anything changed.
 
-        Cancellation: stops between writes; a write in flight finishes in its thread (the
-        store's upsert is abandoned-safe) and the final flush repeats it.
+        Cancellation: stops at once; a write in flight is abandoned (see ``write_now``).
         """
         while True:
             with trio.move_on_after(RECORD_BATCH_SECONDS):
@@ -76,16 +77,17 @@ class CallRecorder:
 
         Never raises ``StoreError`` (it is logged and counted as ``db_write_failures``).
 
-        Cancellation: a write in flight is shielded for up to ``RECORD_WRITE_TIMEOUT`` seconds
-        and finishes (or is abandoned, and repeated by the final flush) before this returns.
+        Cancellation: the write in flight is abandoned in its thread and may still commit,
+        harmlessly (see the comment below); the final flush repeats it.
         """
         async with self._lock:
             changes = self._changes()
             if changes is None:
                 return True
-            # Shielded (and bounded): a write in flight when the call is cancelled finishes
-            # before the final flush starts, so it can never land after it and undo it.
-            with trio.move_on_after(RECORD_WRITE_TIMEOUT, shield=True) as deadline:
+            # Not shielded: a write the call's end cancels may still commit after the final
+            # flush, and the store makes that harmless (an in-progress write never reopens a
+            # finished row nor overwrites its turns and tool calls; it only adds missing ones).
+            with trio.move_on_after(RECORD_WRITE_TIMEOUT) as deadline:
                 try:
                     await self.store.save_call(changes)
                 except StoreError as exc:

@@ -317,20 +317,29 @@ class SqlCallStore:
                     sa.select(calls.c.id).where(calls.c.call_sid == record.call_sid)
                 ).scalar_one()
             )
+            # A write of a call in progress that reached a finished row (it landed after the
+            # final flush, or the call was reaped) only adds what is missing.
+            only_add = updated is None and record.status in OPEN_STATUSES
             if record.turns:
                 turn_stmt = _insert(conn, call_turns)
+                turn_keys = [call_turns.c.call_id, call_turns.c.turn]
                 conn.execute(
-                    turn_stmt.on_conflict_do_update(
-                        index_elements=[call_turns.c.call_id, call_turns.c.turn],
+                    turn_stmt.on_conflict_do_nothing(index_elements=turn_keys)
+                    if only_add
+                    else turn_stmt.on_conflict_do_update(
+                        index_elements=turn_keys,
                         set_={name: turn_stmt.excluded[name] for name in _TURN_UPDATES},
                     ),
                     [_turn_row(call_id, turn) for turn in record.turns],
                 )
             if record.tool_calls:
                 tool_stmt = _insert(conn, tool_calls)
+                tool_keys = [tool_calls.c.call_id, tool_calls.c.tool_call_id]
                 conn.execute(
-                    tool_stmt.on_conflict_do_update(
-                        index_elements=[tool_calls.c.call_id, tool_calls.c.tool_call_id],
+                    tool_stmt.on_conflict_do_nothing(index_elements=tool_keys)
+                    if only_add
+                    else tool_stmt.on_conflict_do_update(
+                        index_elements=tool_keys,
                         set_={name: tool_stmt.excluded[name] for name in _TOOL_CALL_UPDATES},
                     ),
                     [_tool_call_row(call_id, tool) for tool in record.tool_calls],

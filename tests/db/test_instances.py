@@ -258,3 +258,32 @@ async def test_the_reaper_keeps_twilios_verdict_when_it_came_first(
 
     record = await trio.to_thread.run_sync(row, sql_store)
     assert (record.status, record.end_reason) == ("completed", "instance_lost")
+
+
+async def test_a_write_in_progress_landing_after_the_final_flush_changes_nothing_it_had(
+    sql_store: SqlCallStore,
+) -> None:
+    """An incremental write abandoned at the call's end may commit after the final flush: it
+    neither reopens the row nor rolls back a turn or tool call the flush completed."""
+    carrier = await carried_call(sql_store, "pod-b")
+    final = attrs.evolve(
+        in_progress(),
+        status="completed",
+        end_reason="caller_hangup",
+        ended_at=NOW,
+        turns=(TurnRecord(turn=1, role="assistant", text="Turn 1, finished."),),
+        tool_calls=(
+            ToolCallRecord(
+                "t1", "freeze_card", {"last4": "2207"}, NOW, result="{}", finished_at=NOW
+            ),
+        ),
+    )
+    await carrier.save_call(final)
+
+    await carrier.save_call(in_progress(turns=2))  # the stale write lands late
+
+    stored = await sql_store.load_call("CA0001")
+    assert stored is not None
+    assert (stored.record.status, stored.record.end_reason) == ("completed", "caller_hangup")
+    assert [turn.text for turn in stored.record.turns] == ["Turn 1, finished.", "Turn 2."]
+    assert stored.record.tool_calls[0].finished_at == NOW
