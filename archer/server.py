@@ -30,7 +30,13 @@ from archer.cartesia.client import CartesiaManagedConnector
 from archer.cartesia.line_client import CartesiaLineConnector
 from archer.db.bank import SqlBankStore
 from archer.db.engine import init_schema
-from archer.db.instances import OVERDUE_MARGIN_SECONDS, SqlInstances, run_heartbeat, run_reaper
+from archer.db.instances import (
+    OVERDUE_MARGIN_SECONDS,
+    ReapedCall,
+    SqlInstances,
+    run_heartbeat,
+    run_reaper,
+)
 from archer.db.spool import JsonlSpool, run_spool_replay
 from archer.db.store import SqlCallStore
 from archer.errors import ConfigError, StoreError
@@ -235,8 +241,14 @@ async def _serve_instance(  # noqa: ASYNC128 (as serve)
         assert isinstance(services.store, SqlCallStore)
         lease = SqlInstances(services.store, settings.instance_id)
         async with trio.open_nursery() as nursery:
+            reaped = partial(_count_reaped, services.metrics)
             nursery.start_soon(
-                partial(run_heartbeat, lease, interval=settings.instance_heartbeat_seconds)
+                partial(
+                    run_heartbeat,
+                    lease,
+                    interval=settings.instance_heartbeat_seconds,
+                    reaped=reaped,
+                )
             )
             nursery.start_soon(
                 partial(
@@ -245,7 +257,7 @@ async def _serve_instance(  # noqa: ASYNC128 (as serve)
                     interval=settings.reaper_interval,
                     lease_seconds=settings.instance_lease_seconds,
                     overdue_seconds=settings.limits.max_call_seconds + OVERDUE_MARGIN_SECONDS,
-                    reaped=lambda call: services.metrics.call_reaped(call.end_reason),
+                    reaped=reaped,
                 )
             )
             nursery.start_soon(
@@ -280,6 +292,10 @@ async def _serve_instance(  # noqa: ASYNC128 (as serve)
             except StoreError as exc:
                 log.warning("instance.lease_not_retired", error=str(exc))
         log.info("server.stopped", instance_id=settings.instance_id)
+
+
+def _count_reaped(metrics: Metrics, call: ReapedCall) -> None:
+    metrics.call_reaped(call.end_reason)
 
 
 def _database_kind(settings: Settings) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, Self, TypeVar
@@ -352,9 +353,10 @@ def settings_from_os() -> Settings:
 
 
 def default_instance_id() -> str:
-    """``<hostname>-<pid>``: unique per process on one host (Kubernetes sets ``INSTANCE_ID``)."""
-    host = re.sub(r"[^A-Za-z0-9._-]", "_", os.uname().nodename)[:80] or "archer"
-    return f"{host}-{os.getpid()}"
+    """``<hostname>-<pid>-<4 hex>``: unique per process (and per server within one, as tests
+    run several); Kubernetes sets ``INSTANCE_ID`` to the pod's name instead."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", os.uname().nodename)[:80].lstrip("._-") or "archer"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
 def _instance_id(value: str) -> str:

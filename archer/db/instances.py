@@ -9,6 +9,8 @@ Rules:
   (``run_heartbeat``). A row not renewed for ``INSTANCE_LEASE_SECONDS`` (or absent) is a dead
   instance. Only the database's clock is used (``archer.db.clock``).
 - A call row names the instance carrying its stream (``calls.instance_id``, set by the claim).
+  A restarted container keeps its pod's name as ``INSTANCE_ID``, so the first renewal of a new
+  process finishes the calls its predecessor left open under that id (``SqlInstances.renew``).
 - The reaper (``run_reaper``, in every instance) finishes open calls whose instance is dead:
   ``status=failed`` (``completed`` if Twilio's status callback already said so),
   ``end_reason=instance_lost``, ``ended_at`` = the lease's last renewal (now,
@@ -25,6 +27,7 @@ Rules:
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, TypeVar, TypeVarTuple
 
 import attrs
@@ -73,22 +76,34 @@ class ReapedCall:
     instance_id: str | None
 
 
-@attrs.frozen
+@attrs.define
 class SqlInstances:
     """This instance's lease, and the reaper's statement; shares the call store's engine."""
 
     _store: SqlCallStore
     instance_id: str
+    #: When this process started, by its own host's clock. Only compared with
+    #: ``calls.connected_at``, which this same host wrote when it claimed a stream, to tell a
+    #: previous process's calls under the same ``INSTANCE_ID`` (a restarted container keeps its
+    #: pod's name) from this one's.
+    started_at: datetime = attrs.Factory(lambda: datetime.now(UTC))
+    _adopted: bool = False
 
-    async def renew(self) -> None:
+    async def renew(self) -> list[ReapedCall]:
         """Create or renew this instance's lease (``renewed_at`` = the database's now).
+
+        The first renewal that succeeds also finishes the calls a previous process with this
+        ``INSTANCE_ID`` left open (they look alive to every reaper once this lease is renewed);
+        those are returned (``instance_lost``, ended at the old lease's last renewal).
 
         Raises:
             StoreError: the database is unavailable.
 
         Cancellation: the statement finishes in its thread (bounded by the driver timeouts).
         """
-        await self._run("renew_lease", self._renew_sync)
+        orphans = await self._run("renew_lease", self._renew_sync, not self._adopted)
+        self._adopted = True
+        return orphans
 
     async def retire(self) -> None:
         """Delete this instance's lease (a clean shutdown, after its calls were flushed).
@@ -118,8 +133,9 @@ class SqlInstances:
             log.warning("db.operation_failed", operation=operation, error=message)
             raise StoreError(message) from exc
 
-    def _renew_sync(self) -> None:
+    def _renew_sync(self, adopt: bool) -> list[ReapedCall]:
         with self._store.engine.begin() as conn:
+            orphans = conn.execute(self._finish_orphans()).all() if adopt else []
             insert = (
                 postgresql.insert(instances)
                 if conn.dialect.name == "postgresql"
@@ -129,9 +145,33 @@ class SqlInstances:
             conn.execute(
                 stmt.on_conflict_do_update(
                     index_elements=[instances.c.id],
-                    set_={"renewed_at": stmt.excluded.renewed_at},
+                    set_={
+                        "renewed_at": stmt.excluded.renewed_at,
+                        # A new process under an old id starts a new lease.
+                        **({"started_at": stmt.excluded.started_at} if adopt else {}),
+                    },
                 )
             )
+        return [ReapedCall(row.call_sid, row.end_reason, row.instance_id) for row in orphans]
+
+    def _finish_orphans(self) -> sa.Update:
+        """Open calls under this id that a previous process claimed (before this one started)."""
+        return (
+            sa.update(calls)
+            .where(
+                calls.c.instance_id == self.instance_id,
+                calls.c.status.in_(OPEN_STATUSES),
+                sa.or_(calls.c.connected_at.is_(None), calls.c.connected_at < self.started_at),
+            )
+            .values(
+                status=sa.case((calls.c.twilio_status == "completed", "completed"), else_="failed"),
+                end_reason="instance_lost",
+                ended_at=sa.func.coalesce(carrier_lease(), db_now()),
+                error="the process carrying the call stopped; a new one took its INSTANCE_ID",
+                stream_token_hash=None,
+            )
+            .returning(calls.c.call_sid, calls.c.end_reason, calls.c.instance_id)
+        )
 
     def _retire_sync(self) -> None:
         with self._store.engine.begin() as conn:
@@ -164,17 +204,24 @@ class SqlInstances:
         return [ReapedCall(row.call_sid, row.end_reason, row.instance_id) for row in rows]
 
 
-async def run_heartbeat(lease: SqlInstances, *, interval: float) -> None:
+async def run_heartbeat(
+    lease: SqlInstances,
+    *,
+    interval: float,
+    reaped: Callable[[ReapedCall], None] | None = None,
+) -> None:
     """Renew the lease now and every ``interval`` seconds, for as long as the server runs.
 
     A failed renewal is logged and tried again next time (the database may be back by then).
+    Calls a previous process under this id left open are logged (``call.reaped``) and handed
+    to ``reaped``, as the reaper's are.
 
     Cancellation: stops between renewals; the lease is left to expire (or ``retire`` it).
     """
     failing = False
     while True:
         try:
-            await lease.renew()
+            orphans = await lease.renew()
         except StoreError as exc:
             if not failing:
                 log.warning("instance.lease_not_renewed", error=str(exc))
@@ -183,7 +230,20 @@ async def run_heartbeat(lease: SqlInstances, *, interval: float) -> None:
             if failing:
                 log.info("instance.lease_renewed_again")
             failing = False
+            _report(orphans, reaped)
         await trio.sleep(interval)
+
+
+def _report(calls_reaped: list[ReapedCall], reaped: Callable[[ReapedCall], None] | None) -> None:
+    for call in calls_reaped:
+        log.warning(
+            "call.reaped",
+            call_sid=call.call_sid,
+            end_reason=call.end_reason,
+            carried_by=call.instance_id,
+        )
+        if reaped is not None:
+            reaped(call)
 
 
 async def run_reaper(
@@ -209,12 +269,4 @@ async def run_reaper(
         except StoreError as exc:
             log.warning("instance.reaper_failed", error=str(exc))
             continue
-        for call in calls_reaped:
-            log.warning(
-                "call.reaped",
-                call_sid=call.call_sid,
-                end_reason=call.end_reason,
-                carried_by=call.instance_id,
-            )
-            if reaped is not None:
-                reaped(call)
+        _report(calls_reaped, reaped)

@@ -141,7 +141,8 @@ def test_dotenv_rejects_lines_that_are_not_assignments() -> None:
 def test_instance_settings_and_their_defaults() -> None:
     """Leases and the reaper: a unique default id per process, the documented defaults."""
     settings = Settings.from_environ({})
-    assert settings.instance_id.endswith(f"-{os.getpid()}")
+    assert f"-{os.getpid()}-" in settings.instance_id
+    assert Settings.from_environ({}).instance_id != settings.instance_id
     assert (
         settings.instance_lease_seconds,
         settings.instance_heartbeat_seconds,

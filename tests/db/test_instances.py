@@ -59,12 +59,18 @@ def in_progress(call_sid: str = "CA0001", *, turns: int = 1) -> CallRecord:
         call_sid=call_sid,
         status="in_progress",
         started_at=NOW,
+        connected_at=NOW,
         stream_sid="MZ" + call_sid,
         turns=tuple(
             TurnRecord(turn=n, role="assistant", text=f"Turn {n}.") for n in range(1, turns + 1)
         ),
         tool_calls=(ToolCallRecord("t1", "freeze_card", {"last4": "2207"}, started_at=NOW),),
     )
+
+
+def lease(store: SqlCallStore, instance_id: str) -> SqlInstances:
+    """The lease of a process that started before the calls in these tests (its own calls)."""
+    return SqlInstances(store, instance_id, started_at=NOW - timedelta(days=1))
 
 
 def row(store: SqlCallStore, call_sid: str = "CA0001") -> sa.Row[tuple[object, ...]]:
@@ -81,13 +87,13 @@ def lease_renewed_at(store: SqlCallStore, instance_id: str) -> datetime:
 
 
 async def test_a_lease_is_created_renewed_and_retired(sql_store: SqlCallStore) -> None:
-    lease = SqlInstances(sql_store, "pod-a")
-    await lease.renew()
+    pod = lease(sql_store, "pod-a")
+    await pod.renew()
     first = await trio.to_thread.run_sync(lease_renewed_at, sql_store, "pod-a")
     await trio.sleep(0.01)
-    await lease.renew()
+    await pod.renew()
     assert await trio.to_thread.run_sync(lease_renewed_at, sql_store, "pod-a") > first
-    await lease.retire()
+    await pod.retire()
     with pytest.raises(sa.exc.NoResultFound):
         await trio.to_thread.run_sync(lease_renewed_at, sql_store, "pod-a")
 
@@ -99,7 +105,7 @@ async def test_the_claim_names_the_instance_carrying_the_stream(sql_store: SqlCa
 
 async def test_the_reaper_leaves_calls_of_a_live_instance(sql_store: SqlCallStore) -> None:
     await carried_call(sql_store, "pod-b")
-    await SqlInstances(sql_store, "pod-b").renew()
+    await lease(sql_store, "pod-b").renew()
 
     reaped = await SqlInstances(sql_store, "pod-a").reap(lease_seconds=LIVE, overdue_seconds=3600)
 
@@ -110,7 +116,7 @@ async def test_the_reaper_leaves_calls_of_a_live_instance(sql_store: SqlCallStor
 async def test_the_reaper_finishes_calls_of_a_dead_instance(sql_store: SqlCallStore) -> None:
     """failed/instance_lost, ended at the lease's last renewal, turns and tool calls kept."""
     await carried_call(sql_store, "pod-b")
-    await SqlInstances(sql_store, "pod-b").renew()
+    await lease(sql_store, "pod-b").renew()
     last_renewal = await trio.to_thread.run_sync(lease_renewed_at, sql_store, "pod-b")
 
     reaped = await SqlInstances(sql_store, "pod-a").reap(
@@ -137,7 +143,7 @@ async def test_an_overdue_call_is_reaped_whatever_its_lease(sql_store: SqlCallSt
     """Past MAX_CALL_SECONDS plus the margin, even a live instance's call is finished."""
     await sql_store.open_call(new_call("CA0002", started_at=NOW - timedelta(hours=2)))
     await carried_call(sql_store, "pod-b")
-    await SqlInstances(sql_store, "pod-b").renew()
+    await lease(sql_store, "pod-b").renew()
 
     reaped = await SqlInstances(sql_store, "pod-a").reap(lease_seconds=LIVE, overdue_seconds=3600)
 
@@ -152,8 +158,8 @@ async def test_reapers_running_at_once_reap_each_call_once(sql_store: SqlCallSto
     reaped: list[ReapedCall] = []
 
     async def reap(instance_id: str) -> None:
-        lease = SqlInstances(sql_store, instance_id)
-        reaped.extend(await lease.reap(lease_seconds=LIVE, overdue_seconds=3600))
+        reaper = SqlInstances(sql_store, instance_id)
+        reaped.extend(await reaper.reap(lease_seconds=LIVE, overdue_seconds=3600))
 
     async with trio.open_nursery() as nursery:
         for instance_id in ("pod-a", "pod-b", "pod-c"):
@@ -211,7 +217,7 @@ async def test_terminal_status_finishes_a_call_whose_instance_is_dead(
     """Twilio's status and duration, at once, for a call no live instance carries."""
     store = attrs.evolve(sql_store, lease_seconds=EXPIRED)
     await carried_call(store, "pod-b")
-    await SqlInstances(store, "pod-b").renew()
+    await lease(store, "pod-b").renew()
 
     finished = await store.record_twilio_status(TwilioStatusUpdate("CA0001", "completed", 42))
 
@@ -229,7 +235,7 @@ async def test_terminal_status_leaves_a_call_a_live_instance_carries(
 ) -> None:
     """Its own flush knows more; the callback only stores Twilio's columns."""
     await carried_call(sql_store, "pod-b")
-    await SqlInstances(sql_store, "pod-b").renew()
+    await lease(sql_store, "pod-b").renew()
 
     assert await sql_store.record_twilio_status(TwilioStatusUpdate("CA0001", "busy", 0)) is None
 
@@ -251,7 +257,7 @@ async def test_the_reaper_keeps_twilios_verdict_when_it_came_first(
 ) -> None:
     """The callback came while the lease was live; the reaper then finishes with its status."""
     await carried_call(sql_store, "pod-b")
-    await SqlInstances(sql_store, "pod-b").renew()
+    await lease(sql_store, "pod-b").renew()
     await sql_store.record_twilio_status(TwilioStatusUpdate("CA0001", "completed", 30))
 
     await SqlInstances(sql_store, "pod-a").reap(lease_seconds=EXPIRED, overdue_seconds=3600)
@@ -287,3 +293,30 @@ async def test_a_write_in_progress_landing_after_the_final_flush_changes_nothing
     assert (stored.record.status, stored.record.end_reason) == ("completed", "caller_hangup")
     assert [turn.text for turn in stored.record.turns] == ["Turn 1, finished.", "Turn 2."]
     assert stored.record.tool_calls[0].finished_at == NOW
+
+
+async def test_a_new_process_under_an_old_id_finishes_its_predecessors_calls(
+    sql_store: SqlCallStore,
+) -> None:
+    """A restarted container keeps its pod's name: its first renewal finishes the calls the
+    previous process left open under that id (they would look alive forever otherwise), and
+    never a call it claimed itself."""
+    await carried_call(sql_store, "pod-a", "CA0001")
+    await lease(sql_store, "pod-a").renew()
+    predecessor_renewed = await trio.to_thread.run_sync(lease_renewed_at, sql_store, "pod-a")
+
+    successor = SqlInstances(sql_store, "pod-a", started_at=NOW + timedelta(seconds=1))
+    own = attrs.evolve(sql_store, instance_id="pod-a")
+    await own.open_call(new_call("CA0002"))
+    claim = StreamClaim("CA0002", "MZCA0002", "a" * 64, NOW + timedelta(seconds=2))
+    assert await own.claim_stream(claim) is not None
+
+    orphans = await successor.renew()
+    again = await successor.renew()
+
+    assert orphans == [ReapedCall("CA0001", "instance_lost", "pod-a")]
+    assert again == []
+    stored = await sql_store.load_call("CA0001")
+    assert stored is not None
+    assert stored.record.ended_at == predecessor_renewed
+    assert (await trio.to_thread.run_sync(row, sql_store, "CA0002")).status == "in_progress"
