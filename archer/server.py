@@ -103,6 +103,25 @@ async def open_services(
             await store.aclose()
 
 
+@asynccontextmanager
+async def hold_journal(spool: JsonlSpool, settings: Settings) -> AsyncIterator[None]:
+    """Hold this instance's spool journal while it serves (``JsonlSpool.hold``).
+
+    Raises:
+        ConfigError: the spool directory is unusable, or another live process holds this
+            ``INSTANCE_ID``'s journal.
+
+    Cancellation: the lock is released on the way out.
+    """
+    with ExitStack() as held:
+        try:
+            held.enter_context(spool.hold())
+        except OSError as exc:
+            raise ConfigError(f"SPOOL_PATH={settings.spool_path!r}: {exc}") from None
+        await trio.lowlevel.checkpoint()
+        yield
+
+
 def agent_connector(settings: Settings) -> AgentConnector:
     """The agent connector ``CARTESIA_PROTOCOL`` names: Managed Agents or a Line agent."""
     limits = settings.limits
@@ -183,38 +202,10 @@ async def serve(  # noqa: ASYNC128
     Cancellation: stops serving at once; live calls are cancelled and flushed.
     """
     spool = JsonlSpool.for_instance(Path(settings.spool_path), settings.instance_id)
-    with ExitStack() as held:
-        try:
-            held.enter_context(spool.hold())
-        except OSError as exc:
-            raise ConfigError(f"SPOOL_PATH={settings.spool_path!r}: {exc}") from None
-        await _serve_instance(
-            settings,
-            spool=spool,
-            host=host,
-            port=port,
-            tools=tools,
-            hypercorn_toml=hypercorn_toml,
-            listen_fds=listen_fds,
-            shutdown_trigger=shutdown_trigger,
-            task_status=task_status,
-        )
-
-
-async def _serve_instance(  # noqa: ASYNC128 (as serve)
-    settings: Settings,
-    *,
-    spool: JsonlSpool,
-    host: str | None,
-    port: int | None,
-    tools: ToolRegistry | None,
-    hypercorn_toml: Path | None,
-    listen_fds: Sequence[int],
-    shutdown_trigger: Callable[[], Awaitable[None]],
-    task_status: trio.TaskStatus[list[str]],
-) -> None:
-    """``serve`` with this instance's journal held: its lease, reaper, replay and hypercorn."""
-    async with open_services(settings, spool=spool, tools=tools) as services:
+    async with (
+        hold_journal(spool, settings),
+        open_services(settings, spool=spool, tools=tools) as services,
+    ):
         config = hypercorn_config(
             settings,
             host=host if host is not None else settings.host,

@@ -121,8 +121,9 @@ async def measure(database_url: str | None, calls_to_play: int) -> dict[str, Any
                 call_sid = f"{prefix}{index:021x}"
                 writes.append(await _one_call(store, timed, call_sid))
         finally:
-            await trio.to_thread.run_sync(_delete, store, prefix)
-            await store.aclose()
+            with trio.move_on_after(10, shield=True):  # leave nothing behind, even on Ctrl-C
+                await trio.to_thread.run_sync(_delete, store, prefix)
+                await store.aclose()
     per_operation = {
         operation: {
             "count_per_call": len(samples) / calls_to_play,

@@ -187,6 +187,11 @@ def _release(journal: Path, fd: int, *, remove: bool) -> None:
         os.close(fd)
 
 
+def _release_taken(journal: Path, fd: int) -> None:
+    """Drop the lock of another's journal; remove its lock file if replay emptied it (quick)."""
+    _release(journal, fd, remove=not journal.exists())
+
+
 @attrs.define
 class _Entry:
     index: int
@@ -283,9 +288,7 @@ class JsonlSpool:
                     try:
                         left, database_down = await self._replay_journal(store, journal)
                     finally:
-                        await trio.to_thread.run_sync(
-                            partial(_release, journal, fd, remove=not journal.exists())
-                        )
+                        _release_taken(journal, fd)  # no await: must run even if cancelled
                 waiting += left
                 if database_down:
                     break
