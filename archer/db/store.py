@@ -15,7 +15,10 @@ Rules:
   queues on the trio side instead of in pool checkout, and never starves trio's default pool.
 - Every SQLAlchemy error (and ``OSError``) becomes ``StoreError`` here; nothing above sees one.
 - Every write is an idempotent upsert keyed by ``CallSid``: a retried webhook, a replayed flush
-  or a repeated status callback leaves the same rows.
+  or a repeated status callback leaves the same rows. Finished stays finished: a write of a call
+  still in progress never reopens a finished row (it only adds turns and tool calls it lacks);
+  a final record replaces a reaper's or the status callback's guess (``archer.db.instances``).
+- Expiry is judged by the database's clock (``archer.db.clock``), never a host's.
 - Success lines are logged at debug from inside the thread, so the caller's bound contextvars
   (``call_sid``) appear on them; failures are logged once, at warning, on the trio side.
 """
@@ -140,6 +143,9 @@ class SqlCallStore:
 
     async def save_call(self, record: CallRecord) -> None:
         """Upsert the call row by ``call_sid`` with its turns and tool calls.
+
+        A record still in progress never reopens a finished row, nor changes the turns and tool
+        calls it holds (it adds the missing ones); a final record always lands.
 
         Raises:
             StoreError: the database is unavailable.
