@@ -11,8 +11,9 @@ Rules:
   before it returns, so an entry that left memory is on disk.
 - Each process holds an exclusive ``fcntl.flock`` on its journal's ``.lock`` file for as long as
   it lives (``hold``); the kernel drops it when the process dies, however it dies.
-- Every instance replays *every* journal in the directory: its own under its in-process lock,
-  and another's only if it can take that journal's lock without waiting (so only journals whose
+- Every instance replays *every* journal in the directory: its own under its in-process lock
+  (it holds the file lock already), and another's only if it can take that journal's lock
+  without waiting (so only journals whose
   writer is gone, and only one replayer at a time). Replay saves each entry through the
   ``CallStore`` (idempotent upserts keyed by CallSid, so a repeat is harmless), then rewrites the
   journal with what is left, atomically (temporary file, fsync, rename); a journal emptied by
@@ -211,6 +212,9 @@ class JsonlSpool:
     path: Path
     family: Path | None = None
     _lock: trio.Lock = attrs.Factory(trio.Lock)
+    #: Whether this process holds ``path``'s lock (``hold``); if not, replay takes it as for
+    #: any other journal (``archer spool replay`` beside running servers).
+    _holding: bool = False
 
     @classmethod
     def for_instance(cls, spool_path: Path, instance_id: str) -> JsonlSpool:
@@ -229,9 +233,11 @@ class JsonlSpool:
         fd = _try_lock(self.path)
         if fd is None:
             raise OSError(f"another live process holds the spool journal {self.path}")
+        self._holding = True
         try:
             yield
         finally:
+            self._holding = False
             # A journal still holding entries keeps its lock file: another instance replays it.
             _release(self.path, fd, remove=not self.path.exists())
 
@@ -278,7 +284,7 @@ class JsonlSpool:
             if self.path not in journals:
                 journals.append(self.path)
             for journal in journals:
-                if journal == self.path:
+                if journal == self.path and self._holding:
                     left, database_down = await self._replay_journal(store, journal)
                 else:
                     fd = await trio.to_thread.run_sync(_try_lock, journal)
