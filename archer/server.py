@@ -25,6 +25,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from archer.app import Services, create_app
 from archer.bank.tools import bank_tools
 from archer.call.ports import AgentConnector
+from archer.call.state import utc_now
 from archer.call.tools import ToolRegistry
 from archer.cartesia.client import CartesiaManagedConnector
 from archer.cartesia.line_client import CartesiaLineConnector
@@ -230,7 +231,7 @@ async def serve(  # noqa: ASYNC128
 
         log.info("server.starting", bind=config.bind, database=_database_kind(settings))
         assert isinstance(services.store, SqlCallStore)
-        lease = SqlInstances(services.store, settings.instance_id)
+        lease = SqlInstances(services.store, settings.instance_id, utc_now())
         async with trio.open_nursery() as nursery:
             reaped = partial(_count_reaped, services.metrics)
             nursery.start_soon(

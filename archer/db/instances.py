@@ -27,7 +27,7 @@ Rules:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Final, TypeVar, TypeVarTuple
 
 import attrs
@@ -82,11 +82,11 @@ class SqlInstances:
 
     _store: SqlCallStore
     instance_id: str
-    #: When this process started, by its own host's clock. Only compared with
-    #: ``calls.connected_at``, which this same host wrote when it claimed a stream, to tell a
-    #: previous process's calls under the same ``INSTANCE_ID`` (a restarted container keeps its
-    #: pod's name) from this one's.
-    started_at: datetime = attrs.Factory(lambda: datetime.now(UTC))
+    #: When this process started, by its own host's clock (the server passes it in). Only
+    #: compared with ``calls.connected_at``, which this same host wrote when it claimed a
+    #: stream, to tell a previous process's calls under the same ``INSTANCE_ID`` (a restarted
+    #: container keeps its pod's name) from this one's; never an expiry.
+    started_at: datetime
     _adopted: bool = False
 
     async def renew(self) -> list[ReapedCall]:

@@ -107,7 +107,9 @@ async def test_the_reaper_leaves_calls_of_a_live_instance(sql_store: SqlCallStor
     await carried_call(sql_store, "pod-b")
     await lease(sql_store, "pod-b").renew()
 
-    reaped = await SqlInstances(sql_store, "pod-a").reap(lease_seconds=LIVE, overdue_seconds=3600)
+    reaped = await SqlInstances(sql_store, "pod-a", NOW).reap(
+        lease_seconds=LIVE, overdue_seconds=3600
+    )
 
     assert reaped == []
     assert (await trio.to_thread.run_sync(row, sql_store)).status == "in_progress"
@@ -119,7 +121,7 @@ async def test_the_reaper_finishes_calls_of_a_dead_instance(sql_store: SqlCallSt
     await lease(sql_store, "pod-b").renew()
     last_renewal = await trio.to_thread.run_sync(lease_renewed_at, sql_store, "pod-b")
 
-    reaped = await SqlInstances(sql_store, "pod-a").reap(
+    reaped = await SqlInstances(sql_store, "pod-a", NOW).reap(
         lease_seconds=EXPIRED, overdue_seconds=3600
     )
 
@@ -134,7 +136,9 @@ async def test_the_reaper_finishes_calls_of_a_dead_instance(sql_store: SqlCallSt
 
 async def test_a_call_whose_instance_row_is_gone_is_reaped(sql_store: SqlCallStore) -> None:
     await carried_call(sql_store, "pod-gone")  # never renewed: no row at all
-    reaped = await SqlInstances(sql_store, "pod-a").reap(lease_seconds=LIVE, overdue_seconds=3600)
+    reaped = await SqlInstances(sql_store, "pod-a", NOW).reap(
+        lease_seconds=LIVE, overdue_seconds=3600
+    )
     assert [call.end_reason for call in reaped] == ["instance_lost"]
     assert (await trio.to_thread.run_sync(row, sql_store)).ended_at is not None
 
@@ -145,7 +149,9 @@ async def test_an_overdue_call_is_reaped_whatever_its_lease(sql_store: SqlCallSt
     await carried_call(sql_store, "pod-b")
     await lease(sql_store, "pod-b").renew()
 
-    reaped = await SqlInstances(sql_store, "pod-a").reap(lease_seconds=LIVE, overdue_seconds=3600)
+    reaped = await SqlInstances(sql_store, "pod-a", NOW).reap(
+        lease_seconds=LIVE, overdue_seconds=3600
+    )
 
     assert reaped == [ReapedCall("CA0002", "overdue", None)]
     assert (await trio.to_thread.run_sync(row, sql_store, "CA0002")).status == "failed"
@@ -158,7 +164,7 @@ async def test_reapers_running_at_once_reap_each_call_once(sql_store: SqlCallSto
     reaped: list[ReapedCall] = []
 
     async def reap(instance_id: str) -> None:
-        reaper = SqlInstances(sql_store, instance_id)
+        reaper = SqlInstances(sql_store, instance_id, NOW)
         reaped.extend(await reaper.reap(lease_seconds=LIVE, overdue_seconds=3600))
 
     async with trio.open_nursery() as nursery:
@@ -173,7 +179,7 @@ async def test_a_finished_row_stays_finished_against_the_reaper(sql_store: SqlCa
     await carrier.save_call(
         attrs.evolve(in_progress(), status="completed", end_reason="caller_hangup", ended_at=NOW)
     )
-    reaped = await SqlInstances(sql_store, "pod-a").reap(
+    reaped = await SqlInstances(sql_store, "pod-a", NOW).reap(
         lease_seconds=EXPIRED, overdue_seconds=3600
     )
     assert reaped == []
@@ -185,7 +191,7 @@ async def test_a_late_write_in_progress_never_reopens_but_adds_turns(
 ) -> None:
     """An instance back from the dead writes its turns; the reaped row stays finished."""
     carrier = await carried_call(sql_store, "pod-b")
-    await SqlInstances(sql_store, "pod-a").reap(lease_seconds=EXPIRED, overdue_seconds=3600)
+    await SqlInstances(sql_store, "pod-a", NOW).reap(lease_seconds=EXPIRED, overdue_seconds=3600)
 
     await carrier.save_call(in_progress(turns=2))
 
@@ -200,7 +206,7 @@ async def test_the_calls_own_final_record_replaces_a_reapers_guess(
 ) -> None:
     """The final flush (or its spooled replay) knows how the call ended: it wins."""
     carrier = await carried_call(sql_store, "pod-b")
-    await SqlInstances(sql_store, "pod-a").reap(lease_seconds=EXPIRED, overdue_seconds=3600)
+    await SqlInstances(sql_store, "pod-a", NOW).reap(lease_seconds=EXPIRED, overdue_seconds=3600)
 
     await carrier.save_call(
         attrs.evolve(in_progress(), status="completed", end_reason="caller_hangup", ended_at=NOW)
@@ -260,7 +266,7 @@ async def test_the_reaper_keeps_twilios_verdict_when_it_came_first(
     await lease(sql_store, "pod-b").renew()
     await sql_store.record_twilio_status(TwilioStatusUpdate("CA0001", "completed", 30))
 
-    await SqlInstances(sql_store, "pod-a").reap(lease_seconds=EXPIRED, overdue_seconds=3600)
+    await SqlInstances(sql_store, "pod-a", NOW).reap(lease_seconds=EXPIRED, overdue_seconds=3600)
 
     record = await trio.to_thread.run_sync(row, sql_store)
     assert (record.status, record.end_reason) == ("completed", "instance_lost")
