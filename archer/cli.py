@@ -123,19 +123,17 @@ def export_tools() -> str:
 
 
 async def replay_spool(settings: Settings) -> int:
-    """Save the spooled records now; the number still waiting (the database still down).
+    """Save the spooled entries now; the number still waiting (database down, or a live writer).
 
-    Replays ``SPOOL_PATH`` and the files of ``archer serve --workers`` workers beside it.
+    Replays every journal in ``SPOOL_PATH``'s directory whose writer is gone (a running
+    server's journal is locked, and that server replays it itself).
     """
-    from archer.db.spool import JsonlSpool, spool_files
+    from archer.db.spool import JsonlSpool
     from archer.db.store import SqlCallStore
 
     store = SqlCallStore.open(settings.database_url, pool_size=1)
     try:
-        waiting = 0
-        for path in spool_files(Path(settings.spool_path)):
-            waiting += await JsonlSpool(path).replay(store)
-        return waiting
+        return await JsonlSpool(Path(settings.spool_path)).replay(store)
     finally:
         await store.aclose()
 

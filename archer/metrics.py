@@ -179,6 +179,7 @@ class Metrics:
     webhook_apologies: Counter = attrs.field(init=False)
     calls_overflowed: Counter = attrs.field(init=False)
     calls_capacity: Gauge = attrs.field(init=False)
+    calls_reaped: Counter = attrs.field(init=False)
     _latency_by_direction: dict[str, Histogram] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -294,6 +295,15 @@ class Metrics:
             self.calls_capacity.set(self.max_active_calls)
         for outcome in OVERFLOW_OUTCOMES:
             self.calls_overflowed.labels(outcome)
+        # Calls another party finished because their instance died or overran (archer.db.instances).
+        self.calls_reaped = Counter(
+            "archer_calls_reaped_total",
+            "Open calls this instance's reaper finished, by end reason (instance_lost, overdue).",
+            ["end_reason"],
+            registry=registry,
+        )
+        for reason in ("instance_lost", "overdue"):
+            self.calls_reaped.labels(reason)
         # Series with fixed label sets start at zero, so rate() and alerts see them at once.
         for direction in FRAME_DIRECTIONS:
             for outcome in FRAME_OUTCOMES:
@@ -395,6 +405,10 @@ class Metrics:
         self.db_latency.labels(name).observe(seconds)
         if error:
             self.db_errors.labels(name).inc()
+
+    def call_reaped(self, end_reason: str) -> None:
+        """This instance's reaper finished a call its own instance could not."""
+        self.calls_reaped.labels(_bounded(end_reason, END_REASONS)).inc()
 
     def spool_depth(self, n: int) -> None:
         """The spool now holds ``n`` records waiting for the database."""

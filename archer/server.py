@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -26,14 +26,22 @@ from archer.app import Services, create_app
 from archer.bank.ports import PinPolicy
 from archer.bank.tools import bank_tools
 from archer.call.ports import AgentConnector
+from archer.call.state import utc_now
 from archer.call.tools import ToolRegistry
 from archer.cartesia.client import CartesiaManagedConnector
 from archer.cartesia.line_client import CartesiaLineConnector
 from archer.db.bank import SqlBankStore
 from archer.db.engine import init_schema
+from archer.db.instances import (
+    OVERDUE_MARGIN_SECONDS,
+    ReapedCall,
+    SqlInstances,
+    run_heartbeat,
+    run_reaper,
+)
 from archer.db.spool import JsonlSpool, run_spool_replay
 from archer.db.store import SqlCallStore
-from archer.errors import StoreError
+from archer.errors import ConfigError, StoreError
 from archer.metrics import Metrics
 from archer.settings import Settings
 from archer.twilio.rest import TwilioRestControl
@@ -65,6 +73,8 @@ async def open_services(
     store = attrs.evolve(
         SqlCallStore.open(settings.database_url, pool_size=settings.db_pool_size),
         observe=metrics.db_operation,
+        instance_id=settings.instance_id,
+        lease_seconds=settings.instance_lease_seconds,
     )
     telephony = TwilioRestControl(
         account_sid=settings.twilio_account_sid,
@@ -99,6 +109,25 @@ async def open_services(
         telephony.close()
         with trio.move_on_after(5, shield=True):
             await store.aclose()
+
+
+@asynccontextmanager
+async def hold_journal(spool: JsonlSpool, settings: Settings) -> AsyncIterator[None]:
+    """Hold this instance's spool journal while it serves (``JsonlSpool.hold``).
+
+    Raises:
+        ConfigError: the spool directory is unusable, or another live process holds this
+            ``INSTANCE_ID``'s journal.
+
+    Cancellation: the lock is released on the way out.
+    """
+    with ExitStack() as held:
+        try:
+            held.enter_context(spool.hold())
+        except OSError as exc:
+            raise ConfigError(f"SPOOL_PATH={settings.spool_path!r}: {exc}") from None
+        await trio.lowlevel.checkpoint()
+        yield
 
 
 def agent_connector(settings: Settings) -> AgentConnector:
@@ -168,18 +197,25 @@ async def serve(  # noqa: ASYNC128
 
     Draining: ``/readyz`` answers 503 and new calls hear the apology at once; live calls get
     ``DRAIN_TIMEOUT`` to end, then are cancelled and flushed (``end_reason=server_shutdown``).
-    The spool is replayed at start and every ``SPOOL_REPLAY_INTERVAL`` while serving.
+    The spool is replayed at start and every ``SPOOL_REPLAY_INTERVAL`` while serving. The
+    instance's lease is renewed every ``INSTANCE_HEARTBEAT_SECONDS`` and its reaper runs every
+    ``REAPER_INTERVAL`` (``archer.db.instances``); a clean stop deletes the lease.
 
     ``listen_fds``: serve on these already-listening sockets (inherited from the ``--workers``
     supervisor) instead of binding ``host``:``port``. ``metrics_dir``: the supervisor's
     multiprocess metrics directory, so ``/metrics`` reports every worker.
 
+    Raises:
+        ConfigError: the spool directory is unusable, or another live process holds this
+            ``INSTANCE_ID``'s journal.
+
     Cancellation: stops serving at once; live calls are cancelled and flushed.
     """
-    spool = JsonlSpool(Path(settings.spool_path))
-    async with open_services(
-        settings, spool=spool, tools=tools, metrics_dir=metrics_dir
-    ) as services:
+    spool = JsonlSpool.for_instance(Path(settings.spool_path), settings.instance_id)
+    async with (
+        hold_journal(spool, settings),
+        open_services(settings, spool=spool, tools=tools, metrics_dir=metrics_dir) as services,
+    ):
         config = hypercorn_config(
             settings,
             host=host if host is not None else settings.host,
@@ -203,7 +239,28 @@ async def serve(  # noqa: ASYNC128
                 log.warning("server.drain_timed_out", live_calls=drain.live_calls)
 
         log.info("server.starting", bind=config.bind, database=_database_kind(settings))
+        assert isinstance(services.store, SqlCallStore)
+        lease = SqlInstances(services.store, settings.instance_id, utc_now())
         async with trio.open_nursery() as nursery:
+            reaped = partial(_count_reaped, services.metrics)
+            nursery.start_soon(
+                partial(
+                    run_heartbeat,
+                    lease,
+                    interval=settings.instance_heartbeat_seconds,
+                    reaped=reaped,
+                )
+            )
+            nursery.start_soon(
+                partial(
+                    run_reaper,
+                    lease,
+                    interval=settings.reaper_interval,
+                    lease_seconds=settings.instance_lease_seconds,
+                    overdue_seconds=settings.limits.max_call_seconds + OVERDUE_MARGIN_SECONDS,
+                    reaped=reaped,
+                )
+            )
             nursery.start_soon(
                 partial(
                     run_spool_replay,
@@ -229,7 +286,17 @@ async def serve(  # noqa: ASYNC128
                 task_status=task_status,
             )
             nursery.cancel_scope.cancel()
-        log.info("server.stopped")
+        # Every call is flushed (or spooled): the lease can go, so nobody waits for it to lapse.
+        with trio.move_on_after(SHUTDOWN_GRACE, shield=True):
+            try:
+                await lease.retire()
+            except StoreError as exc:
+                log.warning("instance.lease_not_retired", error=str(exc))
+        log.info("server.stopped", instance_id=settings.instance_id)
+
+
+def _count_reaped(metrics: Metrics, call: ReapedCall) -> None:
+    metrics.call_reaped(call.end_reason)
 
 
 def _database_kind(settings: Settings) -> str:

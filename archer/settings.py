@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, Self, TypeVar
@@ -36,6 +37,8 @@ REQUIRED_FOR_SERVING: Final = (
 )
 
 _T = TypeVar("_T")
+#: Instance ids name spool files and label log lines: a short, path-safe word.
+_INSTANCE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
 _SIP_URI: Final = re.compile(r"sips?:[^\s<>\"',]{1,250}", re.IGNORECASE)
 
@@ -124,6 +127,13 @@ class Settings:
     spool_path: str = "spool/calls.jsonl"
     spool_replay_interval: float = 30.0
     limits: CallLimits = attrs.Factory(CallLimits)
+    # --- instances: leases and the reaper (archer.db.instances) ---
+    #: This process's name in the ``instances`` table, on its calls and in its spool file name.
+    instance_id: str = attrs.Factory(lambda: default_instance_id())
+    #: A lease not renewed for this long is expired: its calls are finished by a reaper.
+    instance_lease_seconds: float = 15.0
+    instance_heartbeat_seconds: float = 5.0
+    reaper_interval: float = 10.0
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Self:
@@ -190,6 +200,11 @@ class Settings:
             spool_path=env.text("SPOOL_PATH", "spool/calls.jsonl"),
             spool_replay_interval=env.number("SPOOL_REPLAY_INTERVAL", 30.0),
             limits=limits,
+            # --- instances: leases and the reaper ---
+            instance_id=env.text("INSTANCE_ID", "", check=_instance_id) or default_instance_id(),
+            instance_lease_seconds=env.number("INSTANCE_LEASE_SECONDS", 15.0),
+            instance_heartbeat_seconds=env.number("INSTANCE_HEARTBEAT_SECONDS", 5.0),
+            reaper_interval=env.number("REAPER_INTERVAL", 10.0),
         )
 
     def check_serving(self) -> None:
@@ -377,3 +392,16 @@ def _database_url(value: str) -> str:
 def settings_from_os() -> Settings:
     """The settings of this process: ``.env`` in the working directory under ``os.environ``."""
     return Settings.from_environ(load_environ(os.environ))
+
+
+def default_instance_id() -> str:
+    """``<hostname>-<pid>-<4 hex>``: unique per process (and per server within one, as tests
+    run several); Kubernetes sets ``INSTANCE_ID`` to the pod's name instead."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", os.uname().nodename)[:80].lstrip("._-") or "archer"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def _instance_id(value: str) -> str:
+    if value and not _INSTANCE_ID.fullmatch(value):
+        raise ValueError("an instance id (1-100 letters, digits, '.', '_' or '-')")
+    return value

@@ -23,9 +23,9 @@ Rules:
   there when it exits (its live gauges stop counting; its counters stay, so totals never go
   back) and removes the directory once every worker is gone. Whichever worker answers a scrape
   reports the whole server (``archer.metrics``).
-- Each worker has its own spool file (``worker_spool_path``) and replays only that: the replay
-  rewrites its file, which would lose lines another process appended meanwhile, so neither a
-  shared file replayed by one worker nor one replayed by the supervisor would be safe.
+- Each worker is an instance of its own (``INSTANCE_ID`` plus ``-w<index>``): its own lease,
+  and its own journal in the spool directory (``archer.db.spool``), which any instance replays
+  once its writer is gone.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ import attrs
 import structlog
 import trio
 
-from archer.db.spool import spool_files, worker_spool_path
 from archer.errors import ArcherError, ConfigError, StoreError
 from archer.settings import Settings
 
@@ -123,7 +122,6 @@ async def supervise(
         log.info(
             "workers.starting", workers=workers, bind=config.bind, metrics_dir=str(metrics_dir)
         )
-        _warn_about_orphan_spools(Path(settings.spool_path), workers)
         # Create the schema once, before the workers race to: SQLite would otherwise have N
         # processes switching a new file to WAL at the same moment.
         await trio.to_thread.run_sync(_init_schema, settings.database_url)
@@ -253,18 +251,6 @@ def _init_schema(database_url: str) -> None:
         log.error("workers.database_unavailable", error=str(exc))
 
 
-def _warn_about_orphan_spools(spool_path: Path, workers: int) -> None:
-    """Log spool files of workers this run does not have (left by a run with more workers)."""
-    ours = {worker_spool_path(spool_path, index) for index in range(workers)}
-    for path in spool_files(spool_path):
-        if path not in ours and path.is_file() and path.stat().st_size > 0:
-            log.warning(
-                "workers.orphan_spool",
-                path=str(path),
-                note="no worker of this run replays it: stop the server, run `archer spool replay`",
-            )
-
-
 def run_worker(
     settings: Settings,
     *,
@@ -288,9 +274,7 @@ def run_worker(
 
     # Every line this process logs, in every task and thread (trio copies the context).
     structlog.contextvars.bind_contextvars(worker=index)
-    settings = attrs.evolve(
-        settings, spool_path=str(worker_spool_path(Path(settings.spool_path), index))
-    )
+    settings = attrs.evolve(settings, instance_id=worker_instance_id(settings.instance_id, index))
     # Set by the supervisor (prometheus_client read it when it was imported just above).
     metrics_dir = os.environ.get(MULTIPROC_DIR_VARIABLE)
     trio.run(
@@ -304,6 +288,11 @@ def run_worker(
             shutdown_trigger=partial(wait_for_stop, supervisor_fd, early_stop),
         )
     )
+
+
+def worker_instance_id(instance_id: str, index: int) -> str:
+    """The ``INSTANCE_ID`` of worker ``index``: each worker holds its own lease and journal."""
+    return f"{instance_id}-w{index}"
 
 
 async def wait_for_stop(supervisor_fd: int, early_stop: threading.Event) -> None:

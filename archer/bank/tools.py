@@ -94,9 +94,14 @@ def bank_tools(
                 timeout=timeout,
                 secret_arguments=frozenset({"pin"}),
                 parameters=definition.parameters,
+                side_effect=definition.name in SIDE_EFFECT_TOOLS,
             )
         )
     return ToolRegistry.of(*tools)
+
+
+#: Tools that change something outside the call: audited before they act (``Tool.side_effect``).
+SIDE_EFFECT_TOOLS: Final = frozenset({"freeze_card", "unfreeze_card", "transfer_to_human"})
 
 
 def _verified_customer(context: ToolContext) -> int:

@@ -54,6 +54,14 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         " or PYTHONTRACEMALLOC=1 for a memory investigation",
     )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument(
+        "--record-writes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: play N scripted calls' records into --database-url and report the"
+        " database writes per call and what they cost (no server, no audio)",
+    )
     return parser
 
 

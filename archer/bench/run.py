@@ -324,6 +324,14 @@ async def soak(server: Server, agent: BenchAgent, calls: int, seconds: float) ->
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.record_writes > 0:
+        from archer.bench.record_writes import format_writes, measure
+
+        writes = trio.run(measure, args.database_url, args.record_writes)
+        print(format_writes(writes))
+        if args.json is not None:
+            args.json.write_text(json.dumps(writes, indent=2) + "\n")
+        return 0
     if not procstat.available():
         print(
             "archer bench: needs Linux /proc to read the server's CPU and memory", file=sys.stderr

@@ -109,6 +109,14 @@ class RecordSpool(Protocol):
         """
         ...
 
+    async def append_status(self, update: TwilioStatusUpdate) -> None:
+        """Keep Twilio's status callback durably until it can be saved (after its call record).
+
+        Raises:
+            OSError: it could not be kept.
+        """
+        ...
+
 
 class TelephonyControl(Protocol):
     """The phone call itself, beyond its media stream (Twilio's REST API)."""
@@ -181,8 +189,11 @@ class CallStore(Protocol):
         """
         ...
 
-    async def record_twilio_status(self, update: TwilioStatusUpdate) -> None:
+    async def record_twilio_status(self, update: TwilioStatusUpdate) -> str | None:
         """Store Twilio's final status and duration; safe twice, late, or before the stream ends.
+
+        A terminal status for a call no live instance carries finishes it; returns the end
+        reason it was given then (None: the call was not finished by this).
 
         Raises:
             StoreError: the database is unavailable.

@@ -39,7 +39,19 @@ END_REASONS: Final = frozenset(
         "server_shutdown",  # the server drained and cancelled the call
         "database_unavailable",  # the database failed while the call needed it
         "internal_error",  # a bug; the traceback is in the log
+        # Finished by another party than the call's own task (archer.db.instances, the status
+        # callback), because the process carrying the call died or never got the stream:
+        "instance_lost",  # the instance carrying the stream stopped renewing its lease
+        "overdue",  # still open past MAX_CALL_SECONDS plus a margin, whatever its lease said
+        "twilio_ended",  # Twilio's final status came and no stream had been carried
     }
+)
+
+#: Call statuses of a call nobody has finished yet (everything else is final).
+OPEN_STATUSES: Final = ("initiated", "in_progress")
+#: ``CallStatus`` values of Twilio's status callback that mean the phone call is over.
+TWILIO_TERMINAL_STATUSES: Final = frozenset(
+    {"completed", "busy", "failed", "no-answer", "canceled"}
 )
 
 

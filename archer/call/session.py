@@ -41,6 +41,7 @@ from archer.call.pumps import (
     receive_from_agent,
     receive_from_twilio,
 )
+from archer.call.recorder import CallRecorder
 from archer.call.tools import CallerVerification, ToolContext, ToolRunner
 from archer.errors import (
     AgentClosedError,
@@ -84,8 +85,11 @@ async def run_call(
     limits: CallLimits,
     transcoder: Transcoder,
     agent_batch_frames: int = 1,
+    recorder: CallRecorder | None = None,
 ) -> None:
     """Bridge one call until either side hangs up or the call reaches its maximum length.
+
+    ``recorder``, if given, writes the record while the call runs (``archer.call.recorder``).
 
     On a normal end ``call`` is finished with ``status=completed`` and the reason. Any task's
     failure cancels the others and propagates as an exception group (``call`` not finished).
@@ -115,7 +119,11 @@ async def run_call(
                 call=call,
                 agent=agent,
                 timeout=limits.tool_timeout,
+                recorder=recorder,
             )
+            if recorder is not None:
+                call.on_turn_ended = recorder.turn_ended
+                nursery.start_soon(recorder.run)
 
             async def until_agent_hangs_up() -> None:
                 await receive_from_agent(
@@ -167,8 +175,11 @@ async def bridge_call(
     resample_quality: str = "HQ",
     output_format: str | None = None,
     agent_batch_frames: int = 1,
+    store: CallStore | None = None,
 ) -> None:
     """Open the agent session and run the call; every failure is recorded on ``call``.
+
+    ``store``, if given, receives the record while the call runs, not only at its end.
 
     Never raises ``Exception``: the outcome is in ``call.status``/``end_reason``/``error`` and
     the traceback of anything unexpected is logged once, with the call's context.
@@ -198,6 +209,7 @@ async def bridge_call(
                     audio_format, quality=resample_quality, output_format=output_format
                 ),
                 agent_batch_frames=agent_batch_frames,
+                recorder=CallRecorder(call, store) if store is not None else None,
             )
     # Handlers in order of precedence: the first one to finish the call names its end.
     except* AgentUnavailableError as group:

@@ -11,7 +11,7 @@ bumped on the per-frame path; nothing here allocates per frame.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Final, Literal
 
@@ -80,6 +80,12 @@ class CallState:
     duration_ms: int | None = None
     #: Custom agent events not kept because the call already held MAX_AGENT_EVENTS.
     agent_events_dropped: int = 0
+    #: Writes of the record the database took while the call ran (and the final flush), and
+    #: those it refused (``archer.call.recorder``).
+    db_writes: int = 0
+    db_write_failures: int = 0
+    #: Told when a turn ends, so the record is written soon (``CallRecorder.turn_ended``).
+    on_turn_ended: Callable[[], None] | None = None
     #: How the call is about to end, announced by a tool before it asks Twilio to end it.
     _expected: tuple[CallStatus, str] | None = None
     _turns: dict[int, _TurnDraft] = attrs.Factory(dict)
@@ -160,6 +166,8 @@ class CallState:
         draft.end_time = event.end_time
         if draft.start_time is None:
             draft.start_time = event.start_time
+        if self.on_turn_ended is not None:
+            self.on_turn_ended()
 
     def turn_audible(self, turn: int) -> None:
         """The agent's turn has audio on its way to the caller: it has been heard 0 ms so far."""
@@ -265,5 +273,7 @@ class CallState:
             "tool_calls": self.tool_call_count,
             "agent_events": len(self._agent_events),
             "agent_call_id": self.agent_call_id,
+            "db_writes": self.db_writes,
+            "db_write_failures": self.db_write_failures,
             "error": self.error,
         }

@@ -37,6 +37,7 @@ from archer.errors import ToolError
 if TYPE_CHECKING:
     from archer.call.control import CallControl
     from archer.call.ports import AgentStream
+    from archer.call.recorder import CallRecorder
     from archer.call.state import CallState
 
 log = structlog.get_logger(__name__)
@@ -61,6 +62,8 @@ DUPLICATE_ID: Final = (
     "duplicate tool_call_id: a call with this id was already received in this call; "
     "it was not run again. Use a new id for a new call."
 )
+#: Why a side-effecting tool refused to act: the bank's audit row could not be written first.
+_NOT_AUDITED: Final = "the record of it could not be written, so nothing was changed; try again"
 
 
 @attrs.define
@@ -121,6 +124,9 @@ class Tool:
     secret_arguments: frozenset[str] = frozenset()
     #: JSON Schema of the arguments (the ``parameters`` the agent was given), if any.
     parameters: Mapping[str, Any] | None = None
+    #: It changes something outside the call (a card, the phone call): its audit row is written
+    #: before it acts, and it does not act if that write fails (``archer.call.recorder``).
+    side_effect: bool = False
     _validator: Draft202012Validator | None = attrs.field(init=False, repr=False, eq=False)
 
     @_validator.default
@@ -263,6 +269,8 @@ class ToolRunner:
     call: CallState
     agent: AgentStream
     timeout: float
+    #: Writes the record while the call runs; side-effecting tools need it before they act.
+    recorder: CallRecorder | None = None
     _requests_in: trio.MemorySendChannel[_Submitted] = attrs.field(init=False)
     _requests_out: trio.MemoryReceiveChannel[_Submitted] = attrs.field(init=False)
     #: Every ``tool_call_id`` submitted in this call (a repeat is refused, never run).
@@ -340,6 +348,8 @@ class ToolRunner:
             result = ToolResult(f"unknown tool {request.name!r}", is_error=True)
         elif problem is not None:
             result = ToolResult(f"invalid arguments for {tool.name}: {problem}", is_error=True)
+        elif tool.side_effect and not await self._audited_before_acting():
+            result = ToolResult(f"{tool.name} was not done: {_NOT_AUDITED}", is_error=True)
         else:
             timeout = tool.timeout if tool.timeout is not None else self.timeout
             context = attrs.evolve(
@@ -351,6 +361,12 @@ class ToolRunner:
                 log.warning("tool.timed_out", tool=tool.name, timeout=timeout)
                 result = ToolResult(f"{tool.name} timed out after {timeout:g} s", is_error=True)
         await self._answer(request, result)
+        if tool is not None and tool.side_effect and self.recorder is not None:
+            await self.recorder.write_now()  # the audit row completed (or the flush does it)
+
+    async def _audited_before_acting(self) -> bool:
+        """Write the started tool call's row; False if the database did not take it."""
+        return self.recorder is None or await self.recorder.write_now()
 
     async def _invoke(
         self, tool: Tool, context: ToolContext, request: ToolCallRequest

@@ -173,3 +173,5 @@ def _add_missing_sqlite_columns(conn: sa.Connection) -> None:
     columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(calls)")}
     if "agent_events" not in columns:
         conn.exec_driver_sql("ALTER TABLE calls ADD COLUMN agent_events JSON NOT NULL DEFAULT '[]'")
+    if "instance_id" not in columns:
+        conn.exec_driver_sql("ALTER TABLE calls ADD COLUMN instance_id TEXT")

@@ -106,6 +106,9 @@ CREATE TABLE IF NOT EXISTS calls (
 -- CREATE TABLE IF NOT EXISTS never adds a column to an existing table: databases created
 -- before agent_events existed get it on the next `archer db init`.
 ALTER TABLE calls ADD COLUMN IF NOT EXISTS agent_events jsonb NOT NULL DEFAULT '[]'::jsonb;
+-- The instance (instances.id) whose process carries the call's media stream, set when the
+-- stream claims the call; a reaper finishes open calls whose instance's lease lapsed.
+ALTER TABLE calls ADD COLUMN IF NOT EXISTS instance_id text;
 
 CREATE INDEX IF NOT EXISTS calls_customer_id_idx ON calls (customer_id);
 -- Ops and reports list recent calls.
@@ -167,3 +170,13 @@ CREATE TABLE IF NOT EXISTS pin_lockouts (
 );
 CREATE INDEX IF NOT EXISTS pin_lockouts_customer_id_locked_until_idx
     ON pin_lockouts (customer_id, locked_until);
+
+-- One row per running Archer process: a lease it renews every INSTANCE_HEARTBEAT_SECONDS with
+-- the database's clock. A row not renewed for INSTANCE_LEASE_SECONDS is a dead instance, and any
+-- instance's reaper finishes its open calls (end_reason instance_lost, ended_at = renewed_at).
+-- No foreign key from calls.instance_id: a clean shutdown deletes its row, its calls stay.
+CREATE TABLE IF NOT EXISTS instances (
+    id          text PRIMARY KEY,
+    started_at  timestamptz NOT NULL,
+    renewed_at  timestamptz NOT NULL
+);

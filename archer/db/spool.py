@@ -1,23 +1,36 @@
-"""The local spool: call records the database did not take, kept on disk until it does.
+"""The spool: call records (and Twilio status callbacks) the database did not take, on disk.
 
 Layer: adapter (files). ``JsonlSpool`` satisfies the ``RecordSpool`` port of
 ``archer.call.ports``; blocking file work runs in worker threads.
 
-Rules: the spool is an append-only JSON-lines journal; every append is flushed and fsynced
-before it returns, so a record that left memory is on disk. Replay saves each record through the
-``CallStore`` (an idempotent upsert, so a record saved twice — say, a flush that timed out but
-committed later — is harmless), then rewrites the file with what is left, atomically (write a
-temporary file, fsync, rename). One lock orders appends and replays within the process; each
-process has its own spool file: ``archer serve --workers N`` gives worker ``i > 0`` the file
-``worker_spool_path`` names next to ``SPOOL_PATH`` (worker 0 keeps ``SPOOL_PATH`` itself).
+Rules:
+
+- One append-only JSON-lines journal per process: ``SPOOL_PATH``'s directory holds
+  ``<stem>.<INSTANCE_ID><suffix>`` for each instance (``calls.pod-a.jsonl``), so a directory on a
+  shared or persistent volume outlives any one container. Every append is flushed and fsynced
+  before it returns, so an entry that left memory is on disk.
+- Each process holds an exclusive ``fcntl.flock`` on its journal's ``.lock`` file for as long as
+  it lives (``hold``); the kernel drops it when the process dies, however it dies.
+- Every instance replays *every* journal in the directory: its own under its in-process lock
+  (it holds the file lock already), and another's only if it can take that journal's lock
+  without waiting (so only journals whose
+  writer is gone, and only one replayer at a time). Replay saves each entry through the
+  ``CallStore`` (idempotent upserts keyed by CallSid, so a repeat is harmless), then rewrites the
+  journal with what is left, atomically (temporary file, fsync, rename); a journal emptied by
+  replay is removed (with its lock file, if it was another's).
+- Lines are typed: a call record (no ``kind``, as before) or ``{"kind": "twilio_status", ...}``.
+  In each journal the call records are replayed first and the status callbacks after them, so a
+  status lands after the call record it belongs to.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import re
+from contextlib import contextmanager
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +38,11 @@ import attrs
 import structlog
 import trio
 
-from archer.call.records import CallRecord, ToolCallRecord, TurnRecord
+from archer.call.records import CallRecord, ToolCallRecord, TurnRecord, TwilioStatusUpdate
 from archer.errors import StoreError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from archer.call.ports import CallStore
 
@@ -86,35 +99,147 @@ def _time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def worker_spool_path(path: Path, worker: int) -> Path:
-    """The spool file of worker ``worker`` of ``archer serve --workers``, for ``SPOOL_PATH=path``.
+#: ``kind`` of a spooled status callback line (call records have no ``kind``).
+STATUS_KIND = "twilio_status"
 
-    Worker 0 keeps ``path`` (so one worker, or ``--workers 1``, is exactly the plain server);
-    worker 1 of ``spool/calls.jsonl`` gets ``spool/calls.worker1.jsonl``. One file per process,
-    because the replay's rewrite would lose a line another process appended meanwhile.
+
+def status_to_json(update: TwilioStatusUpdate) -> str:
+    """One spool line for a status callback (no newline)."""
+    return json.dumps({"kind": STATUS_KIND, **attrs.asdict(update)}, separators=(",", ":"))
+
+
+def status_from_json(line: str) -> TwilioStatusUpdate | None:
+    """The status callback of one spool line; None if the line is not one (a call record).
+
+    Raises:
+        ValueError: the line says it is a status callback but is malformed.
     """
-    if worker == 0:
-        return path
-    return path.with_name(f"{path.stem}.worker{worker}{path.suffix}")
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or data.get("kind") != STATUS_KIND:
+        return None
+    try:
+        duration = data["twilio_duration_s"]
+        return TwilioStatusUpdate(
+            call_sid=str(data["call_sid"]),
+            twilio_status=str(data["twilio_status"]),
+            twilio_duration_s=None if duration is None else int(duration),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a spooled status callback: {exc}") from None
 
 
-def spool_files(path: Path) -> list[Path]:
-    """``path`` and every worker spool file beside it that exists (``archer spool replay``)."""
-    pattern = re.compile(rf"{re.escape(path.stem)}\.worker([1-9][0-9]*){re.escape(path.suffix)}")
-    workers = sorted(
-        (int(match[1]), sibling)
-        for sibling in (path.parent.iterdir() if path.parent.is_dir() else ())
-        if (match := pattern.fullmatch(sibling.name))
+def instance_spool_path(spool_path: Path, instance_id: str) -> Path:
+    """The journal of instance ``instance_id`` for ``SPOOL_PATH=spool_path``.
+
+    ``spool/calls.jsonl`` and ``pod-a`` give ``spool/calls.pod-a.jsonl``.
+    """
+    return spool_path.with_name(f"{spool_path.stem}.{instance_id}{spool_path.suffix}")
+
+
+def spool_files(spool_path: Path) -> list[Path]:
+    """Every journal beside ``spool_path`` (itself included if it exists), by name.
+
+    That is ``<stem><suffix>`` (a single-process spool of older versions) and every
+    ``<stem>.<anything><suffix>``: each instance's journal, and ``--workers`` journals of older
+    versions (``calls.worker1.jsonl``).
+    """
+    directory = spool_path.parent
+    if not directory.is_dir():
+        return []
+    prefix, suffix = f"{spool_path.stem}.", spool_path.suffix
+    return sorted(
+        path
+        for path in directory.iterdir()
+        if path.is_file()
+        and (
+            path.name == spool_path.name
+            or (path.name.startswith(prefix) and path.name.endswith(suffix))
+        )
     )
-    return [path, *(sibling for _, sibling in workers)]
+
+
+def _lock_path(journal: Path) -> Path:
+    return journal.with_name(journal.name + ".lock")
+
+
+def _try_lock(journal: Path) -> int | None:
+    """An fd holding the exclusive lock of ``journal``, or None if someone else holds it."""
+    fd = os.open(_lock_path(journal), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _release(journal: Path, fd: int, *, remove: bool) -> None:
+    """Drop the lock; ``remove`` deletes the lock file first (while still holding it)."""
+    try:
+        if remove:
+            _lock_path(journal).unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _release_taken(journal: Path, fd: int) -> None:
+    """Drop the lock of another's journal; remove its lock file if replay emptied it (quick)."""
+    _release(journal, fd, remove=not journal.exists())
+
+
+@attrs.define
+class _Entry:
+    index: int
+    line: str
+    record: CallRecord | None = None
+    status: TwilioStatusUpdate | None = None
 
 
 @attrs.define
 class JsonlSpool:
-    """An fsynced JSON-lines journal of call records at ``path``."""
+    """This process's fsynced JSON-lines journal at ``path``, and the replay of its family.
+
+    ``family`` is ``SPOOL_PATH``: replay takes every journal ``spool_files(family)`` finds
+    (``path`` itself when not given).
+    """
 
     path: Path
+    family: Path | None = None
     _lock: trio.Lock = attrs.Factory(trio.Lock)
+    #: Whether this process holds ``path``'s lock (``hold``); if not, replay takes it as for
+    #: any other journal (``archer spool replay`` beside running servers).
+    _holding: bool = False
+
+    @classmethod
+    def for_instance(cls, spool_path: Path, instance_id: str) -> JsonlSpool:
+        """The journal of instance ``instance_id`` in ``SPOOL_PATH``'s directory."""
+        return cls(instance_spool_path(spool_path, instance_id), family=spool_path)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold this journal's lock while the process serves (other instances then leave it).
+
+        Raises:
+            OSError: the directory is not writable, or another live process holds the lock
+                (two processes with one ``INSTANCE_ID``).
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _try_lock(self.path)
+        if fd is None:
+            raise OSError(f"another live process holds the spool journal {self.path}")
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+            # A journal still holding entries keeps its lock file: another instance replays it.
+            _release(self.path, fd, remove=not self.path.exists())
 
     async def append(self, record: CallRecord) -> None:
         """Write ``record`` to disk (flushed and fsynced).
@@ -128,40 +253,81 @@ class JsonlSpool:
         async with self._lock:
             await trio.to_thread.run_sync(self._append_sync, record_to_json(record))
 
-    async def depth(self) -> int:
-        """How many records wait in the spool."""
-        async with self._lock:
-            return len(await trio.to_thread.run_sync(self._read_sync))
+    async def append_status(self, update: TwilioStatusUpdate) -> None:
+        """Write a status callback to disk (flushed and fsynced), like ``append``.
 
-    async def replay(self, store: CallStore) -> int:
-        """Save every spooled record through ``store``; return how many are still waiting.
+        Raises:
+            OSError: the disk refused (full, read-only, …).
 
-        Stops at the first ``StoreError`` (the database is still down) and keeps the rest.
-
-        Cancellation: records saved so far stay removed only once the rewrite finished;
-        otherwise they are saved again next time, which is harmless.
+        Cancellation: as ``append``.
         """
         async with self._lock:
-            lines = await trio.to_thread.run_sync(self._read_sync)
-            if not lines:
-                return 0
-            kept: list[str] = []
-            for index, line in enumerate(lines):
-                try:
-                    record = record_from_json(line)
-                except ValueError as exc:
-                    log.error("spool.unreadable_line", error=str(exc), line=line[:200])
-                    kept.append(line)  # a person must look at it; never drop a record
-                    continue
-                try:
-                    await store.save_call(record)
-                except StoreError as exc:
-                    log.warning("spool.replay_paused", error=str(exc), waiting=len(lines) - index)
-                    kept.extend(lines[index:])
+            await trio.to_thread.run_sync(self._append_sync, status_to_json(update))
+
+    async def depth(self) -> int:
+        """How many entries wait in every journal of the family."""
+        async with self._lock:
+            return await trio.to_thread.run_sync(self._depth_sync)
+
+    async def replay(self, store: CallStore) -> int:
+        """Save every spooled entry of every free journal through ``store``; how many wait.
+
+        A journal another live process holds is skipped (and its entries counted as waiting).
+        Stops at the first ``StoreError`` (the database is still down) and keeps the rest.
+
+        Cancellation: entries saved so far stay removed only once their journal's rewrite
+        finished; otherwise they are saved again next time, which is harmless.
+        """
+        async with self._lock:
+            waiting = 0
+            journals = await trio.to_thread.run_sync(spool_files, self.family or self.path)
+            if self.path not in journals:
+                journals.append(self.path)
+            for journal in journals:
+                if journal == self.path and self._holding:
+                    left, database_down = await self._replay_journal(store, journal)
+                else:
+                    fd = await trio.to_thread.run_sync(_try_lock, journal)
+                    if fd is None:  # its writer is alive and replays it itself
+                        waiting += len(await trio.to_thread.run_sync(_read_lines, journal))
+                        continue
+                    try:
+                        left, database_down = await self._replay_journal(store, journal)
+                    finally:
+                        _release_taken(journal, fd)  # no await: must run even if cancelled
+                waiting += left
+                if database_down:
                     break
-                log.info("spool.replayed", call_sid=record.call_sid)
-            await trio.to_thread.run_sync(self._rewrite_sync, kept)
-            return len(kept)
+            return waiting
+
+    async def _replay_journal(self, store: CallStore, journal: Path) -> tuple[int, bool]:
+        """Replay one journal (its lock held); (entries left, whether the database failed)."""
+        lines = await trio.to_thread.run_sync(_read_lines, journal)
+        if not lines:
+            await trio.to_thread.run_sync(partial(journal.unlink, missing_ok=True))
+            return 0, False
+        entries, kept = _parse(lines)
+        # Call records first, then status callbacks: a status lands after its call record.
+        ordered = [e for e in entries if e.record is not None] + [
+            e for e in entries if e.status is not None
+        ]
+        database_down = False
+        for position, entry in enumerate(ordered):
+            try:
+                if entry.record is not None:
+                    await store.save_call(entry.record)
+                    log.info("spool.replayed", call_sid=entry.record.call_sid)
+                elif entry.status is not None:
+                    await store.record_twilio_status(entry.status)
+                    log.info("spool.status_replayed", call_sid=entry.status.call_sid)
+            except StoreError as exc:
+                log.warning("spool.replay_paused", error=str(exc), waiting=len(ordered) - position)
+                kept.extend(ordered[position:])
+                database_down = True
+                break
+        remaining = [entry.line for entry in sorted(kept, key=lambda entry: entry.index)]
+        await trio.to_thread.run_sync(_rewrite, journal, remaining)
+        return len(remaining), database_down
 
     def _append_sync(self, line: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,23 +336,47 @@ class JsonlSpool:
             spool.flush()
             os.fsync(spool.fileno())
 
-    def _read_sync(self) -> list[str]:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        return [line for line in text.splitlines() if line.strip()]
+    def _depth_sync(self) -> int:
+        journals = set(spool_files(self.family or self.path)) | {self.path}
+        return sum(len(_read_lines(journal)) for journal in journals)
 
-    def _rewrite_sync(self, lines: list[str]) -> None:
-        if not lines:
-            self.path.unlink(missing_ok=True)
-            return
-        temporary = self.path.with_suffix(self.path.suffix + ".tmp")
-        with temporary.open("w", encoding="utf-8") as spool:
-            spool.write("".join(line + "\n" for line in lines))
-            spool.flush()
-            os.fsync(spool.fileno())
-        temporary.replace(self.path)
+
+def _parse(lines: list[str]) -> tuple[list[_Entry], list[_Entry]]:
+    """The replayable entries of a journal, and the unreadable ones (kept for a person)."""
+    entries: list[_Entry] = []
+    unreadable: list[_Entry] = []
+    for index, line in enumerate(lines):
+        entry = _Entry(index, line)
+        try:
+            entry.status = status_from_json(line)
+            if entry.status is None:
+                entry.record = record_from_json(line)
+        except ValueError as exc:
+            log.error("spool.unreadable_line", error=str(exc), line=line[:200])
+            unreadable.append(entry)  # a person must look at it; never drop a record
+            continue
+        entries.append(entry)
+    return entries, unreadable
+
+
+def _read_lines(journal: Path) -> list[str]:
+    try:
+        text = journal.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _rewrite(journal: Path, lines: list[str]) -> None:
+    if not lines:
+        journal.unlink(missing_ok=True)
+        return
+    temporary = journal.with_name(journal.name + ".tmp")
+    with temporary.open("w", encoding="utf-8") as spool:
+        spool.write("".join(line + "\n" for line in lines))
+        spool.flush()
+        os.fsync(spool.fileno())
+    temporary.replace(journal)
 
 
 async def run_spool_replay(
@@ -198,7 +388,7 @@ async def run_spool_replay(
 ) -> None:
     """Replay the spool now and every ``interval`` seconds, for as long as the server runs.
 
-    ``depth``, if given, is called with the number of records still waiting (for metrics).
+    ``depth``, if given, is called with the number of entries still waiting (for metrics).
 
     Cancellation: stops between replays; a replay in progress keeps what it did not finish.
     """

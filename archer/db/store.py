@@ -15,14 +15,16 @@ Rules:
   queues on the trio side instead of in pool checkout, and never starves trio's default pool.
 - Every SQLAlchemy error (and ``OSError``) becomes ``StoreError`` here; nothing above sees one.
 - Every write is an idempotent upsert keyed by ``CallSid``: a retried webhook, a replayed flush
-  or a repeated status callback leaves the same rows.
+  or a repeated status callback leaves the same rows. Finished stays finished: a write of a call
+  still in progress never reopens a finished row (it only adds turns and tool calls it lacks);
+  a final record replaces a reaper's or the status callback's guess (``archer.db.instances``).
+- Expiry is judged by the database's clock (``archer.db.clock``), never a host's.
 - Success lines are logged at debug from inside the thread, so the caller's bound contextvars
   (``call_sid``) appear on them; failures are logged once, at warning, on the trio side.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar, TypeVarTuple, cast
 
 import attrs
@@ -33,6 +35,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from archer.call.records import (
+    OPEN_STATUSES,
+    TWILIO_TERMINAL_STATUSES,
     CallRecord,
     CallStatus,
     ClaimedCall,
@@ -43,7 +47,9 @@ from archer.call.records import (
     TurnRecord,
     TwilioStatusUpdate,
 )
+from archer.db.clock import db_now
 from archer.db.engine import make_engine, pool_capacity
+from archer.db.leases import carrier_alive, carrier_lease
 from archer.db.tables import CALL_STATUSES, call_turns, calls, customers, tool_calls
 from archer.errors import StoreError
 
@@ -91,6 +97,10 @@ class SqlCallStore:
     _limiter: trio.CapacityLimiter
     #: Told ``(operation, seconds, error=...)`` after every unit of work (for the metrics).
     observe: DbObserver | None = attrs.field(default=None, kw_only=True)
+    #: This process's ``INSTANCE_ID``: a stream it claims names it in ``calls.instance_id``.
+    instance_id: str | None = attrs.field(default=None, kw_only=True)
+    #: ``INSTANCE_LEASE_SECONDS``: whether the instance carrying a call is alive (status callback).
+    lease_seconds: float = attrs.field(default=15.0, kw_only=True)
 
     @classmethod
     def open(cls, url: str, pool_size: int) -> Self:
@@ -139,6 +149,9 @@ class SqlCallStore:
     async def save_call(self, record: CallRecord) -> None:
         """Upsert the call row by ``call_sid`` with its turns and tool calls.
 
+        A record still in progress never reopens a finished row, nor changes the turns and tool
+        calls it holds (it adds the missing ones); a final record always lands.
+
         Raises:
             StoreError: the database is unavailable.
         """
@@ -146,13 +159,16 @@ class SqlCallStore:
         # and the caller spools the record, so a late commit is harmless.
         await self._run("save_call", self._save_call_sync, record, abandon_on_cancel=True)
 
-    async def record_twilio_status(self, update: TwilioStatusUpdate) -> None:
+    async def record_twilio_status(self, update: TwilioStatusUpdate) -> str | None:
         """Store Twilio's final status and duration; safe twice, late, or before the stream ends.
+
+        A terminal status for a call no live instance carries also finishes the call (see
+        ``_finish_orphan``); the end reason it was given is returned (None: not finished here).
 
         Raises:
             StoreError: the database is unavailable.
         """
-        await self._run("record_twilio_status", self._record_twilio_status_sync, update)
+        return await self._run("record_twilio_status", self._record_twilio_status_sync, update)
 
     async def check(self) -> None:
         """Round-trip to the database (readiness).
@@ -217,7 +233,11 @@ class SqlCallStore:
                 customer_id=customer_id,
                 started_at=call.started_at,
                 stream_token_hash=call.stream_token_hash,
-                stream_token_expires_at=call.stream_token_expires_at,
+                # The database's clock decides expiry (the claim compares with it too); the
+                # webhook's two host-clock times only say how long the token lives.
+                stream_token_expires_at=db_now(
+                    (call.stream_token_expires_at - call.started_at).total_seconds()
+                ),
             )
             new = insert.excluded
             upsert = insert.on_conflict_do_update(
@@ -261,11 +281,12 @@ class SqlCallStore:
             .where(
                 calls.c.call_sid == claim.call_sid,
                 calls.c.stream_token_hash == claim.stream_token_hash,
-                calls.c.stream_token_expires_at > claim.now,
+                calls.c.stream_token_expires_at > db_now(),
                 calls.c.stream_sid.is_(None),
             )
             .values(
                 stream_sid=claim.stream_sid,
+                instance_id=self.instance_id,
                 connected_at=claim.now,
                 status="in_progress",
                 stream_token_hash=None,
@@ -301,22 +322,46 @@ class SqlCallStore:
                 # Every column the record carries, and nothing else: twilio_* belong to the
                 # status callback and the token columns to the webhook and the claim.
                 set_={name: insert.excluded[name] for name in row if name != "call_sid"},
+                # Finished stays finished against a write of a call still in progress (a late
+                # incremental write, an instance back from the dead); a final record replaces a
+                # reaper's or the status callback's guess, as it knows how the call ended.
+                where=sa.or_(
+                    calls.c.status.in_(OPEN_STATUSES),
+                    insert.excluded.status.not_in(OPEN_STATUSES),
+                ),
             ).returning(calls.c.id)
-            call_id: int = conn.execute(upsert).scalar_one()
+            updated: int | None = conn.execute(upsert).scalar_one_or_none()
+            # The row was left alone, but its turns and tool calls are still added.
+            call_id: int = (
+                updated
+                if updated is not None
+                else conn.execute(
+                    sa.select(calls.c.id).where(calls.c.call_sid == record.call_sid)
+                ).scalar_one()
+            )
+            # A write of a call in progress that reached a finished row (it landed after the
+            # final flush, or the call was reaped) only adds what is missing.
+            only_add = updated is None and record.status in OPEN_STATUSES
             if record.turns:
                 turn_stmt = _insert(conn, call_turns)
+                turn_keys = [call_turns.c.call_id, call_turns.c.turn]
                 conn.execute(
-                    turn_stmt.on_conflict_do_update(
-                        index_elements=[call_turns.c.call_id, call_turns.c.turn],
+                    turn_stmt.on_conflict_do_nothing(index_elements=turn_keys)
+                    if only_add
+                    else turn_stmt.on_conflict_do_update(
+                        index_elements=turn_keys,
                         set_={name: turn_stmt.excluded[name] for name in _TURN_UPDATES},
                     ),
                     [_turn_row(call_id, turn) for turn in record.turns],
                 )
             if record.tool_calls:
                 tool_stmt = _insert(conn, tool_calls)
+                tool_keys = [tool_calls.c.call_id, tool_calls.c.tool_call_id]
                 conn.execute(
-                    tool_stmt.on_conflict_do_update(
-                        index_elements=[tool_calls.c.call_id, tool_calls.c.tool_call_id],
+                    tool_stmt.on_conflict_do_nothing(index_elements=tool_keys)
+                    if only_add
+                    else tool_stmt.on_conflict_do_update(
+                        index_elements=tool_keys,
                         set_={name: tool_stmt.excluded[name] for name in _TOOL_CALL_UPDATES},
                     ),
                     [_tool_call_row(call_id, tool) for tool in record.tool_calls],
@@ -329,14 +374,14 @@ class SqlCallStore:
             tool_calls=len(record.tool_calls),
         )
 
-    def _record_twilio_status_sync(self, update: TwilioStatusUpdate) -> None:
+    def _record_twilio_status_sync(self, update: TwilioStatusUpdate) -> str | None:
         with self._engine.begin() as conn:
             insert = _insert(conn, calls).values(
                 call_sid=update.call_sid,
                 # No row yet (the callback beat the webhook, or the webhook's write failed):
                 # keep what Twilio said in a minimal row rather than lose it.
                 status="initiated",
-                started_at=datetime.now(UTC),
+                started_at=db_now(),
                 twilio_status=update.twilio_status,
                 twilio_duration_s=update.twilio_duration_s,
             )
@@ -352,10 +397,44 @@ class SqlCallStore:
                 },
             )
             conn.execute(upsert)
+            finished = (
+                conn.execute(self._finish_orphan(update)).scalar_one_or_none()
+                if update.twilio_status in TWILIO_TERMINAL_STATUSES
+                else None
+            )
         log.debug(
             "db.twilio_status_saved",
             twilio_status=update.twilio_status,
             twilio_duration_s=update.twilio_duration_s,
+            finished=finished,
+        )
+        return finished
+
+    def _finish_orphan(self, update: TwilioStatusUpdate) -> sa.Update:
+        """The call is over for Twilio: finish the row now if no live instance carries it.
+
+        A call a live instance carries is left to that instance's own flush (which knows more);
+        a finished row is never touched. The end reason says who is missing: the instance that
+        carried the stream (``instance_lost``, ended at its lease's last renewal, as the reaper
+        would) or any stream at all (``twilio_ended``).
+        """
+        never_carried = calls.c.instance_id.is_(None)
+        return (
+            sa.update(calls)
+            .where(
+                calls.c.call_sid == update.call_sid,
+                calls.c.status.in_(OPEN_STATUSES),
+                ~carrier_alive(self.lease_seconds),
+            )
+            .values(
+                status="completed" if update.twilio_status == "completed" else "failed",
+                end_reason=sa.case((never_carried, "twilio_ended"), else_="instance_lost"),
+                ended_at=sa.case(
+                    (never_carried, db_now()), else_=sa.func.coalesce(carrier_lease(), db_now())
+                ),
+                stream_token_hash=None,
+            )
+            .returning(calls.c.end_reason)
         )
 
     def _check_sync(self) -> None:
@@ -537,3 +616,7 @@ def _describe(exc: BaseException) -> str:
     cause: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
     lines = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {lines[0] if lines else 'no message'}"
+
+
+#: The driver's one-line message of a database error, for the other adapters of ``archer.db``.
+describe_error = _describe

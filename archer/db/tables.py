@@ -30,6 +30,7 @@ __all__ = [
     "calls",
     "cards",
     "customers",
+    "instances",
     "metadata",
     "pin_failures",
     "pin_lockouts",
@@ -184,6 +185,8 @@ calls = sa.Table(
     sa.Column("stream_token_expires_at", UtcDateTime),
     # Custom events the agent sent, in order (a JSON array of objects).
     sa.Column("agent_events", _Json, nullable=False, server_default=sa.text("'[]'")),
+    # The instance carrying the stream (instances.id); no foreign key, see schema.sql.
+    sa.Column("instance_id", sa.Text),
     _check("status", "status IN (" + ", ".join(f"'{s}'" for s in CALL_STATUSES) + ")"),
     sa.Index("calls_customer_id_idx", "customer_id"),
     sa.Index("calls_started_at_idx", "started_at"),
@@ -256,4 +259,12 @@ pin_lockouts = sa.Table(
     sa.Column("locked_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
     sa.Column("locked_until", UtcDateTime, nullable=False),
     sa.Index("pin_lockouts_customer_id_locked_until_idx", "customer_id", "locked_until"),
+)
+
+instances = sa.Table(
+    "instances",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("renewed_at", UtcDateTime, nullable=False),
 )

@@ -108,6 +108,7 @@ async def _carry(services: Services, call: CallState, twilio: TwilioMediaStream)
             resample_quality=settings.resample_quality,
             output_format=settings.agent_output_format,
             agent_batch_frames=settings.agent_audio_batch_ms // FRAME_MS,
+            store=services.store,
         )
     finally:
         # Nothing finished the call: we were cancelled, because Twilio's socket went (quart-trio
@@ -118,9 +119,10 @@ async def _carry(services: Services, call: CallState, twilio: TwilioMediaStream)
         call.close(now=utc_now(), clock=trio.current_time())
         record = call.snapshot()
         # Shielded and time-boxed inside flush_call_record.
-        await flush_call_record(  # noqa: ASYNC102
+        if await flush_call_record(  # noqa: ASYNC102
             services.store, services.spool, record, timeout=limits.flush_timeout
-        )
+        ):
+            call.db_writes += 1
         summary = call.summary()
         log.info("call.finished", **summary)
         _report(services, call, summary, record)

@@ -1,7 +1,13 @@
 """``POST /twilio/status``: Twilio's call status callback; the final status lands on the row.
 
-Layer: web. Idempotent and order-free: it may come twice, late, or before the stream has ended,
-and it only ever writes the Twilio columns, which the call's own flush never touches.
+Layer: web. Idempotent and order-free: it may come twice, late, or before the stream has ended.
+It writes the Twilio columns, which the call's own flush never touches, and, for a terminal
+status of a call no live instance carries (its instance died, or no stream ever came), finishes
+the call at once (``SqlCallStore.record_twilio_status``).
+
+Rules: Twilio does not retry a failed status callback by default, so one the database cannot
+take is spooled with the call records (and replayed after them) and answered 200; only when
+even the spool refuses is it 503, with everything logged.
 """
 
 from __future__ import annotations
@@ -44,16 +50,30 @@ def status_blueprint(services: Services) -> Blueprint:
         )
         with structlog.contextvars.bound_contextvars(call_sid=call_sid):
             try:
-                await services.store.record_twilio_status(update)
+                finished = await services.store.record_twilio_status(update)
             except StoreError as exc:
-                # Twilio shows a failed callback in its debugger; the status itself is logged.
-                log.error(
-                    "call.status_not_recorded",
+                log.warning("call.status_not_recorded", error=str(exc))
+                try:
+                    await services.spool.append_status(update)
+                except OSError as spool_error:
+                    # Twilio shows a failed callback in its debugger; the status is logged.
+                    log.error(
+                        "call.status_lost",
+                        twilio_status=update.twilio_status,
+                        twilio_duration_s=update.twilio_duration_s,
+                        error=str(spool_error),
+                    )
+                    return "database unavailable", 503
+                log.warning("call.status_spooled", twilio_status=update.twilio_status)
+                return Response(twiml.empty(), content_type="text/xml")
+            if finished is not None:
+                # The instance that carried the call is gone (or none ever did): this callback
+                # is what finished it.
+                log.warning(
+                    "call.finished_by_status_callback",
+                    end_reason=finished,
                     twilio_status=update.twilio_status,
-                    twilio_duration_s=update.twilio_duration_s,
-                    error=str(exc),
                 )
-                return "database unavailable", 503
             log.info("call.twilio_status", twilio_status=update.twilio_status)
         return Response(twiml.empty(), content_type="text/xml")
 

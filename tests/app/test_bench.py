@@ -155,3 +155,22 @@ def test_the_bench_peers_speak_the_published_protocols() -> None:
     assert json.loads(media_frame(stream_sid, 41, payload))["media"]["payload"] == payload
     assert read_tags(payload) == [(41, 12.5)]
     validate_cartesia_server_message(managed.audio_output(payload))
+
+
+async def test_record_writes_counts_every_write_of_a_scripted_call() -> None:
+    """``archer bench --record-writes``: webhook, claim, 12 turns, 3 tool results, 1 side effect
+    written before it acted, the final flush and the status callback; nothing left behind."""
+    from archer.bench.record_writes import format_writes, measure
+
+    result = await measure(None, 2)
+
+    assert result["writes_per_call"] == 20
+    counts = {name: ops["count_per_call"] for name, ops in result["operations"].items()}
+    assert counts == {
+        "open_call": 1,
+        "claim_stream": 1,
+        "as_it_goes": 16,
+        "final_flush": 1,
+        "record_twilio_status": 1,
+    }
+    assert "writes per call: 20.0" in format_writes(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,23 @@ def test_dotenv_rejects_lines_that_are_not_assignments() -> None:
     """A garbled ``.env`` line is reported by its number."""
     with pytest.raises(ConfigError, match="line 2"):
         parse_dotenv("A=1\nthis is not a setting\n")
+
+
+def test_instance_settings_and_their_defaults() -> None:
+    """Leases and the reaper: a unique default id per process, the documented defaults."""
+    settings = Settings.from_environ({})
+    assert f"-{os.getpid()}-" in settings.instance_id
+    assert Settings.from_environ({}).instance_id != settings.instance_id
+    assert (
+        settings.instance_lease_seconds,
+        settings.instance_heartbeat_seconds,
+        settings.reaper_interval,
+    ) == (15.0, 5.0, 10.0)
+    named = Settings.from_environ({"INSTANCE_ID": "archer-7f9c-x2", "REAPER_INTERVAL": "1"})
+    assert (named.instance_id, named.reaper_interval) == ("archer-7f9c-x2", 1.0)
+
+
+@pytest.mark.parametrize("value", ["../etc", "pod a", "-leading-dash", "x" * 101])
+def test_an_instance_id_that_cannot_name_a_file_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="INSTANCE_ID"):
+        Settings.from_environ({"INSTANCE_ID": value})

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from archer.db.spool import spool_files, worker_spool_path
+from archer.db.spool import instance_spool_path, spool_files
+from archer.workers import worker_instance_id
 from tests.helpers import SERVING_ENV as SERVING
 from tests.helpers import free_port, run_archer
 
@@ -170,17 +171,18 @@ def test_a_worker_dying_stops_the_others_and_the_supervisor_fails(tmp_path: Path
     assert stopped["failed"] == [f"worker 1 (pid {pids[1]}) was killed by SIGKILL"]
 
 
-def test_each_worker_has_its_own_spool_file(tmp_path: Path) -> None:
-    """Worker 0 keeps SPOOL_PATH; the others get a sibling each, which replay finds."""
+def test_each_worker_is_an_instance_with_its_own_journal(tmp_path: Path) -> None:
+    """Worker i of INSTANCE_ID gets ``<id>-w<i>``: its own lease and spool journal, which any
+    instance's replay finds beside SPOOL_PATH (temporary and lock files are not journals)."""
     spool = tmp_path / "calls.jsonl"
-    assert worker_spool_path(spool, 0) == spool
-    assert worker_spool_path(spool, 2) == tmp_path / "calls.worker2.jsonl"
-    for name in ("calls.worker10.jsonl", "calls.worker2.jsonl", "calls.worker2.jsonl.tmp"):
+    assert worker_instance_id("pod-a", 2) == "pod-a-w2"
+    assert instance_spool_path(spool, "pod-a-w2") == tmp_path / "calls.pod-a-w2.jsonl"
+    for name in ("calls.pod-a-w2.jsonl", "calls.worker1.jsonl", "calls.x.jsonl.tmp", "x.jsonl"):
         (tmp_path / name).write_text("")
+    (tmp_path / "calls.pod-a-w2.jsonl.lock").write_text("")
     assert spool_files(spool) == [
-        spool,
-        tmp_path / "calls.worker2.jsonl",
-        tmp_path / "calls.worker10.jsonl",
+        tmp_path / "calls.pod-a-w2.jsonl",
+        tmp_path / "calls.worker1.jsonl",
     ]
 
 

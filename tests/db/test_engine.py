@@ -208,5 +208,7 @@ def test_init_schema_adds_agent_events_to_an_old_calls_table(database_url: str) 
         engine.dispose()
 
     assert columns["agent_events"]["nullable"] is False
+    # And calls.instance_id (leases and the reaper), empty on the old row.
+    assert columns["instance_id"]["nullable"] is True
     assert old_row == []
     assert new_row == [{"type": "note"}]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import attrs
 import pytest
+import trio
 
-from archer.call.records import CallRecord, ToolCallRecord, TurnRecord
+from archer.call.records import CallRecord, ToolCallRecord, TurnRecord, TwilioStatusUpdate
 from archer.db.spool import JsonlSpool, record_from_json, record_to_json
 from tests.fakes.store import FakeCallStore
 
@@ -143,3 +145,60 @@ async def test_replay_keeps_an_unreadable_line(tmp_path: Path) -> None:
     assert await spool.replay(store) == 1
     assert list(store.calls) == ["CA0001"]
     assert path.read_text(encoding="utf-8") == "{not json at all\n"
+
+
+async def test_status_callbacks_replay_after_the_call_records(tmp_path: Path) -> None:
+    """A status spooled before its call record still lands after it; both are kept while the
+    store is down."""
+    spool = JsonlSpool(tmp_path / "calls.jsonl")
+    update = TwilioStatusUpdate("CA0001", "completed", 93)
+    await spool.append_status(update)
+    await spool.append(full_record())
+    store = FakeCallStore(down=True)
+
+    assert await spool.replay(store) == 2
+    store.down = False
+    assert await spool.replay(store) == 0
+
+    assert store.writes == [("save_call", "CA0001"), ("record_twilio_status", "CA0001")]
+    assert store.statuses["CA0001"] == update
+
+
+def test_each_instance_has_its_journal_in_the_spool_directory(tmp_path: Path) -> None:
+    spool = JsonlSpool.for_instance(tmp_path / "spool" / "calls.jsonl", "pod-a")
+    assert spool.path == tmp_path / "spool" / "calls.pod-a.jsonl"
+    assert spool.family == tmp_path / "spool" / "calls.jsonl"
+
+
+async def test_a_journal_whose_writer_lives_is_left_to_it(tmp_path: Path) -> None:
+    """Another instance replays a journal only once its writer is gone (its lock released);
+    then the journal and its lock file are removed."""
+    spool_path = tmp_path / "calls.jsonl"
+    alive = JsonlSpool.for_instance(spool_path, "pod-a")
+    other = JsonlSpool.for_instance(spool_path, "pod-b")
+    store = FakeCallStore()
+    with alive.hold():
+        await alive.append(full_record())
+        assert await other.replay(store) == 1  # waiting, in pod-a's journal
+        assert store.calls == {}
+    # pod-a is gone (a process's flock dies with it, however it dies).
+    assert await other.replay(store) == 0
+    assert list(store.calls) == ["CA0001"]
+    assert await trio.to_thread.run_sync(os.listdir, tmp_path) == []
+
+
+async def test_journals_of_older_versions_are_replayed_too(tmp_path: Path) -> None:
+    """``SPOOL_PATH`` itself and ``--workers`` journals (``calls.worker1.jsonl``) of before."""
+    for path in (tmp_path / "calls.jsonl", tmp_path / "calls.worker1.jsonl"):
+        path.write_text(record_to_json(full_record(path.stem[-4:])) + "\n", encoding="utf-8")
+    store = FakeCallStore()
+    assert await JsonlSpool.for_instance(tmp_path / "calls.jsonl", "pod-b").replay(store) == 0
+    assert sorted(store.calls) == ["alls", "ker1"]
+
+
+def test_one_journal_cannot_be_held_twice(tmp_path: Path) -> None:
+    """Two live processes with one INSTANCE_ID would write one journal: the second is refused."""
+    spool = JsonlSpool.for_instance(tmp_path / "calls.jsonl", "pod-a")
+    twin = JsonlSpool.for_instance(tmp_path / "calls.jsonl", "pod-a")
+    with spool.hold(), pytest.raises(OSError, match="another live process"), twin.hold():
+        pass

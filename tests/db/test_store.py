@@ -196,8 +196,6 @@ async def test_claim_stream_spends_the_token_once(sql_store: SqlCallStore) -> No
     [
         pytest.param(claim(token_hash="b" * 64), id="wrong-token"),
         pytest.param(claim(call_sid="CA9999"), id="wrong-call-sid"),
-        pytest.param(claim(now=T0 + timedelta(seconds=60)), id="expired-at-the-instant"),
-        pytest.param(claim(now=T0 + timedelta(minutes=5)), id="expired"),
     ],
 )
 async def test_claim_stream_refuses_bad_claims(
@@ -213,6 +211,37 @@ async def test_claim_stream_refuses_bad_claims(
     assert stored.record.stream_sid is None
     # The refused attempt did not spend the real token.
     assert await sql_store.claim_stream(claim()) is not None
+
+
+@pytest.mark.parametrize(
+    "ttl", [pytest.param(0, id="expired-at-the-instant"), pytest.param(-300, id="expired")]
+)
+async def test_an_expired_token_claims_nothing(sql_store: SqlCallStore, ttl: int) -> None:
+    """Expiry is the token's lifetime on the database's clock: a spent lifetime claims nothing."""
+    await sql_store.open_call(new_call(expires_at=T0 + timedelta(seconds=ttl)))
+
+    assert await sql_store.claim_stream(claim()) is None
+    stored = await sql_store.load_call("CA0001")
+    assert stored is not None
+    assert (stored.record.status, stored.record.stream_sid) == ("initiated", None)
+
+
+async def test_token_expiry_ignores_the_hosts_clocks(sql_store: SqlCallStore) -> None:
+    """One clock: the webhook host's times only give the lifetime, the claiming host's none.
+
+    The webhook's clock is a year behind and the claiming host's an hour ahead; the database's
+    clock says the 60-second token is fresh, so the claim wins.
+    """
+    year_ago = datetime.now(UTC) - timedelta(days=365)
+    await sql_store.open_call(
+        attrs.evolve(
+            new_call(),
+            started_at=year_ago,
+            stream_token_expires_at=year_ago + timedelta(seconds=60),
+        )
+    )
+
+    assert await sql_store.claim_stream(claim(now=datetime.now(UTC) + timedelta(hours=1)))
 
 
 async def test_a_repeated_webhook_never_arms_a_second_token(sql_store: SqlCallStore) -> None:
@@ -337,16 +366,20 @@ async def test_twilio_status_after_the_flush_survives_a_replay(sql_store: SqlCal
 async def test_twilio_status_without_a_call_row_creates_a_minimal_one(
     sql_store: SqlCallStore,
 ) -> None:
-    """A status for an unknown CallSid is kept in a minimal row, and a repeat changes nothing."""
+    """A status for an unknown CallSid is kept in a minimal row, and a repeat changes nothing.
+
+    The status is terminal and no stream was ever carried, so the row is finished at once.
+    """
     before = datetime.now(UTC)
     update = TwilioStatusUpdate("CA0777", "no-answer", 0)
 
-    await sql_store.record_twilio_status(update)
-    await sql_store.record_twilio_status(update)
+    assert await sql_store.record_twilio_status(update) == "twilio_ended"
+    assert await sql_store.record_twilio_status(update) is None
 
     stored = await sql_store.load_call("CA0777")
     assert stored is not None
-    assert stored.record.status == "initiated"
+    assert (stored.record.status, stored.record.end_reason) == ("failed", "twilio_ended")
+    assert stored.record.ended_at is not None
     assert stored.record.started_at >= before - timedelta(seconds=1)
     assert (stored.twilio_status, stored.twilio_duration_s) == ("no-answer", 0)
     assert await trio.to_thread.run_sync(_row_counts, sql_store) == (1, 0, 0)

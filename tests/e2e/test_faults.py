@@ -139,3 +139,48 @@ async def test_database_down_when_the_call_ends_spools_then_replays(
     assert record.frames_in == 3
     assert [t.text for t in record.turns] == ["Hello."]
     assert record.ended_at is not None
+
+
+async def test_status_callback_during_an_outage_is_spooled_then_lands(
+    postgres_behind_proxy: tuple[str, TcpProxy],
+) -> None:
+    """Twilio does not retry a failed status callback: with PostgreSQL cut it is spooled (and
+    answered 200), and once the database is back the replay sets twilio_status and duration."""
+    url, proxy = postgres_behind_proxy
+
+    async def greet(peer: AgentPeer) -> None:
+        await peer.accept_session()
+        await peer.send(managed.turn_started(1, "assistant", 0.1))
+        await peer.send(
+            managed.turn_ended(
+                1, "assistant", "Hello.", interrupted=False, start_time=0.1, end_time=0.3
+            )
+        )
+
+    async with running_system(url, greet, spool_replay_interval=0.5) as system:
+        caller = system.caller
+        await caller.dial()
+        async with trio.open_nursery() as nursery:
+            await caller.connect(nursery)
+            await system.peer()
+            await caller.speak(audio(1))
+            await caller.stop()
+            await system.wait_for_record(lambda s: s.record.end_reason is not None)
+            nursery.cancel_scope.cancel()
+        proxy.cut()
+        answer = await caller.post(
+            "/twilio/status",
+            {**caller.webhook_fields(), "CallStatus": "completed", "CallDuration": "11"},
+        )
+        assert answer.status == 200
+        assert await JsonlSpool(system.settings_spool_path).depth() == 1
+        proxy.restore()
+        stored = await system.wait_for_record(lambda s: s.twilio_status is not None)
+
+        async def replayed() -> bool:
+            return await JsonlSpool(system.settings_spool_path).depth() == 0
+
+        with trio.fail_after(STEP_TIMEOUT):
+            await eventually(replayed)
+    assert (stored.twilio_status, stored.twilio_duration_s) == ("completed", 11)
+    assert (stored.record.status, stored.record.end_reason) == ("completed", "caller_hangup")

@@ -175,7 +175,9 @@ async def test_flush_timeout(database_url: str, monkeypatch: pytest.MonkeyPatch)
             assert await http_get(caller.archer_url, "/healthz") == 200
             assert await http_get(caller.archer_url, "/readyz") == 200
             stored = await system.store.load_call(caller.call_sid)
-            spooled = JsonlSpool(system.settings_spool_path)
+            spooled = JsonlSpool.for_instance(
+                system.settings_spool_path, system.settings.instance_id
+            )
             lines = await trio.to_thread.run_sync(spooled.path.read_text)
     assert 0.5 <= closed_after < SLOW_SAVE_SECONDS
     [timed_out] = [entry for entry in logs if entry["event"] == "call.flush_timed_out"]

@@ -24,6 +24,8 @@ class FakeCallStore:
     statuses: dict[str, TwilioStatusUpdate] = attrs.Factory(dict)
     saves: int = 0
     down: bool = False
+    #: Every write taken, in order: ("save_call" | "record_twilio_status", call_sid).
+    writes: list[tuple[str, str]] = attrs.Factory(list)
 
     async def _io(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -67,10 +69,12 @@ class FakeCallStore:
         await self._io()
         self.saves += 1
         self.calls[record.call_sid] = record
+        self.writes.append(("save_call", record.call_sid))
 
     async def record_twilio_status(self, update: TwilioStatusUpdate) -> None:
         await self._io()
         self.statuses[update.call_sid] = update
+        self.writes.append(("record_twilio_status", update.call_sid))
 
     async def check(self) -> None:
         await self._io()
@@ -81,6 +85,7 @@ class FakeSpool:
     """``RecordSpool`` in a list; ``broken`` makes it fail like a full disk."""
 
     records: list[CallRecord] = attrs.Factory(list)
+    statuses: list[TwilioStatusUpdate] = attrs.Factory(list)
     broken: bool = False
 
     async def append(self, record: CallRecord) -> None:
@@ -88,3 +93,9 @@ class FakeSpool:
         if self.broken:
             raise OSError("No space left on device (fake)")
         self.records.append(record)
+
+    async def append_status(self, update: TwilioStatusUpdate) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.broken:
+            raise OSError("No space left on device (fake)")
+        self.statuses.append(update)

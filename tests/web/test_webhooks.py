@@ -165,9 +165,29 @@ async def test_status_callback_without_a_duration(harness: Harness) -> None:
     assert harness.store.statuses[CALL_SID].twilio_duration_s is None
 
 
-async def test_status_callback_with_the_database_down_is_a_503(harness: Harness) -> None:
-    """Twilio sees the failure in its debugger; nothing crashes."""
+async def test_status_callback_with_the_database_down_is_spooled(harness: Harness) -> None:
+    """Twilio does not retry it, so it is kept in the spool (replayed later) and answered 200."""
     harness.store.down = True
+    fields = {**FIELDS, "CallStatus": "completed", "CallDuration": "42"}
+    status, body = await harness.post("/twilio/status", fields)
+    assert status == 200
+    assert ET.fromstring(body).tag == "Response"
+    spool = harness.app_services.spool
+    assert isinstance(spool, FakeSpool)
+    [update] = spool.statuses
+    assert (update.call_sid, update.twilio_status, update.twilio_duration_s) == (
+        CALL_SID,
+        "completed",
+        42,
+    )
+
+
+async def test_status_callback_with_database_and_spool_down_is_a_503(harness: Harness) -> None:
+    """Only when even the disk refuses does Twilio see a failure (in its debugger)."""
+    harness.store.down = True
+    spool = harness.app_services.spool
+    assert isinstance(spool, FakeSpool)
+    spool.broken = True
     status, _ = await harness.post("/twilio/status", {**FIELDS, "CallStatus": "completed"})
     assert status == 503
 
