@@ -50,9 +50,7 @@ def test_the_emulators_drive_a_separately_started_archer(tmp_path: Path) -> None
         json.dumps({"steps": [{"say": "agent_greeting"}, {"hang_up": {"reason": "test over"}}]})
     )
     (tmp_path / "caller.json").write_text(
-        json.dumps(
-            {"steps": [{"wait_for_agent": {"quiet_ms": 300}}, {"wait_for_hangup": {"timeout": 20}}]}
-        )
+        json.dumps({"steps": [{"wait_for_hangup": {"timeout": 20}}]})
     )
     env = {"PATH": os.environ["PATH"]}
     archer = [sys.executable, "-m", "archer"]
@@ -99,3 +97,49 @@ def test_the_emulators_drive_a_separately_started_archer(tmp_path: Path) -> None
         ).fetchall()
     assert (status, end_reason, twilio_status) == ("completed", "agent_hangup", "completed")
     assert frames_out > 100
+
+
+def test_the_caller_exits_non_zero_when_the_call_failed(tmp_path: Path) -> None:
+    """With no agent to reach, Archer ends the call at once: ``emulate call`` exits 1, saying so."""
+    archer_port, nobody, rest_port = free_port(), free_port(), free_port()
+    (tmp_path / ".env").write_text(
+        "\n".join(
+            [
+                "WEBHOOK_BASE_URL=https://archer.example.test",
+                "TWILIO_ACCOUNT_SID=AC" + "2" * 32,
+                "TWILIO_AUTH_TOKEN=failed-call-token",
+                f"TWILIO_API_BASE_URL=http://127.0.0.1:{rest_port}",
+                "CARTESIA_API_KEY=sk_car_failed_call",
+                "CARTESIA_AGENT_ID=agent_nowhere",
+                f"CARTESIA_WS_URL=ws://127.0.0.1:{nobody}",
+                f"DATABASE_URL=sqlite:///{tmp_path / 'archer.db'}",
+            ]
+        )
+    )
+    env = {"PATH": os.environ["PATH"]}
+    archer = [sys.executable, "-m", "archer"]
+    server = subprocess.Popen(
+        [*archer, "serve", "--host", "127.0.0.1", "--port", str(archer_port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until_listening(archer_port, server)
+        call = subprocess.run(
+            [
+                *(*archer, "emulate", "call", "--url", f"http://127.0.0.1:{archer_port}"),
+                *("--rest-port", str(rest_port)),
+            ],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.communicate()
+    assert call.returncode == 1, call.stdout + call.stderr
+    assert "not completed" in call.stdout
+    with sqlite3.connect(tmp_path / "archer.db") as db:
+        [(status, end_reason)] = db.execute("SELECT status, end_reason FROM calls").fetchall()
+    assert (status, end_reason) == ("failed", "agent_unreachable")
