@@ -279,20 +279,35 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
             return main_demo(transfer=args.transfer, out=args.out, protocol=args.protocol)
         case "emulate":
-            from archer import emulate
-
-            if args.emulator == "cartesia":
-                emulate.run_cartesia(settings, host=args.host, port=args.port, script=args.script)
-            else:
-                return emulate.run_call(
-                    settings,
-                    url=args.url,
-                    script=args.script,
-                    from_number=args.from_number,
-                    rest_port=args.rest_port,
-                    out=args.out,
-                )
+            return _emulate(args, settings)
     return 0
+
+
+def _emulate(args: argparse.Namespace, settings: Settings) -> int:
+    """``archer emulate cartesia|call``; a port in use is one line naming the option."""
+    from archer import emulate
+
+    option, port = (
+        ("--port", args.port) if args.emulator == "cartesia" else ("--rest-port", args.rest_port)
+    )
+    try:
+        if args.emulator == "cartesia":
+            emulate.run_cartesia(settings, host=args.host, port=args.port, script=args.script)
+            return 0
+        return emulate.run_call(
+            settings,
+            url=args.url,
+            script=args.script,
+            from_number=args.from_number,
+            rest_port=args.rest_port,
+            out=args.out,
+        )
+    except BaseException as exc:
+        if not _address_in_use(exc):
+            raise
+        raise ConfigError(
+            f"{option} {port} is already in use: stop what listens there, or give another {option}"
+        ) from None
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -179,3 +179,16 @@ def test_each_command_checks_only_what_it_uses(tmp_path: Path) -> None:
     assert error_lines(bad_db.stderr) == [
         f"{PREFIX}DATABASE_URL='mysql://db' is not an sqlite:/// or postgresql+psycopg:// URL"
     ]
+
+
+def test_emulator_port_in_use(tmp_path: Path, busy_port: int) -> None:
+    """The emulators' ports too: the option named, exit status 2, no traceback."""
+    result = run_archer(
+        "emulate", "cartesia", "--port", str(busy_port), env={"CARTESIA_API_KEY": "k"},
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [
+        f"{PREFIX}--port {busy_port} is already in use: stop what listens there, or give another"
+        " --port"
+    ]

@@ -104,12 +104,21 @@ def interpreters() -> list[str]:
     return list(found.values())
 
 
+#: Never part of a build: local environments, caches, and earlier builds (setuptools would put
+#: stale files from an old ``build/`` into the wheel).
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
+)
+
+
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Archer's wheel, built from the checkout as ``pip wheel`` builds it for a user."""
+    """Archer's wheel, built by ``pip wheel`` from a clean copy of the checkout."""
+    source = tmp_path_factory.mktemp("source") / "archer"
+    shutil.copytree(REPO, source, symlinks=True, ignore=NOT_SOURCE)
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(source)],
         check=True,
         timeout=600,
     )
