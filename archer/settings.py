@@ -107,6 +107,7 @@ _ACCOUNT_SID: Final = re.compile(r"AC[0-9a-fA-F]{32}")
 #: ``.env.example``'s stand-ins: ``ACxxxx…`` and hosts under the documentation domains (RFC 2606).
 _PLACEHOLDER_TEXT: Final = re.compile(r"x{8,}", re.IGNORECASE)
 _PLACEHOLDER_HOST: Final = re.compile(r"(.+\.)?example\.(com|net|org)", re.IGNORECASE)
+_URL_PASSWORD: Final = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
 @attrs.frozen(kw_only=True)
@@ -378,7 +379,8 @@ class _Reader:
             try:
                 check(value)
             except ValueError as exc:
-                return self._problem(name, f"{name}={value!r} is not {exc}", default)
+                shown = _URL_PASSWORD.sub(r"\1***@", value)  # a URL's password stays out of it
+                return self._problem(name, f"{name}={shown!r} is not {exc}", default)
         return value
 
     def integer(

@@ -174,11 +174,14 @@ def test_each_command_checks_only_what_it_uses(tmp_path: Path) -> None:
     assert tools.returncode == 0, tools.stderr
     assert run_archer("db", "init", env=env, cwd=tmp_path).returncode == 0
     # ... and a command that uses the database does check it.
-    bad_db = run_archer("db", "init", env={**env, "DATABASE_URL": "mysql://db"}, cwd=tmp_path)
+    mysql = "mysql://archer:secret-pw@db/archer"
+    bad_db = run_archer("db", "init", env={**env, "DATABASE_URL": mysql}, cwd=tmp_path)
     assert bad_db.returncode == 2
     assert error_lines(bad_db.stderr) == [
-        f"{PREFIX}DATABASE_URL='mysql://db' is not an sqlite:/// or postgresql+psycopg:// URL"
+        f"{PREFIX}DATABASE_URL='mysql://archer:***@db/archer' is not an sqlite:/// or"
+        " postgresql+psycopg:// URL"
     ]
+    assert "secret-pw" not in bad_db.stderr
 
 
 def test_emulator_port_in_use(tmp_path: Path, busy_port: int) -> None:
