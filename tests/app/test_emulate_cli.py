@@ -40,7 +40,8 @@ def test_the_emulators_drive_a_separately_started_archer(tmp_path: Path) -> None
                 "TWILIO_AUTH_TOKEN=three-processes-token",
                 f"TWILIO_API_BASE_URL=http://127.0.0.1:{rest_port}",
                 "CARTESIA_API_KEY=sk_car_three_processes",
-                "CARTESIA_AGENT_ID=agent_emulated",
+                # Not the emulator's own id: it serves the one .env names too.
+                "CARTESIA_AGENT_ID=agent_from_dotenv",
                 f"CARTESIA_WS_URL=ws://127.0.0.1:{agent_port}",
                 f"DATABASE_URL=sqlite:///{tmp_path / 'archer.db'}",
             ]
@@ -78,6 +79,9 @@ def test_the_emulators_drive_a_separately_started_archer(tmp_path: Path) -> None
         )  # fmt: skip
         assert call.returncode == 0, call.stdout + call.stderr
         assert "ended by archer" in call.stdout
+        # The REST emulator's address is announced once (hypercorn's line is not doubled).
+        assert call.stdout.count("emulated Twilio REST API on http://127.0.0.1:") == 1
+        assert (call.stdout + call.stderr).count("Running on") <= 1
         assert "0 invalid messages" in call.stdout
         assert (tmp_path / "heard.wav").stat().st_size > 8000
         with urllib.request.urlopen(f"http://127.0.0.1:{archer_port}/readyz", timeout=5) as ready:
