@@ -302,7 +302,8 @@ def _emulate(args: argparse.Namespace, settings: Settings) -> int:
             rest_port=args.rest_port,
             out=args.out,
         )
-    except BaseException as exc:
+    except (OSError, ArcherError, ExceptionGroup) as exc:
+        # A bind that failed (in trio.run's group, or wrapped by the --workers supervisor).
         if not _address_in_use(exc):
             raise
         raise ConfigError(
@@ -348,7 +349,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                 settings, host=args.host, port=args.port, hypercorn_toml=args.hypercorn_config
             )
         )
-    except BaseException as exc:
+    except (OSError, ArcherError, ExceptionGroup) as exc:
+        # A bind that failed (in trio.run's group, or wrapped by the --workers supervisor).
         if not _address_in_use(exc):
             raise
         port = args.port if args.port is not None else settings.port
