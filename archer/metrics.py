@@ -135,7 +135,7 @@ def _default_tool_names() -> frozenset[str]:
 class Metrics:
     """Archer's metrics and the registry they live in; build once per server.
 
-    ``tool_names`` bounds the ``tool`` label: the names in ``config/tools.json`` by default;
+    ``tool_names`` bounds the ``tool`` label: the names in ``archer/bank/tools.json`` by default;
     any other tool name is counted as ``"other"``.
     """
 
