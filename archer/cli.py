@@ -211,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = f"emulate {args.emulator}" if args.command == "emulate" else args.command
     try:
-        groups, requires = NEEDS[command]
+        # A command missing from NEEDS checks every setting and requires none.
+        groups, requires = NEEDS.get(command, (None, ()))
         settings = settings_from_os(groups=groups, requires=requires)
         match args.command:
             case "demo" | "emulate" | "bench":
