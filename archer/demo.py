@@ -26,7 +26,6 @@ import trio
 
 from archer.audio.wav import Audio, write_wav
 from archer.db import admin
-from archer.db.seed import DEMO_BANK
 from archer.db.store import SqlCallStore, StoredCall
 from archer.db.tables import cards
 from archer.emulators.cartesia import CartesiaEmulator, load_agent_script, serve_cartesia_emulator
@@ -63,7 +62,7 @@ async def run_demo(
     Cancellation: every server is stopped; the temporary database stays in ``workdir``.
     """
     database_url = f"sqlite:///{workdir / 'demo.db'}"
-    await trio.to_thread.run_sync(admin.seed_database, database_url, DEMO_BANK)
+    await trio.to_thread.run_sync(admin.seed_database, database_url)
     progress("demo bank seeded (3 customers); starting the emulators and Archer")
     account_sid = "AC" + secrets.token_hex(16)
     auth_token = secrets.token_hex(16)

@@ -2,8 +2,10 @@
 
 Layer: cli (wiring). Both read the same settings as ``archer serve`` (environment and ``.env``),
 so one ``.env`` configures Archer and its emulated peers alike: the Cartesia emulator accepts
-``CARTESIA_API_KEY``; the caller signs with ``TWILIO_AUTH_TOKEN`` for ``WEBHOOK_BASE_URL`` and runs
-the emulated Twilio REST API on ``--rest-port`` (point Archer's ``TWILIO_API_BASE_URL`` at it).
+``CARTESIA_API_KEY`` and serves ``CARTESIA_AGENT_ID`` (and ``agent_emulated``); the caller signs
+with ``TWILIO_AUTH_TOKEN`` for ``WEBHOOK_BASE_URL`` and runs the emulated Twilio REST API on
+``--rest-port`` (point Archer's ``TWILIO_API_BASE_URL`` at it). ``archer emulate call`` exits 0
+only for a completed call: every step of the caller's script done, nothing invalid from Archer.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ def run_cartesia(settings: Settings, *, host: str, port: int, script: str) -> No
     if not settings.cartesia_api_key:
         raise ConfigError("CARTESIA_API_KEY is required: the emulator accepts only that key")
     emulator = CartesiaEmulator(
-        api_key=settings.cartesia_api_key, script=load_agent_script(script), progress=_print
+        api_key=settings.cartesia_api_key,
+        script=load_agent_script(script),
+        also_agent_ids=frozenset({settings.cartesia_agent_id} - {""}),
+        progress=_print,
     )
 
     async def main() -> None:
@@ -42,7 +47,8 @@ def run_cartesia(settings: Settings, *, host: str, port: int, script: str) -> No
             url = await nursery.start(
                 partial(serve_cartesia_emulator, emulator, host=host, port=port)
             )
-            print(f"Cartesia emulator on {url} (agent {emulator.agent_id}); Ctrl-C stops it")
+            agents = ", ".join(sorted({emulator.agent_id, *emulator.also_agent_ids}))
+            print(f"Cartesia emulator on {url} (agents {agents}); Ctrl-C stops it", flush=True)
 
     trio.run(main)
 
@@ -56,7 +62,11 @@ def run_call(
     rest_port: int,
     out: Path | None,
 ) -> int:
-    """Place one emulated call to the Archer at ``url``; 0 if it was bridged and ended cleanly."""
+    """Place one emulated call to the Archer at ``url``; 0 only if it completed.
+
+    Completed: the caller's script ran to its last step (a refused webhook, a call Archer cut
+    short or a step that timed out is not) and Archer sent nothing Twilio would flag.
+    """
     for name, value in (
         ("WEBHOOK_BASE_URL", settings.webhook_base_url),
         ("TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
@@ -67,13 +77,14 @@ def run_call(
     rest = TwilioRestState(
         account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token
     )
+    caller_script = load_caller_script(script)
     caller = EmulatedCaller(
         archer_url=url.rstrip("/"),
         public_base_url=settings.webhook_base_url,
         account_sid=settings.twilio_account_sid,
         auth_token=settings.twilio_auth_token,
         from_number=from_number,
-        script=load_caller_script(script),
+        script=caller_script,
         rest=rest,
         progress=_print,
     )
@@ -93,10 +104,10 @@ def run_call(
         )
         for problem in outcome.invalid:
             print(f"  ✗ {problem}")
-        return (
-            0
-            if outcome.ended_by in ("caller", "archer", "twilio_rest") and not outcome.invalid
-            else 1
-        )
+        steps = len(caller_script.steps)
+        if outcome.steps_done < steps:
+            print(f"  ✗ not completed: {outcome.steps_done} of {steps} steps; {outcome.detail}")
+            return 1
+        return 0 if not outcome.invalid else 1
 
     return trio.run(main)

@@ -19,6 +19,14 @@ class ConfigError(ArcherError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+class SettingsError(ConfigError):
+    """One or more settings are missing or malformed: ``problems`` has a line for each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = tuple(problems)
+
+
 class ProtocolError(ArcherError):
     """A peer sent something that breaks its protocol."""
 

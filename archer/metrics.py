@@ -150,7 +150,7 @@ def _default_tool_names() -> frozenset[str]:
 class Metrics:
     """Archer's metrics and the registry they live in; build once per server.
 
-    ``tool_names`` bounds the ``tool`` label: the names in ``config/tools.json`` by default;
+    ``tool_names`` bounds the ``tool`` label: the names in ``archer/bank/tools.json`` by default;
     any other tool name is counted as ``"other"``. ``multiprocess_dir``: the directory of
     prometheus_client's multiprocess mode (``--workers``), which ``render`` aggregates; it must
     be the ``PROMETHEUS_MULTIPROC_DIR`` this process started with.

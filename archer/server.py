@@ -42,6 +42,7 @@ from archer.db.instances import (
 from archer.db.spool import JsonlSpool, run_spool_replay
 from archer.db.store import SqlCallStore
 from archer.errors import ConfigError, StoreError
+from archer.hypercorn_settings import load_hypercorn_settings
 from archer.metrics import Metrics
 from archer.settings import Settings
 from archer.twilio.rest import TwilioRestControl
@@ -159,8 +160,12 @@ def agent_connector(settings: Settings) -> AgentConnector:
 def hypercorn_config(
     settings: Settings, *, host: str, port: int, path: Path | None = None
 ) -> Config:
-    """Hypercorn settings: ``path`` (a TOML file) if given, then Archer's own on top."""
-    config = Config.from_toml(path) if path is not None else Config()
+    """Hypercorn settings: packaged defaults, then ``path`` (a TOML file) if given, then Archer's.
+
+    Raises:
+        ConfigError: ``path`` is missing or malformed (the message names it).
+    """
+    config = Config.from_mapping(load_hypercorn_settings(path))
     config.bind = [f"{host}:{port}"]
     config.websocket_max_message_size = settings.limits.max_message_bytes
     # Archer drains live calls itself (``serve``); once it hands over, connections still open

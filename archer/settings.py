@@ -3,23 +3,30 @@
 Layer: configuration; pure (no I/O beyond reading the ``.env`` file in ``load_environ``).
 
 Rules: ``Settings.from_environ`` is the only place that knows variable names; nothing else reads
-``os.environ``. Every malformed value raises ``ConfigError`` with a one-line message that names
-the variable. Secrets are ``repr=False`` so they never reach a log line or a traceback.
+``os.environ``. Every malformed value is a ``ConfigError`` whose line names the variable, and all
+of them are reported together (``SettingsError.problems``). Each command checks only what it
+uses: it names the ``GROUPS`` it reads and the variables it ``requires``; ``archer serve`` checks
+everything. A required variable still holding ``.env.example``'s placeholder is refused as such.
+``.env`` is read by python-dotenv's rules (the parser people know). Secrets are ``repr=False`` so
+they never reach a log line or a traceback.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Final, Self, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
+from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
-from archer.errors import ConfigError
+from archer.errors import ConfigError, SettingsError
 
 AUDIO_FORMATS: Final = ("mulaw_8000", "pcm_16000", "pcm_24000", "pcm_44100")
 PROTOCOLS: Final = ("managed", "line")
@@ -36,11 +43,91 @@ REQUIRED_FOR_SERVING: Final = (
     "CARTESIA_AGENT_ID",
 )
 
+#: Required variables, by the commands that need them (``from_environ(requires=...)``).
+REQUIRED_FOR_TWILIO_EMULATOR: Final = (
+    "WEBHOOK_BASE_URL",
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+)
+REQUIRED_FOR_CARTESIA_EMULATOR: Final = ("CARTESIA_API_KEY",)
+
+#: The settings each part of Archer reads, so a command checks only the groups it uses
+#: (``from_environ(groups=...)``). ``groups=None`` (``archer serve``, and the default) checks
+#: every variable, also one listed in no group; a new setting belongs in the group that reads it.
+GROUPS: Final[Mapping[str, frozenset[str]]] = {
+    "database": frozenset({"DATABASE_URL", "DB_POOL_SIZE"}),
+    "logs": frozenset({"LOG_LEVEL", "LOG_FORMAT"}),
+    "spool": frozenset({"SPOOL_PATH", "SPOOL_REPLAY_INTERVAL"}),
+    "server": frozenset(
+        {
+            "ARCHER_HOST",
+            "ARCHER_PORT",
+            "PORT",
+            "MEDIA_PORT",
+            "ARCHER_WORKERS",
+            "DRAIN_TIMEOUT",
+            "MAX_ACTIVE_CALLS",
+            "OVERFLOW_NUMBER",
+            "INSTANCE_ID",
+            "INSTANCE_LEASE_SECONDS",
+            "INSTANCE_HEARTBEAT_SECONDS",
+            "REAPER_INTERVAL",
+        }
+    ),
+    "twilio": frozenset(
+        {
+            "WEBHOOK_BASE_URL",
+            "TWILIO_ACCOUNT_SID",
+            "TWILIO_AUTH_TOKEN",
+            "TWILIO_API_BASE_URL",
+            "TWILIO_VALIDATE_SIGNATURES",
+            "TWILIO_START_TIMEOUT",
+            "TWILIO_MEDIA_TIMEOUT",
+            "STREAM_TOKEN_TTL",
+        }
+    ),
+    "cartesia": frozenset(
+        {
+            "CARTESIA_API_KEY",
+            "CARTESIA_AGENT_ID",
+            "CARTESIA_WS_URL",
+            "CARTESIA_VERSION",
+            "CARTESIA_PROTOCOL",
+            "CARTESIA_AUDIO_FORMAT",
+            "CARTESIA_VOICE_ID",
+            "CARTESIA_LINE_OUTPUT_FORMAT",
+            "CARTESIA_LINE_INTRODUCTION",
+            "CARTESIA_LINE_SYSTEM_PROMPT",
+            "RESAMPLE_QUALITY",
+            "AGENT_AUDIO_BATCH_MS",
+            "AGENT_READY_TIMEOUT",
+            "AGENT_PING_INTERVAL",
+        }
+    ),
+    "calls": frozenset(
+        {
+            "HUMAN_AGENT_NUMBER",
+            "TRANSFER_ALLOWLIST",
+            "MAX_CALL_SECONDS",
+            "TOOL_TIMEOUT",
+            "FLUSH_TIMEOUT",
+            "MAX_MESSAGE_BYTES",
+            "PIN_MAX_FAILURES",
+            "PIN_LOCKOUT_SECONDS",
+        }
+    ),
+}
+
 _T = TypeVar("_T")
 #: Instance ids name spool files and label log lines: a short, path-safe word.
 _INSTANCE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
 _SIP_URI: Final = re.compile(r"sips?:[^\s<>\"',]{1,250}", re.IGNORECASE)
+_ACCOUNT_SID: Final = re.compile(r"AC[0-9a-fA-F]{32}")
+#: ``.env.example``'s stand-ins: ``ACxxxx…`` and hosts under the documentation domains (RFC 2606).
+_PLACEHOLDER_TEXT: Final = re.compile(r"x{8,}", re.IGNORECASE)
+_PLACEHOLDER_HOST: Final = re.compile(r"(.+\.)?example\.(com|net|org)", re.IGNORECASE)
+_URL_PASSWORD: Final = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
 @attrs.frozen(kw_only=True)
@@ -136,11 +223,21 @@ class Settings:
     reaper_interval: float = 10.0
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> Self:
+    def from_environ(
+        cls,
+        environ: Mapping[str, str],
+        *,
+        groups: Collection[str] | None = None,
+        requires: Collection[str] = (),
+    ) -> Self:
         """Build settings from a mapping of environment variables.
 
+        Checks the variables of ``groups`` (names in ``GROUPS``; ``None``: every variable) and
+        that each of ``requires`` is set to a real value (not a placeholder). A variable outside
+        what is checked falls back to its default when malformed: the command does not use it.
+
         Raises:
-            ConfigError: a value is malformed; the message names the variable.
+            SettingsError: every problem found, one line each naming its variable.
         """
         env = _Reader(environ)
         limits = CallLimits(
@@ -154,10 +251,10 @@ class Settings:
             agent_ping_interval=env.number("AGENT_PING_INTERVAL", 20.0),
             max_message_bytes=env.integer("MAX_MESSAGE_BYTES", 256 * 1024, minimum=4096),
         )
-        return cls(
+        settings = cls(
             database_url=env.text("DATABASE_URL", "sqlite:///archer.db", check=_database_url),
             webhook_base_url=env.text("WEBHOOK_BASE_URL", "", check=_base_url).rstrip("/"),
-            twilio_account_sid=env.text("TWILIO_ACCOUNT_SID", ""),
+            twilio_account_sid=env.text("TWILIO_ACCOUNT_SID", "", check=_account_sid),
             twilio_auth_token=env.text("TWILIO_AUTH_TOKEN", ""),
             twilio_api_base_url=env.text(
                 "TWILIO_API_BASE_URL", "https://api.twilio.com", check=_http_url
@@ -180,7 +277,7 @@ class Settings:
             transfer_allowlist=env.numbers("TRANSFER_ALLOWLIST", sip=True),
             resample_quality=env.choice("RESAMPLE_QUALITY", "hq", RESAMPLE_QUALITIES).upper(),
             agent_audio_batch_ms=int(env.choice("AGENT_AUDIO_BATCH_MS", "20", ("20", "40"))),
-            human_agent_number=env.text("HUMAN_AGENT_NUMBER", ""),
+            human_agent_number=env.text("HUMAN_AGENT_NUMBER", "", check=_e164),
             pin_max_failures=env.integer("PIN_MAX_FAILURES", 5, minimum=1),
             pin_lockout_seconds=env.number("PIN_LOCKOUT_SECONDS", 900.0),
             log_level=env.choice("LOG_LEVEL", "info", LOG_LEVELS),
@@ -206,9 +303,23 @@ class Settings:
             instance_heartbeat_seconds=env.number("INSTANCE_HEARTBEAT_SECONDS", 5.0),
             reaper_interval=env.number("REAPER_INTERVAL", 10.0),
         )
+        checked = None if groups is None else frozenset().union(*(GROUPS[g] for g in groups))
+        problems = [
+            problem
+            for name, problem in env.problems.items()
+            if checked is None or name in checked or name in requires
+        ]
+        problems += env.requirement_problems(requires)
+        if problems:
+            raise SettingsError(problems)
+        return settings
 
     def check_serving(self) -> None:
-        """Raise ``ConfigError`` naming the first variable ``archer serve`` needs but lacks."""
+        """Raise ``SettingsError`` naming every variable ``archer serve`` needs but lacks.
+
+        (The CLI asks ``from_environ(requires=REQUIRED_FOR_SERVING)``, which also refuses
+        placeholders; this checks a ``Settings`` built some other way.)
+        """
         present = {
             "WEBHOOK_BASE_URL": self.webhook_base_url,
             "TWILIO_ACCOUNT_SID": self.twilio_account_sid,
@@ -216,9 +327,9 @@ class Settings:
             "CARTESIA_API_KEY": self.cartesia_api_key,
             "CARTESIA_AGENT_ID": self.cartesia_agent_id,
         }
-        for name in REQUIRED_FOR_SERVING:
-            if not present[name]:
-                raise ConfigError(f"{name} is required to serve calls but is not set")
+        missing = [_not_set(name) for name in REQUIRED_FOR_SERVING if not present[name]]
+        if missing:
+            raise SettingsError(missing)
 
     @property
     def agent_output_format(self) -> str:
@@ -249,33 +360,41 @@ def default_drain_timeout(limits: CallLimits) -> float:
 
 
 def load_environ(environ: Mapping[str, str], dotenv: Path = Path(".env")) -> dict[str, str]:
-    """Merge ``.env`` (if present) under the real environment; the environment wins."""
+    """Merge ``.env`` (if present) under the real environment; the environment wins.
+
+    Raises:
+        ConfigError: ``.env`` cannot be read or has a line that is not a setting.
+    """
     merged: dict[str, str] = {}
     if dotenv.is_file():
-        merged.update(parse_dotenv(dotenv.read_text(encoding="utf-8")))
+        try:
+            text = dotenv.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{dotenv}: cannot read it ({exc}); fix or remove it") from None
+        merged.update(parse_dotenv(text, source=str(dotenv)))
     merged.update(environ)
     return merged
 
 
-def parse_dotenv(text: str) -> dict[str, str]:
-    """Parse ``KEY=value`` lines (``export`` prefix, quotes and ``#`` comments allowed)."""
-    values: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not key.replace("_", "").isalnum():
-            raise ConfigError(f".env line {number} is not KEY=value")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        else:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key] = value
-    return values
+def parse_dotenv(text: str, *, source: str = ".env") -> dict[str, str]:
+    """Parse ``.env`` text by python-dotenv's rules: ``KEY=value``, ``export``, quotes, comments.
+
+    Values may refer to earlier ones or the environment as ``${NAME}``, as python-dotenv and
+    docker compose expand them.
+
+    Raises:
+        ConfigError: a line is not a setting (python-dotenv would skip it with a warning; a
+            setting silently lost is worse than a clear stop), naming ``source`` and the line.
+    """
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            line = binding.original.line
+            shown = binding.original.string.strip().splitlines()[0][:60]
+            raise ConfigError(
+                f"{source} line {line} is not KEY=value ({shown!r}); fix it or start it with #"
+            )
+    values = dotenv_values(stream=io.StringIO(text))
+    return {key: value for key, value in values.items() if value is not None}
 
 
 @attrs.frozen
@@ -283,6 +402,25 @@ class _Reader:
     """Typed access to environment variables; every error names its variable."""
 
     environ: Mapping[str, str]
+    #: The first problem with each variable, by name (the reader carries on with the default).
+    problems: dict[str, str] = attrs.field(factory=dict)
+
+    def _problem(self, name: str, message: str, default: _T) -> _T:
+        self.problems.setdefault(name, message)
+        return default
+
+    def requirement_problems(self, names: Collection[str]) -> list[str]:
+        """A line for each of ``names`` that is unset or still ``.env.example``'s placeholder."""
+        found: list[str] = []
+        for name in names:
+            value = self._get(name)
+            if value is None:
+                found.append(_not_set(name))
+            elif name not in self.problems and _is_placeholder(value):
+                found.append(
+                    f"{name}={value!r} is the placeholder from .env.example; set your own value"
+                )
+        return found
 
     def _get(self, name: str) -> str | None:
         value = self.environ.get(name)
@@ -295,7 +433,7 @@ class _Reader:
         try:
             return parse(value)
         except ValueError:
-            raise ConfigError(f"{name}={value!r} is not {what}") from None
+            return self._problem(name, f"{name}={value!r} is not {what}", default)
 
     def text(self, name: str, default: str, check: Callable[[str], str] | None = None) -> str:
         value = self._get(name)
@@ -305,7 +443,8 @@ class _Reader:
             try:
                 check(value)
             except ValueError as exc:
-                raise ConfigError(f"{name}={value!r} is not {exc}") from None
+                shown = _URL_PASSWORD.sub(r"\1***@", value)  # a URL's password stays out of it
+                return self._problem(name, f"{name}={shown!r} is not {exc}", default)
         return value
 
     def integer(
@@ -313,13 +452,16 @@ class _Reader:
     ) -> int:
         value = self._parse(name, default, int, "a whole number")
         if value < minimum or (maximum is not None and value > maximum):
-            raise ConfigError(f"{name}={value} is out of range")
+            highest = "" if maximum is None else f" and at most {maximum}"
+            return self._problem(
+                name, f"{name}={value} is out of range (at least {minimum}{highest})", default
+            )
         return value
 
     def number(self, name: str, default: float) -> float:
         value = self._parse(name, default, float, "a number")
         if not value > 0:
-            raise ConfigError(f"{name}={value} must be greater than zero")
+            return self._problem(name, f"{name}={value} must be greater than zero", default)
         return value
 
     def numbers(self, name: str, *, sip: bool = False) -> frozenset[str]:
@@ -332,8 +474,10 @@ class _Reader:
             n for n in numbers if not (_E164.fullmatch(n) or (sip and _SIP_URI.fullmatch(n)))
         )
         if bad:
-            kind = "an E.164 number or a SIP URI" if sip else "an E.164 number"
-            raise ConfigError(f"{name} has {bad[0]!r}, which is not {kind}")
+            kind = "an E.164 number (+ and 7 to 15 digits)"
+            if sip:
+                kind = "an E.164 number (+ and 7 to 15 digits) or a SIP URI"
+            return self._problem(name, f"{name} has {bad[0]!r}, which is not {kind}", frozenset())
         return numbers
 
     def boolean(self, name: str, default: bool) -> bool:
@@ -342,8 +486,33 @@ class _Reader:
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self._parse(name, default, str.lower, "text")
         if value not in choices:
-            raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
+            shown = ", ".join(choice or "(empty)" for choice in choices)
+            return self._problem(name, f"{name}={value!r} is not one of {shown}", default)
         return value
+
+
+def _not_set(name: str) -> str:
+    return f"{name} is not set; this command needs it (set it in the environment or in .env)"
+
+
+def _is_placeholder(value: str) -> bool:
+    """Whether ``value`` is one of ``.env.example``'s stand-ins rather than a real setting."""
+    host = urlsplit(value).hostname if "://" in value else None
+    return bool(_PLACEHOLDER_TEXT.search(value)) or bool(host and _PLACEHOLDER_HOST.fullmatch(host))
+
+
+def _e164(value: str) -> str:
+    if not _E164.fullmatch(value):
+        raise ValueError("an E.164 phone number (+ and 7 to 15 digits, such as +15555550199)")
+    return value
+
+
+def _account_sid(value: str) -> str:
+    if _PLACEHOLDER_TEXT.search(value):
+        raise ValueError("a real account SID: ACxxx… is the placeholder from .env.example")
+    if not _ACCOUNT_SID.fullmatch(value):
+        raise ValueError("a Twilio account SID (AC and 32 hex digits, from Twilio's console)")
+    return value
 
 
 def _boolean(value: str) -> bool:
@@ -377,21 +546,21 @@ def _base_url(value: str) -> str:
     return value
 
 
-def _e164(value: str) -> str:
-    if not _E164.fullmatch(value):
-        raise ValueError("an E.164 phone number such as +15555550199")
-    return value
-
-
 def _database_url(value: str) -> str:
     if not value.startswith(("sqlite:", "postgresql")):
         raise ValueError("an sqlite:/// or postgresql+psycopg:// URL")
     return value
 
 
-def settings_from_os() -> Settings:
-    """The settings of this process: ``.env`` in the working directory under ``os.environ``."""
-    return Settings.from_environ(load_environ(os.environ))
+def settings_from_os(
+    *, groups: Collection[str] | None = None, requires: Collection[str] = ()
+) -> Settings:
+    """The settings of this process: ``.env`` in the working directory under ``os.environ``.
+
+    Raises:
+        ConfigError: ``.env`` is malformed, or (``SettingsError``) a checked setting is.
+    """
+    return Settings.from_environ(load_environ(os.environ), groups=groups, requires=requires)
 
 
 def default_instance_id() -> str:

@@ -15,7 +15,7 @@ import trio
 
 #: The five settings ``archer serve`` needs, for tests that start it as a process.
 SERVING_ENV = {
-    "WEBHOOK_BASE_URL": "https://archer.example.com",
+    "WEBHOOK_BASE_URL": "https://archer.bank.test",
     "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
     "TWILIO_AUTH_TOKEN": "twilio-secret-token",
     "CARTESIA_API_KEY": "sk_car_secret_key",

@@ -1,7 +1,7 @@
 """The client-tool definitions: what the agent is told, and what Archer checks arguments against.
 
-Layer: pure (reads one JSON file). ``config/tools.json`` is the canonical file; the package ships
-an identical copy (``archer/bank/tools.json``, checked by a test) so an installed Archer has it.
+Layer: pure (reads one JSON file). ``archer/bank/tools.json`` is the one file: it ships in the
+package, so an installed Archer has it (``archer tools export`` prints it for Cartesia).
 
 Rules: a definition is in Cartesia's client-tool form (../shared/reference/cartesia-agents.md
 §5.2): ``type`` ``client``, ``name``, ``description``, ``parameters`` (a JSON Schema object whose
@@ -41,7 +41,7 @@ class ToolDefinition:
 
 
 def packaged_definitions_path() -> Path:
-    """The copy of ``config/tools.json`` shipped inside the package."""
+    """``tools.json`` as shipped inside the package."""
     return Path(str(resources.files("archer.bank") / "tools.json"))
 
 

@@ -27,7 +27,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=_servers,
         default=["archer"],
         help="comma-separated servers to measure, in order: archer (media on the quart-trio"
-        " route), archer-media (MEDIA_PORT, the dedicated media listener), floor",
+        " route), archer-media (MEDIA_PORT, the dedicated media listener), floor (default: archer)",
     )
     parser.add_argument(
         "--floor", action="store_true", help="run the same steps through the floor relay too"
@@ -51,7 +51,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         type=_assignment,
         help="extra environment for the server under test (repeatable), e.g. a setting to try"
-        " or PYTHONTRACEMALLOC=1 for a memory investigation",
+        " or PYTHONTRACEMALLOC=1 for a memory investigation (default: none)",
     )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument(

@@ -55,7 +55,7 @@ STOP_TIMEOUT: Final = 10.0
 RAMP_SECONDS: Final = 0.05
 WARMUP_SECONDS: Final = 2.0
 SETTLE_SECONDS: Final = 0.5
-PUBLIC_BASE_URL: Final = "https://archer.example.com"
+PUBLIC_BASE_URL: Final = "https://archer.bench.test"
 ACCOUNT_SID: Final = "AC" + "b" * 32
 AUTH_TOKEN: Final = "bench-auth-token"
 

@@ -26,12 +26,15 @@ def init_database(url: str) -> None:
         engine.dispose()
 
 
-def seed_database(url: str, path: Path) -> SeedSummary:
-    """Create the schema if needed and load the demo bank from ``path`` (idempotent)."""
+def seed_database(url: str, path: Path | None = None) -> SeedSummary:
+    """Create the schema if needed and load the demo bank from ``path`` (idempotent).
+
+    ``None``: the demo bank shipped in the package.
+    """
     engine = make_engine(url, pool_size=1)
     try:
         init_schema(engine)
-        return seed_demo_bank(engine, path)
+        return seed_demo_bank(engine) if path is None else seed_demo_bank(engine, str(path))
     finally:
         engine.dispose()
 

@@ -1,4 +1,4 @@
-"""The demo bank: customers, accounts, cards and transactions from ``config/demo_bank.json``.
+"""The demo bank: customers, accounts, cards and transactions from ``archer/data/demo_bank.json``.
 
 Layer: database adapter (sync SQLAlchemy; blocks). ``archer db seed`` and ``archer demo`` call
 ``seed_demo_bank`` from a worker thread or before trio starts.
@@ -13,8 +13,10 @@ re-seed on a later day computes the same timestamps and duplicates nothing.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 from datetime import UTC, datetime, time, timedelta
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -37,13 +39,9 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 
 
-#: The demo bank shipped with the repository (``archer db seed`` and ``archer demo`` load it):
-#: next to the package in a checkout, or ``config/`` in the working directory of an installed
-#: Archer (the container image's working directory has it).
-_CHECKOUT_DEMO_BANK: Final = Path(__file__).resolve().parents[2] / "config" / "demo_bank.json"
-DEMO_BANK: Final = (
-    _CHECKOUT_DEMO_BANK if _CHECKOUT_DEMO_BANK.is_file() else Path("config") / "demo_bank.json"
-)
+#: The demo bank shipped in the package (``archer db seed`` and ``archer demo`` load it), read
+#: with importlib.resources so an installed Archer finds it from any working directory.
+DEMO_BANK: Final[Traversable] = importlib.resources.files("archer") / "data" / "demo_bank.json"
 
 
 @attrs.frozen(slots=True)
@@ -99,7 +97,7 @@ class SeedSummary:
     transactions_created: int = 0
 
 
-def seed_demo_bank(engine: sa.Engine, path: str | Path) -> SeedSummary:
+def seed_demo_bank(engine: sa.Engine, path: str | Traversable = DEMO_BANK) -> SeedSummary:
     """Add whatever of the demo bank at ``path`` the database lacks, in one transaction.
 
     Raises:
@@ -119,14 +117,15 @@ def seed_demo_bank(engine: sa.Engine, path: str | Path) -> SeedSummary:
     return summary
 
 
-def load_demo_bank(path: str | Path) -> DemoBank:
-    """Parse and check a demo-bank JSON file.
+def load_demo_bank(path: str | Traversable = DEMO_BANK) -> DemoBank:
+    """Parse and check a demo-bank JSON file (a path, or a resource such as ``DEMO_BANK``).
 
     Raises:
         ConfigError: the file is missing, not JSON, or not shaped like a demo bank.
     """
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        source = Path(path) if isinstance(path, str) else path
+        document = json.loads(source.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"demo bank {path}: {exc}") from exc
     try:

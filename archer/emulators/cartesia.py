@@ -153,6 +153,8 @@ class EmulatedSession:
     cartesia_version: str | None
     #: Which endpoint the client used: Managed Agents or Line (``/agents/stream``).
     protocol: Literal["managed", "line"] = "managed"
+    #: The agent id in the path the client connected to.
+    agent_id: str = "agent_emulated"
     input_format: str | None = None
     output_delivery: str | None = None
     dynamic_variables: dict[str, managed.DynamicValue] = attrs.Factory(dict)
@@ -195,6 +197,9 @@ class CartesiaEmulator:
     api_key: str = attrs.field(repr=False)
     script: AgentScript
     agent_id: str = "agent_emulated"
+    #: More agent ids served the same way (``archer emulate cartesia`` adds CARTESIA_AGENT_ID, so
+    #: one ``.env`` configures Archer and the emulator alike).
+    also_agent_ids: frozenset[str] = frozenset()
     #: Seconds the first message (``session_create``, Line's ``start``) may take.
     session_create_timeout: float = 10.0
     #: Seconds between the first message and readiness (Managed ``session_ready``; on Line,
@@ -265,9 +270,11 @@ class CartesiaEmulator:
             return
         protocol: Literal["managed", "line"]
         path = unquote(parts.path)
-        if path == f"/v1/agents/websocket/{self.agent_id}":
+        served = {self.agent_id, *self.also_agent_ids}
+        agent_id = path.rpartition("/")[2]
+        if agent_id in served and path == f"/v1/agents/websocket/{agent_id}":
             protocol = "managed"
-        elif path == f"/agents/stream/{self.agent_id}":
+        elif agent_id in served and path == f"/agents/stream/{agent_id}":
             protocol = "line"
         else:
             self.report(f"refused a connection: no agent at {parts.path[:80]} (404)")
@@ -280,6 +287,7 @@ class CartesiaEmulator:
             agent_version_id=_random_id("av_"),
             cartesia_version=version or headers.get("cartesia-version"),
             protocol=protocol,
+            agent_id=agent_id,
         )
         self.sessions.append(session)
         try:
@@ -738,7 +746,7 @@ class _ManagedCall(ScriptedCall):
         await self.websocket.send_message(
             managed.session_ready(
                 call_id=self.session.call_id,
-                agent_id=self.emulator.agent_id,
+                agent_id=self.session.agent_id,
                 agent_version_id=self.session.agent_version_id,
                 input_format=self.input_format,
                 output_delivery=self.output_delivery,

@@ -23,6 +23,7 @@ Behaviour, in the order it is checked (reference §5.1; codes Twilio documents):
 from __future__ import annotations
 
 import hmac
+import logging
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -139,6 +140,9 @@ async def serve_twilio_rest(  # noqa: ASYNC128
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
+    # Through the root logger like Archer's own lines: hypercorn's default handler on top of
+    # it printed every line ("Running on …") twice.
+    config.errorlog = logging.getLogger("hypercorn.error")
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(
             partial(

@@ -23,7 +23,8 @@ def test_serve_without_a_required_setting_prints_one_line(tmp_path: Path) -> Non
     result = archer("serve", env=env, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "archer: configuration error: CARTESIA_AGENT_ID is required to serve calls but is not set"
+        "archer: configuration error: CARTESIA_AGENT_ID is not set; this command needs it"
+        " (set it in the environment or in .env)"
     ]
 
 

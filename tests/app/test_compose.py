@@ -90,12 +90,7 @@ def test_compose_has_the_database_and_archer(compose: dict[str, Any]) -> None:
     assert archer["build"] == "."
     assert archer["env_file"] == ".env"
     assert "8000:8000" in archer["ports"]
-    assert archer["command"] == [
-        "archer",
-        "serve",
-        "--hypercorn-config",
-        "config/hypercorn.toml",
-    ]
+    assert archer["command"] == ["archer", "serve"]  # hypercorn defaults ship in the package
     assert archer["depends_on"]["db"]["condition"] == "service_healthy"
     assert archer["depends_on"]["init"]["condition"] == "service_completed_successfully"
     probe = " ".join(archer["healthcheck"]["test"])
@@ -145,3 +140,17 @@ def test_every_name_in_env_example_is_a_setting(setting_names: frozenset[str]) -
     assert len(names) > 20
     unknown = names - setting_names
     assert not unknown, f".env.example names variables Archer never reads: {sorted(unknown)}"
+
+
+def test_compose_publishes_the_media_port_the_image_serves(compose: dict[str, Any]) -> None:
+    """The image serves media streams on MEDIA_PORT; compose publishes that port."""
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    [media_port] = re.findall(r"MEDIA_PORT=(\d+)", dockerfile)
+    assert f"{media_port}:{media_port}" in compose["services"]["archer"]["ports"]
+
+
+def test_a_configuration_error_does_not_restart_forever(compose: dict[str, Any]) -> None:
+    """Exit status 2 (a bad setting) cannot be fixed by restarting: the policy gives up."""
+    restart = compose["services"]["archer"]["restart"]
+    assert re.fullmatch(r"on-failure:[1-5]", restart), restart
+    assert compose["services"]["init"]["restart"] == "no"

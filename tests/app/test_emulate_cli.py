@@ -40,7 +40,8 @@ def test_the_emulators_drive_a_separately_started_archer(tmp_path: Path) -> None
                 "TWILIO_AUTH_TOKEN=three-processes-token",
                 f"TWILIO_API_BASE_URL=http://127.0.0.1:{rest_port}",
                 "CARTESIA_API_KEY=sk_car_three_processes",
-                "CARTESIA_AGENT_ID=agent_emulated",
+                # Not the emulator's own id: it serves the one .env names too.
+                "CARTESIA_AGENT_ID=agent_from_dotenv",
                 f"CARTESIA_WS_URL=ws://127.0.0.1:{agent_port}",
                 f"DATABASE_URL=sqlite:///{tmp_path / 'archer.db'}",
             ]
@@ -50,9 +51,7 @@ def test_the_emulators_drive_a_separately_started_archer(tmp_path: Path) -> None
         json.dumps({"steps": [{"say": "agent_greeting"}, {"hang_up": {"reason": "test over"}}]})
     )
     (tmp_path / "caller.json").write_text(
-        json.dumps(
-            {"steps": [{"wait_for_agent": {"quiet_ms": 300}}, {"wait_for_hangup": {"timeout": 20}}]}
-        )
+        json.dumps({"steps": [{"wait_for_hangup": {"timeout": 20}}]})
     )
     env = {"PATH": os.environ["PATH"]}
     archer = [sys.executable, "-m", "archer"]
@@ -80,6 +79,9 @@ def test_the_emulators_drive_a_separately_started_archer(tmp_path: Path) -> None
         )  # fmt: skip
         assert call.returncode == 0, call.stdout + call.stderr
         assert "ended by archer" in call.stdout
+        # The REST emulator's address is announced once (hypercorn's line is not doubled).
+        assert call.stdout.count("emulated Twilio REST API on http://127.0.0.1:") == 1
+        assert (call.stdout + call.stderr).count("Running on") <= 1
         assert "0 invalid messages" in call.stdout
         assert (tmp_path / "heard.wav").stat().st_size > 8000
         with urllib.request.urlopen(f"http://127.0.0.1:{archer_port}/readyz", timeout=5) as ready:
@@ -99,3 +101,49 @@ def test_the_emulators_drive_a_separately_started_archer(tmp_path: Path) -> None
         ).fetchall()
     assert (status, end_reason, twilio_status) == ("completed", "agent_hangup", "completed")
     assert frames_out > 100
+
+
+def test_the_caller_exits_non_zero_when_the_call_failed(tmp_path: Path) -> None:
+    """With no agent to reach, Archer ends the call at once: ``emulate call`` exits 1, saying so."""
+    archer_port, nobody, rest_port = free_port(), free_port(), free_port()
+    (tmp_path / ".env").write_text(
+        "\n".join(
+            [
+                "WEBHOOK_BASE_URL=https://archer.example.test",
+                "TWILIO_ACCOUNT_SID=AC" + "2" * 32,
+                "TWILIO_AUTH_TOKEN=failed-call-token",
+                f"TWILIO_API_BASE_URL=http://127.0.0.1:{rest_port}",
+                "CARTESIA_API_KEY=sk_car_failed_call",
+                "CARTESIA_AGENT_ID=agent_nowhere",
+                f"CARTESIA_WS_URL=ws://127.0.0.1:{nobody}",
+                f"DATABASE_URL=sqlite:///{tmp_path / 'archer.db'}",
+            ]
+        )
+    )
+    env = {"PATH": os.environ["PATH"]}
+    archer = [sys.executable, "-m", "archer"]
+    server = subprocess.Popen(
+        [*archer, "serve", "--host", "127.0.0.1", "--port", str(archer_port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until_listening(archer_port, server)
+        call = subprocess.run(
+            [
+                *(*archer, "emulate", "call", "--url", f"http://127.0.0.1:{archer_port}"),
+                *("--rest-port", str(rest_port)),
+            ],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.communicate()
+    assert call.returncode == 1, call.stdout + call.stderr
+    assert "not completed" in call.stdout
+    with sqlite3.connect(tmp_path / "archer.db") as db:
+        [(status, end_reason)] = db.execute("SELECT status, end_reason FROM calls").fetchall()
+    assert (status, end_reason) == ("failed", "agent_unreachable")

@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from archer.call.session import SPOOL_TIMEOUT
+from archer.errors import SettingsError
 from archer.server import SHUTDOWN_GRACE
-from archer.settings import Settings, default_drain_timeout
+from archer.settings import REQUIRED_FOR_SERVING, Settings, default_drain_timeout
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "deploy" / "kubernetes"
@@ -72,16 +73,35 @@ def archer_container() -> Manifest:
     return dict(container)
 
 
+#: What an operator fills in: the ConfigMap ships .env.example's placeholders, which Archer
+#: refuses, so a deploy that forgot them stops with one line naming each.
+OPERATOR_VALUES = {
+    "WEBHOOK_BASE_URL": "https://voice.bank.test",
+    "TWILIO_ACCOUNT_SID": "AC" + "0123456789abcdef" * 2,
+}
+
+
 def configured_settings() -> Settings:
-    """The Settings the pods get: the ConfigMap, plus stand-ins for the secrets."""
+    """The Settings the pods get: the ConfigMap as filled in, plus stand-ins for the secrets."""
     return Settings.from_environ(
         {
             **config_data(),
+            **OPERATOR_VALUES,
             "DATABASE_URL": "postgresql+psycopg://archer:secret@db:5432/archer",
             "TWILIO_AUTH_TOKEN": "token",
             "CARTESIA_API_KEY": "key",
         }
     )
+
+
+def test_the_configmaps_placeholders_are_refused_until_filled_in() -> None:
+    """Applied as shipped, the pods refuse to serve, naming each placeholder."""
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_environ(config_data(), requires=REQUIRED_FOR_SERVING)
+    for name in OPERATOR_VALUES:
+        assert any(
+            name in problem and "placeholder" in problem for problem in refused.value.problems
+        )
 
 
 @pytest.mark.parametrize("path", manifest_files(), ids=lambda path: path.name)

@@ -96,7 +96,7 @@ def metrics() -> Metrics:
 
 
 def test_tool_label_defaults_to_the_tools_in_config(metrics: Metrics) -> None:
-    """Without an explicit list, the tool label is bounded by config/tools.json."""
+    """Without an explicit list, the tool label is bounded by archer/bank/tools.json."""
     assert metrics.tool_names == {definition.name for definition in load_definitions()}
     assert "verify_caller" in metrics.tool_names
 

@@ -24,13 +24,6 @@ BANK_TOOLS = {
 }
 
 
-def test_the_packaged_copy_is_config_tools_json() -> None:
-    """The package ships exactly the canonical ``config/tools.json``."""
-    assert (REPO / "archer/bank/tools.json").read_bytes() == (
-        REPO / "config/tools.json"
-    ).read_bytes()
-
-
 def test_every_bank_tool_is_defined_once() -> None:
     """The file defines each banking tool, and nothing else."""
     assert {definition.name for definition in load_definitions()} == BANK_TOOLS

@@ -30,7 +30,7 @@ from archer.db.tables import cards, customers
 from archer.errors import ToolError
 from tests.fakes.telephony import FakeTelephony
 
-SEED = Path(__file__).resolve().parents[2] / "config" / "demo_bank.json"
+SEED = Path(__file__).resolve().parents[2] / "archer" / "data" / "demo_bank.json"
 DEMO = json.loads(SEED.read_text())
 MAYA, JAMES = DEMO["customers"][0], DEMO["customers"][1]
 

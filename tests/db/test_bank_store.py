@@ -18,8 +18,8 @@ from archer.db.store import SqlCallStore
 from archer.db.tables import cards, customers
 from archer.errors import StoreError
 
-DEMO_BANK = Path(__file__).resolve().parents[2] / "config" / "demo_bank.json"
-# The demo bank's customers (config/demo_bank.json), by the number they call from.
+DEMO_BANK = Path(__file__).resolve().parents[2] / "archer" / "data" / "demo_bank.json"
+# The demo bank's customers (archer/data/demo_bank.json), by the number they call from.
 MAYA = "+15555550101"
 JAMES = "+15555550102"
 ELENA = "+15555550103"

@@ -16,7 +16,7 @@ from archer.db.engine import init_schema, make_engine
 from archer.db.seed import SeedSummary, load_demo_bank, seed_demo_bank
 from archer.errors import ConfigError
 
-DEMO_BANK = Path(__file__).resolve().parents[2] / "config" / "demo_bank.json"
+DEMO_BANK = Path(__file__).resolve().parents[2] / "archer" / "data" / "demo_bank.json"
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from tests.e2e.peers import STEP_TIMEOUT, AgentPeer
 from tests.e2e.test_call import AUTH_TOKEN, System, running_system
 from tests.helpers import audio
 
-SEED = Path(__file__).resolve().parents[2] / "config" / "demo_bank.json"
+SEED = Path(__file__).resolve().parents[2] / "archer" / "data" / "demo_bank.json"
 MAYA = json.loads(SEED.read_text())["customers"][0]
 HUMAN = "+15555550199"
 

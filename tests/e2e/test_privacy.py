@@ -22,7 +22,7 @@ from archer.logs import configure_logging
 from tests.e2e.peers import AgentPeer
 from tests.e2e.test_call import AUTH_TOKEN, running_system
 
-SEED = Path(__file__).resolve().parents[2] / "config" / "demo_bank.json"
+SEED = Path(__file__).resolve().parents[2] / "archer" / "data" / "demo_bank.json"
 JAMES = json.loads(SEED.read_text())["customers"][1]  # PIN 2468, +15555550102
 
 
