@@ -220,7 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 configure_logging(
                     settings.log_level,
                     settings.log_format,
-                    secrets=(settings.twilio_auth_token, settings.cartesia_api_key),
+                    secrets=(
+                        settings.twilio_auth_token,
+                        settings.cartesia_api_key,
+                        *settings.twilio_shared_keys.values(),
+                    ),
                 )
         return _run(args, settings)
     except SettingsError as exc:

@@ -102,7 +102,7 @@ async def open_services(
             store=store,
             agents=agent_connector(settings),
             tools=tools,
-            signatures=SignatureChecker(settings.twilio_auth_token),
+            signatures=SignatureChecker(settings.twilio_auth_token, settings.twilio_shared_keys),
             spool=spool,
             metrics=metrics,
         )

@@ -81,6 +81,7 @@ GROUPS: Final[Mapping[str, frozenset[str]]] = {
             "TWILIO_AUTH_TOKEN",
             "TWILIO_API_BASE_URL",
             "TWILIO_VALIDATE_SIGNATURES",
+            "TWILIO_SHARED_KEYS",
             "TWILIO_START_TIMEOUT",
             "TWILIO_MEDIA_TIMEOUT",
             "STREAM_TOKEN_TTL",
@@ -165,6 +166,9 @@ class Settings:
     twilio_auth_token: str = attrs.field(default="", repr=False)
     twilio_api_base_url: str = "https://api.twilio.com"
     twilio_validate_signatures: bool = True
+    #: SharedKey secrets by key id: Twilio names the key that signed a request in
+    #: ``X-Twilio-Webhooks-Signature-Settings``; several at once let a key be rotated.
+    twilio_shared_keys: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     cartesia_api_key: str = attrs.field(default="", repr=False)
     cartesia_agent_id: str = ""
     cartesia_ws_url: str = "wss://api.cartesia.ai"
@@ -260,6 +264,7 @@ class Settings:
                 "TWILIO_API_BASE_URL", "https://api.twilio.com", check=_http_url
             ).rstrip("/"),
             twilio_validate_signatures=env.boolean("TWILIO_VALIDATE_SIGNATURES", True),
+            twilio_shared_keys=env.secrets_by_id("TWILIO_SHARED_KEYS"),
             cartesia_api_key=env.text("CARTESIA_API_KEY", ""),
             cartesia_agent_id=env.text("CARTESIA_AGENT_ID", ""),
             cartesia_ws_url=env.text(
@@ -479,6 +484,23 @@ class _Reader:
                 kind = "an E.164 number (+ and 7 to 15 digits) or a SIP URI"
             return self._problem(name, f"{name} has {bad[0]!r}, which is not {kind}", frozenset())
         return numbers
+
+    def secrets_by_id(self, name: str) -> dict[str, str]:
+        """Comma-separated ``id:secret`` pairs (the value itself is never echoed in a problem)."""
+        value = self._get(name)
+        if value is None:
+            return {}
+        pairs = [part.strip().partition(":") for part in value.split(",") if part.strip()]
+        found = {key_id.strip(): secret.strip() for key_id, _, secret in pairs}
+        if any(
+            not sep or not key_id.strip() or not secret.strip() for key_id, sep, secret in pairs
+        ):
+            return self._problem(
+                name,
+                f"{name} must be comma-separated id:secret pairs (the key's SID, ':', its secret)",
+                {},
+            )
+        return found
 
     def boolean(self, name: str, default: bool) -> bool:
         return self._parse(name, default, _boolean, "true or false")

@@ -48,7 +48,7 @@ def media_blueprint(services: Services) -> Blueprint:
         # Before accept: a forged upgrade is refused with 403 and never becomes a socket.
         if not stream_upgrade_signed(
             services,
-            websocket.headers.get("X-Twilio-Signature"),
+            websocket.headers.get,
             websocket.path,
             websocket.query_string.decode("latin-1"),
         ):

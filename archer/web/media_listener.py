@@ -98,9 +98,7 @@ async def _serve_one(services: Services, stream: trio.SocketStream) -> None:
         await upgrade.refuse(404)
         return
     query = upgrade.request.target.partition("?")[2]
-    if not stream_upgrade_signed(
-        services, upgrade.header("X-Twilio-Signature"), upgrade.path, query
-    ):
+    if not stream_upgrade_signed(services, upgrade.header, upgrade.path, query):
         await upgrade.refuse(403)
         return
     websocket = await upgrade.accept()

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING
 import structlog
 from quart import request
 
-from archer.twilio.signature import webhook_url
+from archer.twilio.signature import SIGNATURE_SETTINGS_HEADER, webhook_url
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from archer.app import Services
 
 log = structlog.get_logger(__name__)
@@ -29,7 +31,12 @@ async def signed_form(services: Services, path: str) -> dict[str, str] | None:
     if query:
         # Twilio signs the URL exactly as it requested it, query string included.
         url = f"{url}?{query}"
-    if services.signatures.valid_webhook(url, params, request.headers.get("X-Twilio-Signature")):
+    if services.signatures.valid_webhook(
+        url,
+        params,
+        request.headers.get("X-Twilio-Signature"),
+        request.headers.get(SIGNATURE_SETTINGS_HEADER),
+    ):
         return params
     log.warning("twilio.signature_rejected", path=path)
     services.metrics.signature_rejected(path)
@@ -37,17 +44,23 @@ async def signed_form(services: Services, path: str) -> dict[str, str] | None:
 
 
 def stream_upgrade_signed(
-    services: Services, signature: str | None, path: str, query: str = ""
+    services: Services,
+    header: Callable[[str], str | None],
+    path: str,
+    query: str = "",
 ) -> bool:
-    """True if the media-stream upgrade's ``signature`` is Twilio's, of the public ``wss://`` URL.
+    """True if the media-stream upgrade's signature is Twilio's, of the public ``wss://`` URL.
 
-    ``path`` is the path the upgrade asked for (logged when refused); ``query`` its query string
-    (without ``?``), which the signature must cover too, as Twilio signs the full URL.
+    ``header`` reads one of the upgrade's headers by name (the signature, and the SharedKey
+    settings when Twilio signed with one); ``path`` is the path the upgrade asked for (logged
+    when refused); ``query`` its query string (without ``?``), which the signature must cover
+    too, as Twilio signs the full URL.
     """
     if not services.settings.twilio_validate_signatures:
         return True
     url = services.settings.media_stream_url + (f"?{query}" if query else "")
-    if services.signatures.valid_stream_upgrade(url, signature):
+    signature = header("X-Twilio-Signature")
+    if services.signatures.valid_stream_upgrade(url, signature, header(SIGNATURE_SETTINGS_HEADER)):
         return True
     log.warning("twilio.signature_rejected", path=path)
     services.metrics.signature_rejected("/ws/cartesia")

@@ -29,7 +29,7 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 #: ships schemas for; every feature used is GA there).
 KUBERNETES_VERSION = "1.33.0"
 #: Settings that are secrets: in the Secret, never in the ConfigMap.
-SECRETS = frozenset({"DATABASE_URL", "TWILIO_AUTH_TOKEN", "CARTESIA_API_KEY"})
+SECRETS = frozenset({"DATABASE_URL", "TWILIO_AUTH_TOKEN", "TWILIO_SHARED_KEYS", "CARTESIA_API_KEY"})
 #: Settings Kubernetes fills in per pod (the downward API), not the ConfigMap.
 PER_POD = {"INSTANCE_ID": "metadata.name"}
 

@@ -162,3 +162,14 @@ def test_instance_settings_and_their_defaults() -> None:
 def test_an_instance_id_that_cannot_name_a_file_is_refused(value: str) -> None:
     with pytest.raises(ConfigError, match="INSTANCE_ID"):
         Settings.from_environ({"INSTANCE_ID": value})
+
+
+def test_shared_keys_are_id_secret_pairs_and_never_echoed() -> None:
+    """TWILIO_SHARED_KEYS holds SharedKey secrets by key id; a malformed value names the
+    variable without repeating the secrets."""
+    settings = Settings.from_environ({"TWILIO_SHARED_KEYS": " ks_old:one , ks_new:two:three "})
+    assert settings.twilio_shared_keys == {"ks_old": "one", "ks_new": "two:three"}
+    assert "one" not in repr(settings)
+    with pytest.raises(ConfigError, match="TWILIO_SHARED_KEYS must be") as refused:
+        Settings.from_environ({"TWILIO_SHARED_KEYS": "ks_old:hunter2,no-secret-here"})
+    assert "hunter2" not in str(refused.value)

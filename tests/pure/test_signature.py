@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from twilio.request_validator import RequestValidator
 
-from archer.twilio.signature import SignatureChecker, webhook_url
+from archer.twilio.signature import SignatureChecker, shared_key_id, webhook_url
 
 TOKEN = "12345"
 DOC_URL = "https://example.com/myapp.php?foo=1&bar=2"
@@ -115,3 +116,61 @@ def test_webhook_url_round_trips_through_signature(checker: SignatureChecker) ->
     url = webhook_url("https://archer.example.com", "/twilio/voice")
     params = {"CallSid": "CA1", "From": "+15551230000"}
     assert checker.valid_webhook(url, params, checker.sign(url, params))
+
+
+# --- SharedKey signatures (HMAC-SHA256, the key named in a header) --------------------------
+
+SHARED = {"webhooks_sharedkey_a": "secret-a", "webhooks_sharedkey_b": "secret-b"}
+
+
+def _shared_signature(secret: str, url: str, params: dict[str, str]) -> str:
+    # The library's own signing, as Twilio computes it.
+    return str(RequestValidator(secret).compute_signature(url, params, "HMAC_SHA256"))
+
+
+@pytest.mark.parametrize("key_id", sorted(SHARED))
+def test_either_shared_key_of_a_rotation_verifies(key_id: str) -> None:
+    checker = SignatureChecker(TOKEN, SHARED)
+    header = f"key={key_id},algorithm=HMAC_SHA256"
+    signature = _shared_signature(SHARED[key_id], DOC_URL, DOC_PARAMS)
+    assert checker.valid_webhook(DOC_URL, DOC_PARAMS, signature, header)
+    upgrade = _shared_signature(SHARED[key_id], STREAM_URL, {})
+    assert checker.valid_stream_upgrade(STREAM_URL, upgrade, header)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "key=webhooks_sharedkey_c,algorithm=HMAC_SHA256",  # a key Archer does not know
+        "algorithm=HMAC_SHA256",  # no key named
+        "key=webhooks_sharedkey_a,algorithm=HMAC_MD5",  # an algorithm nobody supports
+        "key=webhooks_sharedkey_b,algorithm=HMAC_SHA256",  # signed with the other key's secret
+    ],
+)
+def test_a_shared_key_signature_is_checked_only_by_the_key_it_names(header: str) -> None:
+    signature = _shared_signature(SHARED["webhooks_sharedkey_a"], DOC_URL, DOC_PARAMS)
+    assert not SignatureChecker(TOKEN, SHARED).valid_webhook(DOC_URL, DOC_PARAMS, signature, header)
+
+
+def test_the_settings_header_never_falls_back_to_the_auth_token() -> None:
+    """A forger cannot pick the auth token's check by naming a key: the header decides."""
+    checker = SignatureChecker(TOKEN, SHARED)
+    header = "key=webhooks_sharedkey_a,algorithm=HMAC_SHA256"
+    assert not checker.valid_webhook(DOC_URL, DOC_PARAMS, DOC_SIGNATURE, header)
+    assert checker.valid_webhook(DOC_URL, DOC_PARAMS, DOC_SIGNATURE, None)
+
+
+def test_shared_key_ids_and_secrets_stay_out_of_the_repr() -> None:
+    assert "secret-a" not in repr(SignatureChecker(TOKEN, SHARED))
+
+
+@pytest.mark.parametrize(
+    ("header", "key_id"),
+    [
+        ("key=k1,algorithm=HMAC_SHA256", "k1"),
+        (" algorithm=HMAC_SHA256 , key = k2 ", "k2"),
+        ("", ""),
+    ],
+)
+def test_the_key_id_is_read_from_the_settings_header(header: str, key_id: str) -> None:
+    assert shared_key_id(header) == key_id
