@@ -56,6 +56,12 @@ DEFAULT_API_BASE_URL: Final = "https://api.twilio.com"
 #: Seconds for each connect and each read of one request: trio cannot cancel the thread, so
 #: this is how long a cancelled transfer or hang-up can keep its caller waiting.
 DEFAULT_TIMEOUT: Final = 10.0
+#: Not os.environ: TWILIO_EDGE or TWILIO_REGION there would rewrite the REST host behind the
+#: settings' back (even the emulator's), and credentials come from Archer's settings only; the
+#: host is TWILIO_API_BASE_URL and nothing else. twilio's client reads ``environment or
+#: os.environ``, so an empty mapping would mean os.environ: this one is not empty and names none
+#: of the variables it looks for.
+_NO_PROCESS_ENVIRONMENT: Final = {"ARCHER_TWILIO_ENVIRONMENT": "settings only"}
 #: Concurrent REST requests per adapter; a call makes at most one or two in its life.
 MAX_CONCURRENT_REQUESTS: Final = 4
 #: Twilio's answers for "that call is over": unknown resource, and call not in progress.
@@ -90,9 +96,7 @@ class TwilioRestControl:
             self.account_sid,
             self.auth_token,
             http_client=TwilioHttpClient(timeout=self.timeout),
-            # Not os.environ: TWILIO_EDGE/TWILIO_REGION there would rewrite the host (even the
-            # emulator's), and credentials come from Archer's settings only.
-            environment={},
+            environment=_NO_PROCESS_ENVIRONMENT,
         )
         # The Api domain joins this with each path (``Domain.absolute_url``); the attribute is
         # read per request, so setting it once aims every call update at this base URL.

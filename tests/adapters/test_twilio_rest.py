@@ -304,3 +304,23 @@ async def test_emulator_checks_auth_then_account(twilio: Emulator) -> None:
     assert other.status == 404
     assert json.loads(other.body)["code"] == 20404
     assert twilio.state.calls[CALL_SID].status == "in-progress"
+
+
+async def test_twilio_edge_and_region_in_the_environment_do_not_move_the_host(
+    twilio: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TWILIO_EDGE/TWILIO_REGION in the process environment would make twilio-python rewrite
+    the host to api.<edge>.<region>.twilio.com; only TWILIO_API_BASE_URL chooses it."""
+    monkeypatch.setenv("TWILIO_EDGE", "sydney")
+    monkeypatch.setenv("TWILIO_REGION", "au1")
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC" + "9" * 32)
+    adapter = TwilioRestControl(
+        account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, api_base_url=twilio.url
+    )
+    try:
+        with trio.fail_after(STEP_TIMEOUT):
+            await adapter.transfer(CALL_SID, HUMAN)
+    finally:
+        adapter.close()
+    [update] = twilio.state.updates
+    assert update.call_sid == CALL_SID
