@@ -28,8 +28,8 @@ from archer.bank.tools import bank_tools
 from archer.call.ports import AgentConnector
 from archer.call.state import utc_now
 from archer.call.tools import ToolRegistry
-from archer.cartesia.client import CartesiaManagedConnector
 from archer.cartesia.line_client import CartesiaLineConnector
+from archer.cartesia.managed_client import CartesiaManagedConnector
 from archer.db.bank import SqlBankStore
 from archer.db.engine import init_schema
 from archer.db.instances import (

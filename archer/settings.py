@@ -9,6 +9,10 @@ uses: it names the ``GROUPS`` it reads and the variables it ``requires``; ``arch
 everything. A required variable still holding ``.env.example``'s placeholder is refused as such.
 ``.env`` is read by python-dotenv's rules (the parser people know). Secrets are ``repr=False`` so
 they never reach a log line or a traceback.
+
+Size (over 400 lines, on purpose): the rule above — one place knows every variable name — makes
+this module the list of Archer's settings; ``Settings.from_environ`` reads them in one pass so
+every problem is reported at once, and the reader and value checks below exist only for it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The ports the call is written against: the phone line, the agent, the call store.
 
 Layer: ports (``typing.Protocol`` only). The call layer sees these and nothing else: never a
-websocket, never a SQL session. Adapters (``archer.twilio.stream``, ``archer.cartesia.client``,
-``archer.db.store``) satisfy them in production; ``tests/fakes`` satisfy them in tests, and a
-contract test runs the same checks against both.
+websocket, never a SQL session. Adapters (``archer.twilio.stream``,
+``archer.cartesia.managed_client``, ``archer.db.store``) satisfy them in production;
+``tests/fakes`` satisfy them in tests, and a contract suite (``tests/contract``) runs the same
+checks against both.
 
 Every method is a checkpoint. Errors are Archer's own (``archer.errors``); a hang-up by either
 peer is an event, not an exception.

@@ -26,6 +26,10 @@ Builders other than the two audio hot paths escape non-ASCII text (``ensure_asci
 surrogate echoed from a peer can never make the WebSocket layer fail to encode a frame.
 
 Reference: ../shared/reference/cartesia-agents.md §2.A, §4 and §5.1.
+
+Size (over 400 lines, on purpose): one wire format, both roles of each message (builder and
+parser) under one set of constants and field readers, as in ``archer.cartesia.managed``; the
+sections below (events, the tool convention, client role, server role, helpers) are its rooms.
 """
 
 from __future__ import annotations

@@ -16,6 +16,12 @@ from socket to socket as the same string.
 
 Reference: ../shared/reference/cartesia-agents.md §2.B and §4, and the AsyncAPI document
 ../shared/reference/cartesia-asyncapi/managed-agents-asyncapi.json (version 2026-08-14).
+
+Size (over 400 lines, on purpose): this is one wire format, and each of its messages has a
+builder and a parser that must agree on every field name and limit; the module keeps both
+roles of each message under one set of constants and one set of field readers (the sections
+below: events, client role, server role, helpers), so a change to the protocol is one edit in
+one file, and ``tests/contract`` checks the builders of both roles against the vendored schema.
 """
 
 from __future__ import annotations

@@ -18,27 +18,32 @@ Rules:
   ``CallStore`` (idempotent upserts keyed by CallSid, so a repeat is harmless), then rewrites the
   journal with what is left, atomically (temporary file, fsync, rename); a journal emptied by
   replay is removed (with its lock file, if it was another's).
-- Lines are typed: a call record (no ``kind``, as before) or ``{"kind": "twilio_status", ...}``.
-  In each journal the call records are replayed first and the status callbacks after them, so a
-  status lands after the call record it belongs to.
+- Lines are typed: a call record (no ``kind``, as before) or ``{"kind": "twilio_status", ...}``
+  (the line format, pure, lives in ``archer.db.spool_lines``). In each journal the call
+  records are replayed first and the status callbacks after them, so a status lands after the
+  call record it belongs to.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from contextlib import contextmanager
-from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import structlog
 import trio
 
-from archer.call.records import CallRecord, ToolCallRecord, TurnRecord, TwilioStatusUpdate
+from archer.call.records import CallRecord, TwilioStatusUpdate
+from archer.db.spool_lines import (
+    record_from_json,
+    record_to_json,
+    status_from_json,
+    status_to_json,
+)
 from archer.errors import StoreError
 
 if TYPE_CHECKING:
@@ -47,88 +52,6 @@ if TYPE_CHECKING:
     from archer.call.ports import CallStore
 
 log = structlog.get_logger(__name__)
-
-
-def record_to_json(record: CallRecord) -> str:
-    """One spool line for ``record`` (no newline)."""
-    return json.dumps(attrs.asdict(record, value_serializer=_serialise), separators=(",", ":"))
-
-
-def record_from_json(line: str) -> CallRecord:
-    """The record of one spool line.
-
-    Raises:
-        ValueError: the line is not a spooled record.
-    """
-    try:
-        data = json.loads(line)
-        return CallRecord(
-            **{
-                **data,
-                "started_at": _time(data["started_at"]),
-                "connected_at": _time(data["connected_at"]),
-                "ended_at": _time(data["ended_at"]),
-                "turns": tuple(TurnRecord(**turn) for turn in data["turns"]),
-                "tool_calls": tuple(
-                    ToolCallRecord(
-                        **{
-                            **tool,
-                            "started_at": _time(tool["started_at"]),
-                            "finished_at": _time(tool["finished_at"]),
-                        }
-                    )
-                    for tool in data["tool_calls"]
-                ),
-                # Absent from lines spooled before agent events were recorded.
-                "agent_events": tuple(dict(event) for event in data.get("agent_events", ())),
-            }
-        )
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"not a spooled call record: {exc}") from None
-
-
-def _serialise(_: Any, __: Any, value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
-def _time(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-#: ``kind`` of a spooled status callback line (call records have no ``kind``).
-STATUS_KIND = "twilio_status"
-
-
-def status_to_json(update: TwilioStatusUpdate) -> str:
-    """One spool line for a status callback (no newline)."""
-    return json.dumps({"kind": STATUS_KIND, **attrs.asdict(update)}, separators=(",", ":"))
-
-
-def status_from_json(line: str) -> TwilioStatusUpdate | None:
-    """The status callback of one spool line; None if the line is not one (a call record).
-
-    Raises:
-        ValueError: the line says it is a status callback but is malformed.
-    """
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or data.get("kind") != STATUS_KIND:
-        return None
-    try:
-        duration = data["twilio_duration_s"]
-        return TwilioStatusUpdate(
-            call_sid=str(data["call_sid"]),
-            twilio_status=str(data["twilio_status"]),
-            twilio_duration_s=None if duration is None else int(duration),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"not a spooled status callback: {exc}") from None
 
 
 def instance_spool_path(spool_path: Path, instance_id: str) -> Path:

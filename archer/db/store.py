@@ -21,6 +21,13 @@ Rules:
 - Expiry is judged by the database's clock (``archer.db.clock``), never a host's.
 - Success lines are logged at debug from inside the thread, so the caller's bound contextvars
   (``call_sid``) appear on them; failures are logged once, at warning, on the trio side.
+
+Size (over 400 lines, on purpose): one class implements one port, and the rules above (the
+trio/thread boundary, error mapping, finished-stays-finished) hold for every statement of it;
+the call row's writers (open, claim, save, Twilio's status) update the same columns under the
+same conditions and are read together. What is not the port already lives beside it: leases
+and the reaper in ``archer.db.instances``, the clock in ``archer.db.clock``, the bank's queries
+in ``archer.db.bank``.
 """
 
 from __future__ import annotations

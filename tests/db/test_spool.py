@@ -11,7 +11,8 @@ import pytest
 import trio
 
 from archer.call.records import CallRecord, ToolCallRecord, TurnRecord, TwilioStatusUpdate
-from archer.db.spool import JsonlSpool, record_from_json, record_to_json
+from archer.db.spool import JsonlSpool
+from archer.db.spool_lines import record_from_json, record_to_json
 from tests.fakes.store import FakeCallStore
 
 T0 = datetime(2025, 5, 1, 14, 0, 0, 250000, tzinfo=UTC)

@@ -19,7 +19,8 @@ import trio
 from archer import server
 from archer.call.records import CallRecord
 from archer.cartesia import managed
-from archer.db.spool import JsonlSpool, record_from_json
+from archer.db.spool import JsonlSpool
+from archer.db.spool_lines import record_from_json
 from archer.db.store import SqlCallStore
 from archer.settings import CallLimits
 from tests.e2e.peers import STEP_TIMEOUT, AgentPeer

@@ -1,11 +1,20 @@
-"""``FakeCallStore``: the call store in a dict (``CallStore``); ``down`` makes it fail."""
+"""``FakeCallStore``: the call store in a dict (``CallStore``); ``down`` makes it fail.
+
+``tests/contract/test_call_store.py`` runs one suite against this fake and ``SqlCallStore`` on
+SQLite and PostgreSQL, so what the fake answers is what the real store answers. The fake is one
+process: a call whose stream it handed out is carried by a live instance, any other is not.
+"""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import attrs
 import trio
 
 from archer.call.records import (
+    OPEN_STATUSES,
+    TWILIO_TERMINAL_STATUSES,
     CallRecord,
     ClaimedCall,
     NewCall,
@@ -26,6 +35,8 @@ class FakeCallStore:
     down: bool = False
     #: Every write taken, in order: ("save_call" | "record_twilio_status", call_sid).
     writes: list[tuple[str, str]] = attrs.Factory(list)
+    #: CallSids whose stream this store handed out (carried by this, a live instance).
+    carried: set[str] = attrs.Factory(set)
 
     async def _io(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -47,15 +58,19 @@ class FakeCallStore:
             from_number=call.from_number,
             to_number=call.to_number,
         )
-        self.tokens[call.call_sid] = (call.stream_token_hash, call.stream_token_expires_at)
+        # As the real store, the webhook's times give only the token's lifetime; it runs on the
+        # store's own clock (here the host's, standing in for the database's ``now()``).
+        lifetime = call.stream_token_expires_at - call.started_at
+        self.tokens[call.call_sid] = (call.stream_token_hash, datetime.now(UTC) + lifetime)
         return OpenedCall(call_sid=call.call_sid, customer_id=customer_id)
 
     async def claim_stream(self, claim: StreamClaim) -> ClaimedCall | None:
         await self._io()
         token = self.tokens.get(claim.call_sid)
-        if token is None or token[0] != claim.stream_token_hash or token[1] <= claim.now:  # type: ignore[operator]
+        if token is None or token[0] != claim.stream_token_hash or token[1] <= datetime.now(UTC):  # type: ignore[operator]
             return None
         del self.tokens[claim.call_sid]
+        self.carried.add(claim.call_sid)
         record = self.calls[claim.call_sid]
         return ClaimedCall(
             call_sid=record.call_sid,
@@ -71,10 +86,32 @@ class FakeCallStore:
         self.calls[record.call_sid] = record
         self.writes.append(("save_call", record.call_sid))
 
-    async def record_twilio_status(self, update: TwilioStatusUpdate) -> None:
+    async def record_twilio_status(self, update: TwilioStatusUpdate) -> str | None:
         await self._io()
         self.statuses[update.call_sid] = update
         self.writes.append(("record_twilio_status", update.call_sid))
+        # As the real store: a status that beat the webhook keeps a minimal row, and a terminal
+        # status finishes an open call no live instance carries (here: one never streamed).
+        record = self.calls.get(update.call_sid)
+        if record is None:
+            record = CallRecord(
+                call_sid=update.call_sid, status="initiated", started_at=datetime.now(UTC)
+            )
+            self.calls[update.call_sid] = record
+        if (
+            update.twilio_status not in TWILIO_TERMINAL_STATUSES
+            or record.status not in OPEN_STATUSES
+            or update.call_sid in self.carried
+        ):
+            return None
+        self.calls[update.call_sid] = attrs.evolve(
+            record,
+            status="completed" if update.twilio_status == "completed" else "failed",
+            end_reason="twilio_ended",
+            ended_at=datetime.now(UTC),
+        )
+        self.tokens.pop(update.call_sid, None)
+        return "twilio_ended"
 
     async def check(self) -> None:
         await self._io()
