@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from archer.call.pumps import SendMark
+from archer.call.items import SendMark
 
 if TYPE_CHECKING:
     import trio
 
+    from archer.call.items import DownlinkItem
     from archer.call.playback import Playback
-    from archer.call.pumps import DownlinkItem
     from archer.call.records import CallStatus
     from archer.call.state import CallState
 

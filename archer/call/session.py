@@ -27,13 +27,12 @@ import trio
 
 from archer.audio.transcoder import transcoder_for
 from archer.call.control import CallControl
+from archer.call.items import DownlinkItem, UplinkItem
 from archer.call.playback import Playback
 from archer.call.ports import AgentSession
 from archer.call.pumps import (
     DOWNLINK_BUFFER,
     UPLINK_BUFFER,
-    DownlinkItem,
-    UplinkItem,
     fill_inbound_gaps,
     forward_to_agent,
     keep_agent_alive,

@@ -14,7 +14,7 @@ from quart import request
 from archer.twilio.signature import webhook_url
 
 if TYPE_CHECKING:
-    from archer.app import Services
+    from archer.web.services import Services
 
 log = structlog.get_logger(__name__)
 

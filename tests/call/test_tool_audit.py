@@ -47,7 +47,7 @@ from tests.fakes.store import FakeSpool
 from tests.fakes.telephony import FakeTelephony
 from tests.helpers import eventually
 
-SEED = Path(__file__).resolve().parents[2] / "config" / "demo_bank.json"
+SEED = Path(__file__).resolve().parents[2] / "archer" / "data" / "demo_bank.json"
 MAYA = json.loads(SEED.read_text())["customers"][0]
 
 # --- duplicate tool_call_id ------------------------------------------------------------------

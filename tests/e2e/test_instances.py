@@ -46,7 +46,7 @@ REAPER = 1.0
 SLACK = 2.5
 AUTH_TOKEN = "instances-test-auth-token"
 BASE_URL = "https://archer.instances.test"
-SEED = Path(__file__).resolve().parents[2] / "config" / "demo_bank.json"
+SEED = Path(__file__).resolve().parents[2] / "archer" / "data" / "demo_bank.json"
 MAYA = json.loads(SEED.read_text())["customers"][0]
 
 
