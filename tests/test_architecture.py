@@ -283,9 +283,9 @@ def runtime_edges(modules: dict[str, Path], found: list[Import]) -> dict[str, se
     for edge in found:
         # A module importing its own package (``from archer import __version__``) is not a
         # circle worth reporting: the package's ``__init__`` is run first either way.
-        if edge.imported in modules and not edge.type_only and edge.imported != edge.importer:
-            if not edge.importer.startswith(f"{edge.imported}."):
-                edges[edge.importer].add(edge.imported)
+        ours = edge.imported in modules and not edge.importer.startswith(f"{edge.imported}.")
+        if ours and not edge.type_only and edge.imported != edge.importer:
+            edges[edge.importer].add(edge.imported)
     return edges
 
 
@@ -322,7 +322,7 @@ def test_imports_follow_the_layer_order() -> None:
 
 
 def test_pure_modules_import_no_io_library() -> None:
-    modules, found = import_graph()
+    _, found = import_graph()
     wrong = [
         f"{edge.importer}:{edge.line} imports {edge.imported}"
         for edge in found
