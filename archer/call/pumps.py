@@ -117,7 +117,7 @@ async def receive_from_twilio(
                     try:
                         uplink.send_nowait(item)
                     except trio.WouldBlock:
-                        call.frames_dropped += 1
+                        call.frames_dropped_to_agent += 1
                 case Dtmf(digit=digit):
                     await uplink.send(CallerDtmf(digit))
                 case Mark(name=name):
@@ -221,7 +221,7 @@ async def receive_from_agent(
                     AgentChunk(frame, playback.epoch, turn, playback.turn_ms, sampled)
                 )
             except trio.WouldBlock:
-                call.frames_dropped += 1
+                call.frames_dropped_to_caller += 1
 
     transfers = 0
     with downlink:

@@ -17,13 +17,16 @@ import pytest
 import structlog
 import trio
 import trio.testing
+from prometheus_client.parser import text_string_to_metric_families
 
 from archer.call.events import TurnStarted
+from archer.call.pumps import DOWNLINK_BUFFER
 from archer.call.records import CallRecord
 from archer.call.session import bridge_call, flush_call_record
 from archer.call.state import CallState
 from archer.call.tools import MAX_RESULT_BYTES, Tool, ToolContext, ToolRegistry, ToolResult
 from archer.errors import AgentClosedError, AgentFatalError, AgentUnavailableError, ToolError
+from archer.metrics import Metrics
 from archer.settings import CallLimits
 from tests.fakes.agent import FakeAgent, FakeAgentConnector
 from tests.fakes.store import FakeCallStore, FakeSpool
@@ -440,6 +443,18 @@ async def test_malformed_twilio_frames_are_skipped(
     assert bridge.call.end_reason == "caller_hangup"
 
 
+def frames_total(metrics: Metrics, *, direction: str, outcome: str) -> float:
+    """One ``archer_frames_total`` sample as ``/metrics`` shows it (0 when absent)."""
+    for family in text_string_to_metric_families(metrics.render()[0].decode()):
+        for sample in family.samples:
+            if sample.name == "archer_frames_total" and sample.labels == {
+                "direction": direction,
+                "outcome": outcome,
+            }:
+                return sample.value
+    return 0.0
+
+
 async def test_caller_audio_is_dropped_not_queued_when_the_agent_stalls(
     bridge: Bridge, autojump_clock: trio.abc.Clock
 ) -> None:
@@ -453,7 +468,42 @@ async def test_caller_audio_is_dropped_not_queued_when_the_agent_stalls(
         await bridge.wait_done()
     assert bridge.call.frames_in == 50
     assert bridge.call.frames_dropped == 50 - 1 - 10  # one in flight, ten buffered
+    assert bridge.call.frames_dropped_to_agent == 50 - 1 - 10
+    assert bridge.call.frames_dropped_to_caller == 0
     assert bridge.call.end_reason == "caller_hangup"
+    metrics = Metrics()
+    metrics.call_started()
+    metrics.call_finished(bridge.call.summary(), bridge.call.snapshot())
+    assert frames_total(metrics, direction="to_agent", outcome="dropped") == 39
+    assert 'direction="either"' not in metrics.render()[0].decode()
+
+
+async def test_agent_audio_is_dropped_and_counted_towards_the_caller_when_twilio_stalls(
+    bridge: Bridge, autojump_clock: trio.abc.Clock
+) -> None:
+    """A stalled Twilio socket costs dropped agent frames, counted by direction in /metrics."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bridge.run)
+        bridge.twilio.hold_playback()
+        for tag in range(DOWNLINK_BUFFER + 20):
+            bridge.agent.say(audio(tag))
+        await trio.testing.wait_all_tasks_blocked()
+        bridge.twilio.release_playback()
+        await trio.testing.wait_all_tasks_blocked()
+        bridge.twilio.stop()
+        await bridge.wait_done()
+    dropped = DOWNLINK_BUFFER + 20 - 1 - DOWNLINK_BUFFER  # one in flight, the rest buffered
+    assert (bridge.call.frames_dropped_to_caller, bridge.call.frames_dropped_to_agent) == (
+        dropped,
+        0,
+    )
+    assert bridge.call.frames_out == DOWNLINK_BUFFER + 1
+    metrics = Metrics()
+    metrics.call_started()
+    metrics.call_finished(bridge.call.summary(), bridge.call.snapshot())
+    assert frames_total(metrics, direction="to_caller", outcome="dropped") == dropped
+    assert frames_total(metrics, direction="to_caller", outcome="sent") == (DOWNLINK_BUFFER + 1)
+    assert 'direction="either"' not in metrics.render()[0].decode()
 
 
 async def test_flush_survives_cancellation_and_a_dead_store(autojump_clock: trio.abc.Clock) -> None:
