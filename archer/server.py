@@ -291,7 +291,7 @@ async def serve(  # noqa: ASYNC128
                 shutdown_trigger=drain_then_stop,
                 task_status=task_status,
             )
-            nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel(reason="hypercorn has stopped serving")
         # Every call is flushed (or spooled): the lease can go, so nobody waits for it to lapse.
         with trio.move_on_after(SHUTDOWN_GRACE, shield=True):
             try:

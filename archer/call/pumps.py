@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Final, assert_never
 import structlog
 import trio
 
-from archer.audio.dtmf import dtmf_tone
-from archer.audio.transcoder import FRAME_BYTES
+from archer.audio.dtmf import dtmf_tone_frames
+from archer.call.control import transfer_request
 from archer.call.events import (
     AgentAudio,
     AgentClear,
@@ -258,29 +258,12 @@ async def receive_from_agent(
                         queue(transcoder.end_of_turn(), turn=turn)
                         await downlink.send(TurnFinished(turn, playback.turn_ms, playback.epoch))
                 case AgentDtmf(digit=digit):
-                    # Media Streams has no outbound DTMF message: the caller hears real tones.
-                    tone = dtmf_tone(digit)
-                    frames = [
-                        binascii.b2a_base64(tone[i : i + FRAME_BYTES], newline=False).decode()
-                        for i in range(0, len(tone), FRAME_BYTES)
-                    ]
-                    queue(frames, turn=None)
+                    queue(dtmf_tone_frames(digit), turn=None)
                     log.info("agent.dtmf", digit=digit)
                 case AgentTransfer(target=target):
-                    # The same tool as a Managed agent's transfer: it waits for the lead-in,
-                    # checks the number against the allow-list and records the invocation.
                     transfers += 1
                     await tools.submit(
-                        ToolCallRequest(
-                            tool_call_id=f"transfer_call-{transfers}",
-                            name="transfer_to_human",
-                            arguments={
-                                "reason": "the agent asked (transfer_call)",
-                                "number": target,
-                            },
-                            expects_response=False,
-                        ),
-                        playback_epoch=playback.epoch,
+                        transfer_request(target, transfers), playback_epoch=playback.epoch
                     )
                 case AgentCustom(metadata=metadata):
                     call.agent_event(metadata)

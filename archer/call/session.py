@@ -129,7 +129,7 @@ async def run_call(
                     agent, downlink_send, call, playback, transcoder, tool_runner
                 )
                 call.finish("completed", "agent_hangup")
-                nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel(reason="the agent hung up")
 
             nursery.start_soon(until_agent_hangs_up)
             nursery.start_soon(
@@ -152,12 +152,12 @@ async def run_call(
                 timeout = limits.twilio_media_timeout
                 await fill_inbound_gaps(gap_uplink, call, media_timeout=timeout)
                 call.finish("failed", "twilio_lost", f"no media from Twilio for {timeout:g} s")
-                nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel(reason="Twilio's stream was lost")
 
             nursery.start_soon(until_twilio_is_lost)
             end_reason = await receive_from_twilio(twilio, uplink_send, call, playback)
             call.finish("completed", end_reason)
-            nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel(reason=f"the Twilio stream ended ({end_reason})")
     if call_deadline.cancelled_caught:
         log.warning("call.max_duration", seconds=limits.max_call_seconds)
         call.finish("completed", "max_duration")

@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from archer.bank.tools import bank_tools
+from archer.call.control import transfer_request
 from archer.call.tools import ToolRegistry
 from archer.errors import TelephonyError
 from tests.call.test_session import Bridge
@@ -182,3 +183,19 @@ async def test_a_clear_right_behind_the_request_cancels_the_transfer(
     assert "interrupted" in result
     assert telephony.requests == []
     assert bridge.call.end_reason == "caller_hangup"
+
+
+def test_a_line_transfer_is_the_transfer_tool_request() -> None:
+    """Line's ``transfer_call`` takes the Managed agent's path: the ``transfer_to_human`` tool."""
+    first, second = transfer_request("+15555550123", 1), transfer_request(None, 2)
+    assert (first.name, first.tool_call_id, first.expects_response) == (
+        "transfer_to_human",
+        "transfer_call-1",
+        False,
+    )
+    assert first.arguments == {
+        "reason": "the agent asked (transfer_call)",
+        "number": "+15555550123",
+    }
+    assert (second.tool_call_id, second.arguments["number"]) == ("transfer_call-2", None)
+    assert "transfer_to_human" in tools(FakeTelephony()).tools
