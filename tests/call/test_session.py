@@ -19,12 +19,24 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
+from archer.audio.transcoder import transcoder_for
+from archer.call.control import CallControl
 from archer.call.events import TurnStarted
+from archer.call.items import CLEAR_PLAYBACK, AgentChunk, DownlinkItem, UplinkItem
+from archer.call.playback import Playback
 from archer.call.pumps import DOWNLINK_BUFFER
 from archer.call.records import CallRecord
-from archer.call.session import bridge_call, flush_call_record
+from archer.call.session import bridge_call, flush_call_record, run_agent_side
 from archer.call.state import CallState
-from archer.call.tools import MAX_RESULT_BYTES, Tool, ToolContext, ToolRegistry, ToolResult
+from archer.call.tools import (
+    MAX_RESULT_BYTES,
+    CallerVerification,
+    Tool,
+    ToolContext,
+    ToolRegistry,
+    ToolResult,
+    ToolRunner,
+)
 from archer.errors import AgentClosedError, AgentFatalError, AgentUnavailableError, ToolError
 from archer.metrics import Metrics
 from archer.settings import CallLimits
@@ -551,3 +563,51 @@ async def test_when_even_the_spool_fails_the_record_is_logged(
     [entry] = [e for e in logs if e["event"] == "call.spool_failed"]
     assert entry["record"]["call_sid"] == call.call_sid
     assert entry["record"]["from_number"] == "***0101"  # masked even here
+
+
+async def test_the_agent_side_ends_without_closing_the_twilio_sides_channels(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``run_agent_side`` works on clones: when the agent hangs up, the channel ends the Twilio
+    side holds still work (the ground for replacing an agent session, issue 16)."""
+    call, agent = new_call(), FakeAgent()
+    uplink_send, uplink_receive = trio.open_memory_channel[UplinkItem](2)
+    downlink_send, downlink_receive = trio.open_memory_channel[DownlinkItem](2)
+    playback = Playback()
+    runner = ToolRunner(
+        registry=TOOLS,
+        context=ToolContext(
+            call_sid=call.call_sid,
+            customer_id=None,
+            caller_number=None,
+            verification=CallerVerification(),
+            control=CallControl(call, playback, downlink_send.clone(), trio.CancelScope()),
+        ),
+        call=call,
+        agent=agent,
+        timeout=1.0,
+    )
+    hung_up: list[bool] = []
+    with uplink_send, uplink_receive, downlink_send, downlink_receive:
+        agent.say(audio(1))
+        agent.hang_up()
+        await run_agent_side(
+            agent,
+            uplink_receive.clone(),
+            downlink_send.clone(),
+            call,
+            playback,
+            transcoder_for("mulaw_8000", quality="HQ"),
+            runner,
+            ping_interval=LIMITS.agent_ping_interval,
+            on_hangup=lambda: hung_up.append(True),
+        )
+        assert hung_up == [True]
+        # The Twilio side's ends are still open: nothing is broken or at an end.
+        uplink_send.send_nowait(audio(3))
+        assert uplink_receive.receive_nowait() == audio(3)
+        downlink_send.send_nowait(CLEAR_PLAYBACK)
+        chunk = downlink_receive.receive_nowait()
+        assert isinstance(chunk, AgentChunk)
+        assert chunk.payload == audio(1)
+        assert downlink_receive.receive_nowait() is CLEAR_PLAYBACK
