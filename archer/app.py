@@ -7,51 +7,24 @@ environment).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-import attrs
 import structlog
 from quart import request
 from quart_trio import QuartTrio
 
-from archer.metrics import Metrics
 from archer.twilio.form import TwilioFormError
-from archer.web.capacity import Capacity
-from archer.web.drain import Drain
 from archer.web.health import health_blueprint
 from archer.web.media import media_blueprint
 from archer.web.metrics import metrics_blueprint
+from archer.web.services import Services
 from archer.web.status import status_blueprint
 from archer.web.voice import voice_blueprint
-
-if TYPE_CHECKING:
-    from archer.call.ports import AgentConnector, CallStore, RecordSpool
-    from archer.call.tools import ToolRegistry
-    from archer.settings import Settings
-    from archer.twilio.signature import SignatureChecker
 
 log = structlog.get_logger(__name__)
 
 #: Twilio's webhook bodies are a few hundred bytes of form fields; anything large is not Twilio.
 MAX_WEBHOOK_BYTES: Final = 64 * 1024
-
-
-@attrs.frozen(kw_only=True)
-class Services:
-    """What the routes need, built once by the server and passed explicitly."""
-
-    settings: Settings
-    store: CallStore
-    agents: AgentConnector
-    tools: ToolRegistry
-    signatures: SignatureChecker
-    spool: RecordSpool
-    drain: Drain = attrs.Factory(Drain)
-    metrics: Metrics = attrs.Factory(Metrics)
-    #: MAX_ACTIVE_CALLS against the calls ``drain`` counts (built from them unless given).
-    capacity: Capacity = attrs.Factory(
-        lambda self: Capacity(self.settings.max_active_calls, self.drain), takes_self=True
-    )
 
 
 def create_app(services: Services) -> QuartTrio:

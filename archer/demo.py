@@ -111,7 +111,7 @@ async def run_demo(
             card_status = await trio.to_thread.run_sync(_card_status, store.engine)
         finally:
             await store.aclose()
-        nursery.cancel_scope.cancel()
+        nursery.cancel_scope.cancel(reason="the demo call is recorded")
     problems = check_record(
         stored, outcome, card_status, transfer=transfer, turns=protocol == "managed"
     )

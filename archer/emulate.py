@@ -94,7 +94,7 @@ def run_call(
             rest_url = await nursery.start(partial(serve_twilio_rest, rest, port=rest_port))
             print(f"emulated Twilio REST API on {rest_url}; calling {url} from {from_number}")
             outcome = await caller.run()
-            nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel(reason="the emulated call is over")
         if out is not None:
             write_wav(out, Audio(8000, "mulaw", outcome.heard))
         print(

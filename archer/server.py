@@ -22,7 +22,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from archer.app import Services, create_app
+from archer.app import create_app
 from archer.bank.ports import PinPolicy
 from archer.bank.tools import bank_tools
 from archer.call.ports import AgentConnector
@@ -48,6 +48,7 @@ from archer.settings import Settings
 from archer.twilio.rest import TwilioRestControl
 from archer.twilio.signature import SignatureChecker
 from archer.web.media_listener import serve_media_listener
+from archer.web.services import Services
 
 log = structlog.get_logger(__name__)
 
@@ -290,7 +291,7 @@ async def serve(  # noqa: ASYNC128
                 shutdown_trigger=drain_then_stop,
                 task_status=task_status,
             )
-            nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel(reason="hypercorn has stopped serving")
         # Every call is flushed (or spooled): the lease can go, so nobody waits for it to lapse.
         with trio.move_on_after(SHUTDOWN_GRACE, shield=True):
             try:

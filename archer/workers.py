@@ -150,7 +150,7 @@ async def supervise(
                 async with trio.open_nursery() as watchers:
                     for index, process in enumerate(supervision.processes):
                         watchers.start_soon(supervision.watch, index, process)
-                nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel(reason="every worker has exited")
     finally:
         for sock in listening:
             sock.close()
@@ -309,13 +309,13 @@ async def wait_for_stop(supervisor_fd: int, early_stop: threading.Event) -> None
             async def on_signal() -> None:
                 async for signum in signals:
                     log.info("server.stopping", signal=signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
+                    nursery.cancel_scope.cancel(reason=f"{signal.Signals(signum).name} received")
 
             async def on_supervisor_gone() -> None:
                 # Readable means end of file: the supervisor exited without stopping us.
                 await trio.lowlevel.wait_readable(supervisor_fd)
                 log.error("server.supervisor_gone")
-                nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel(reason="the supervisor exited")
 
             nursery.start_soon(on_signal)
             nursery.start_soon(on_supervisor_gone)

@@ -21,6 +21,7 @@ holding it, so a 100 ms tone is one digit, not five.
 
 from __future__ import annotations
 
+import binascii
 from typing import Final
 
 import numpy as np
@@ -91,6 +92,23 @@ def dtmf_tone(
     samples = np.zeros(total, dtype=np.int16)
     samples[:tone_len] = np.round(tone)
     return g711.encode_samples(samples)
+
+
+def dtmf_tone_frames(digit: str) -> list[str]:
+    """``dtmf_tone(digit)`` cut into 20 ms frames of base64 μ-law at 8 kHz, as Twilio plays them.
+
+    Twilio's media stream has no outbound DTMF message, so a key the agent presses reaches the
+    caller as these tones, queued like any other agent audio.
+
+    Raises:
+        ValueError: ``digit`` is not one of 0-9, *, #, A-D.
+    """
+    tone = dtmf_tone(digit)
+    frame = 8000 * FRAME_MS // 1000
+    return [
+        binascii.b2a_base64(tone[start : start + frame], newline=False).decode("ascii")
+        for start in range(0, len(tone), frame)
+    ]
 
 
 def goertzel_power(

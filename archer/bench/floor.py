@@ -74,7 +74,7 @@ def floor_app(*, agent_url: str, public_host: str) -> QuartTrio:
                         await agent.send_message(managed.audio_input(frame["media"]["payload"]))
                     elif event == "stop":
                         break
-                nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel(reason="the caller stopped the stream")
 
     return app
 

@@ -270,7 +270,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         }
                         results["soaks"].append(soaked)
                         print(format_soak(soaked), flush=True)
-            nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel(reason="the benchmark is done")
     results["summary"] = summarise(results["steps"])
     return results
 

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from archer.call.pumps import SendMark
+from archer.call.events import ToolCallRequest
+from archer.call.items import SendMark
 
 if TYPE_CHECKING:
     import trio
 
+    from archer.call.items import DownlinkItem
     from archer.call.playback import Playback
-    from archer.call.pumps import DownlinkItem
     from archer.call.records import CallStatus
     from archer.call.state import CallState
 
@@ -67,4 +68,19 @@ class CallControl:
     def end(self, status: CallStatus, end_reason: str) -> None:
         """End the call now: record how, and cancel the call's tasks (this one included)."""
         self._call.finish(status, end_reason)
-        self._scope.cancel()
+        self._scope.cancel(reason=f"a tool ended the call ({end_reason})")
+
+
+def transfer_request(target: str | None, ordinal: int) -> ToolCallRequest:
+    """A Line agent's ``transfer_call`` as the tool request a Managed agent sends for a transfer.
+
+    Both then take the same path: the ``transfer_to_human`` tool waits for the lead-in, checks the
+    number against the allow-list and records the invocation. ``ordinal`` counts the call's
+    transfers (1, 2, ...) so each gets its own ``tool_call_id``; Line expects no result.
+    """
+    return ToolCallRequest(
+        tool_call_id=f"transfer_call-{ordinal}",
+        name="transfer_to_human",
+        arguments={"reason": "the agent asked (transfer_call)", "number": target},
+        expects_response=False,
+    )

@@ -1,6 +1,15 @@
 """What the caller has actually heard of the agent, as Twilio's mark echoes tell it.
 
-Layer: call. Owned by one call; touched only on the trio thread.
+Layer: call. Owned by one call; touched only on the trio thread, never across an ``await``.
+
+Who writes what (trio's rule: one task owns a piece of state; the others wait on an event it
+sets). The agent reader (``receive_from_agent``) owns the stretch of speech: ``epoch``, ``turn``,
+``turn_ms``, ``gated``, ``chunks_queued``, ``stale_chunks``; it is the only caller of
+``start_turn``, ``open_gate``, ``audio_queued`` and ``interrupt``. The marks in flight are one
+table with one rule: a task that sends a mark registers it (``progress_mark`` from the Twilio
+writer, ``wait_until_heard`` for a tool), the Twilio reader settles it (``mark_echoed``), a clear
+settles them all; each mark carries its own ``settled`` event, and each waiting tool its own
+``arrival`` event, so any number of tools can wait at once without one taking another's wake-up.
 
 Rules (../shared/reference/twilio-media-streams.md §3.4): a mark sent after some audio comes
 back once that audio has played. On a clear, Twilio drops its buffer and echoes every pending
@@ -72,7 +81,8 @@ class Playback:
     stale_chunks: int = 0
     _pending: dict[str, _PendingMark] = attrs.Factory(dict)
     _marks_made: int = 0
-    _arrival: trio.Event | None = None
+    #: One event per tool settling on a heard lead-in: set when more agent audio is queued.
+    _arrival_waiters: set[trio.Event] = attrs.Factory(set)
 
     def start_turn(self, turn: int) -> None:
         """The agent started turn ``turn``: its audio is welcome again."""
@@ -86,9 +96,10 @@ class Playback:
         """Agent audio was queued for the caller (per chunk: constant time, no allocation)."""
         self.chunks_queued += 1
         self.turn_ms += milliseconds
-        if self._arrival is not None:
-            self._arrival.set()
-            self._arrival = None
+        if self._arrival_waiters:
+            for arrival in self._arrival_waiters:
+                arrival.set()
+            self._arrival_waiters.clear()
 
     def interrupt(self) -> None:
         """The caller barged in: start a new epoch, close the gate; nothing pending was heard."""
@@ -125,7 +136,10 @@ class Playback:
         Returns False if the caller has interrupted (a clear) at any point since
         ``since_epoch`` — the epoch when the request to wait was made — before the end is heard.
 
-        Cancellation: the pending mark is forgotten when it is echoed or cleared.
+        Any number of tasks may wait at once: each has its own mark and its own wake-up.
+
+        Cancellation: the pending mark is forgotten when it is echoed or cleared; the waiter's
+        wake-up event is dropped at once.
         """
         while True:
             if self.epoch != since_epoch:
@@ -138,9 +152,13 @@ class Playback:
                 return False
             if self.chunks_queued != chunks_before:
                 continue  # more speech was queued behind the mark: wait for that too
-            self._arrival = arrival = trio.Event()
-            with trio.move_on_after(SETTLE_SECONDS):
-                await arrival.wait()
+            arrival = trio.Event()
+            self._arrival_waiters.add(arrival)
+            try:
+                with trio.move_on_after(SETTLE_SECONDS):
+                    await arrival.wait()
+            finally:
+                self._arrival_waiters.discard(arrival)
             if self.epoch != pending.epoch:
                 return False
             if self.chunks_queued == chunks_before:

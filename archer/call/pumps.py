@@ -19,12 +19,11 @@ import math
 from datetime import timedelta
 from typing import TYPE_CHECKING, Final, assert_never
 
-import attrs
 import structlog
 import trio
 
-from archer.audio.dtmf import dtmf_tone
-from archer.audio.transcoder import FRAME_BYTES
+from archer.audio.dtmf import dtmf_tone_frames
+from archer.call.control import transfer_request
 from archer.call.events import (
     AgentAudio,
     AgentClear,
@@ -37,6 +36,17 @@ from archer.call.events import (
     TurnEnded,
     TurnStarted,
     TurnTextDelta,
+)
+from archer.call.items import (
+    CLEAR_PLAYBACK,
+    AgentChunk,
+    CallerDtmf,
+    CallerSilence,
+    DownlinkItem,
+    SampledAudio,
+    SendMark,
+    TurnFinished,
+    UplinkItem,
 )
 from archer.call.playback import MARK_INTERVAL_MS
 from archer.call.state import utc_now
@@ -65,75 +75,6 @@ INBOUND_CHECK_MS: Final = 250
 LATENCY_SAMPLE_EVERY: Final = 50
 #: Milliseconds per byte of μ-law at 8 kHz is 1/8.
 _ULAW_BYTES_PER_MS: Final = 8
-
-
-@attrs.frozen(slots=True)
-class CallerDtmf:
-    """A key the caller pressed, on its way to the agent."""
-
-    digit: str
-
-
-@attrs.frozen(slots=True)
-class SampledAudio:
-    """One caller frame in ``LATENCY_SAMPLE_EVERY``, timed from Twilio's socket to the agent's."""
-
-    payload: str
-    received_at: float
-
-
-@attrs.frozen(slots=True)
-class CallerSilence:
-    """Silence to send the agent while Twilio's audio has stalled."""
-
-    milliseconds: int
-
-
-#: Caller audio travels as its bare base64 ``str`` (no wrapper object per frame).
-UplinkItem = str | SampledAudio | CallerDtmf | CallerSilence
-
-
-@attrs.frozen(slots=True)
-class AgentChunk:
-    """Agent audio (base64 μ-law) on its way to the caller.
-
-    ``epoch``: chunks of an interrupted epoch are never sent (``archer.call.playback``).
-    ``turn``/``turn_ms``: the agent turn it belongs to and how much of that turn has been
-    queued up to and including it (None for audio outside a turn, such as DTMF tones).
-    """
-
-    payload: str
-    epoch: int
-    turn: int | None = None
-    turn_ms: int = 0
-    #: Set on one chunk in ``LATENCY_SAMPLE_EVERY``: when the agent's message arrived.
-    received_at: float | None = None
-
-
-@attrs.frozen(slots=True)
-class ClearPlayback:
-    """Tell Twilio to drop everything it has queued for the caller."""
-
-
-@attrs.frozen(slots=True)
-class SendMark:
-    """Ask Twilio to echo ``name`` once the audio queued before it has played."""
-
-    name: str
-    epoch: int
-
-
-@attrs.frozen(slots=True)
-class TurnFinished:
-    """The agent's turn is over: mark its end so its last audio counts as heard when played."""
-
-    turn: int
-    turn_ms: int
-    epoch: int
-
-
-CLEAR_PLAYBACK: Final = ClearPlayback()
-DownlinkItem = AgentChunk | ClearPlayback | SendMark | TurnFinished
 
 
 def _ulaw_ms(payload: str) -> int:
@@ -176,7 +117,7 @@ async def receive_from_twilio(
                     try:
                         uplink.send_nowait(item)
                     except trio.WouldBlock:
-                        call.frames_dropped += 1
+                        call.frames_dropped_to_agent += 1
                 case Dtmf(digit=digit):
                     await uplink.send(CallerDtmf(digit))
                 case Mark(name=name):
@@ -280,7 +221,7 @@ async def receive_from_agent(
                     AgentChunk(frame, playback.epoch, turn, playback.turn_ms, sampled)
                 )
             except trio.WouldBlock:
-                call.frames_dropped += 1
+                call.frames_dropped_to_caller += 1
 
     transfers = 0
     with downlink:
@@ -317,29 +258,12 @@ async def receive_from_agent(
                         queue(transcoder.end_of_turn(), turn=turn)
                         await downlink.send(TurnFinished(turn, playback.turn_ms, playback.epoch))
                 case AgentDtmf(digit=digit):
-                    # Media Streams has no outbound DTMF message: the caller hears real tones.
-                    tone = dtmf_tone(digit)
-                    frames = [
-                        binascii.b2a_base64(tone[i : i + FRAME_BYTES], newline=False).decode()
-                        for i in range(0, len(tone), FRAME_BYTES)
-                    ]
-                    queue(frames, turn=None)
+                    queue(dtmf_tone_frames(digit), turn=None)
                     log.info("agent.dtmf", digit=digit)
                 case AgentTransfer(target=target):
-                    # The same tool as a Managed agent's transfer: it waits for the lead-in,
-                    # checks the number against the allow-list and records the invocation.
                     transfers += 1
                     await tools.submit(
-                        ToolCallRequest(
-                            tool_call_id=f"transfer_call-{transfers}",
-                            name="transfer_to_human",
-                            arguments={
-                                "reason": "the agent asked (transfer_call)",
-                                "number": target,
-                            },
-                            expects_response=False,
-                        ),
-                        playback_epoch=playback.epoch,
+                        transfer_request(target, transfers), playback_epoch=playback.epoch
                     )
                 case AgentCustom(metadata=metadata):
                     call.agent_event(metadata)

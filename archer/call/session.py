@@ -4,8 +4,11 @@ Layer: call. Written against the ports in ``archer.call.ports``; it never sees a
 session.
 
 Rules (../shared/ARCHITECTURE.md §3):
-- ``run_call`` owns exactly one nursery. The agent session is opened before it (in
-  ``bridge_call``) and outlives every child.
+- ``run_call`` owns the call's nursery. The agent session is opened before it (in
+  ``bridge_call``) and outlives every child. Inside it, the Twilio side (reader, writer, stall
+  watch, recorder) runs directly, and the agent side (reader, forwarder, tools, keepalive) in a
+  nursery of its own (``run_agent_side``) on clones of the channel ends, so the agent half can
+  end, and one day be replaced (issue 16), while the Twilio half and its channels stay up.
 - The Twilio reader runs in the nursery body and is the call's lifeline: a ``stop`` or a closed
   socket ends the call normally and cancels the siblings; a stream that sends nothing for
   ``TWILIO_MEDIA_TIMEOUT`` ends it as ``twilio_lost``. The agent hanging up cleanly does the
@@ -27,13 +30,12 @@ import trio
 
 from archer.audio.transcoder import transcoder_for
 from archer.call.control import CallControl
+from archer.call.items import DownlinkItem, UplinkItem
 from archer.call.playback import Playback
 from archer.call.ports import AgentSession
 from archer.call.pumps import (
     DOWNLINK_BUFFER,
     UPLINK_BUFFER,
-    DownlinkItem,
-    UplinkItem,
     fill_inbound_gaps,
     forward_to_agent,
     keep_agent_alive,
@@ -55,6 +57,8 @@ from archer.errors import (
 from archer.logs import mask_phone
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from archer.audio.transcoder import Transcoder
     from archer.call.ports import (
         AgentConnector,
@@ -102,7 +106,13 @@ async def run_call(
     playback = Playback(gate_after_clear=agent.reports_turns)
     verification = CallerVerification()
 
-    with trio.move_on_after(limits.max_call_seconds) as call_deadline:
+    # The call keeps the first ends of both channels open while it runs: whatever happens to
+    # the agent side, the Twilio reader meets a full uplink (a counted drop), never a closed one.
+    with (
+        uplink_receive,
+        downlink_send,
+        trio.move_on_after(limits.max_call_seconds) as call_deadline,
+    ):
         async with trio.open_nursery() as nursery:
             tool_runner = ToolRunner(
                 registry=tools,
@@ -124,28 +134,10 @@ async def run_call(
             if recorder is not None:
                 call.on_turn_ended = recorder.turn_ended
                 nursery.start_soon(recorder.run)
-
-            async def until_agent_hangs_up() -> None:
-                await receive_from_agent(
-                    agent, downlink_send, call, playback, transcoder, tool_runner
-                )
-                call.finish("completed", "agent_hangup")
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(until_agent_hangs_up)
-            nursery.start_soon(
-                partial(
-                    forward_to_agent,
-                    agent,
-                    uplink_receive,
-                    transcoder,
-                    call,
-                    batch_frames=agent_batch_frames,
-                )
-            )
+            # The Twilio side: the writer to Twilio, the stall watch and (in the body) the
+            # reader. The agent side runs in a nursery of its own on clones of the channel ends,
+            # so it can end without closing the channels the Twilio side holds.
             nursery.start_soon(play_to_caller, twilio, downlink_receive, call, playback)
-            nursery.start_soon(tool_runner.run)
-            nursery.start_soon(keep_agent_alive, agent, limits.agent_ping_interval)
             gap_uplink = uplink_send.clone()
 
             async def until_twilio_is_lost() -> None:
@@ -153,15 +145,75 @@ async def run_call(
                 timeout = limits.twilio_media_timeout
                 await fill_inbound_gaps(gap_uplink, call, media_timeout=timeout)
                 call.finish("failed", "twilio_lost", f"no media from Twilio for {timeout:g} s")
-                nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel(reason="Twilio's stream was lost")
 
             nursery.start_soon(until_twilio_is_lost)
+
+            def agent_hung_up() -> None:
+                call.finish("completed", "agent_hangup")
+                nursery.cancel_scope.cancel(reason="the agent hung up")
+
+            nursery.start_soon(
+                partial(
+                    run_agent_side,
+                    agent,
+                    uplink_receive.clone(),
+                    downlink_send.clone(),
+                    call,
+                    playback,
+                    transcoder,
+                    tool_runner,
+                    ping_interval=limits.agent_ping_interval,
+                    batch_frames=agent_batch_frames,
+                    on_hangup=agent_hung_up,
+                )
+            )
             end_reason = await receive_from_twilio(twilio, uplink_send, call, playback)
             call.finish("completed", end_reason)
-            nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel(reason=f"the Twilio stream ended ({end_reason})")
     if call_deadline.cancelled_caught:
         log.warning("call.max_duration", seconds=limits.max_call_seconds)
         call.finish("completed", "max_duration")
+
+
+async def run_agent_side(
+    agent: AgentStream,
+    uplink: trio.MemoryReceiveChannel[UplinkItem],
+    downlink: trio.MemorySendChannel[DownlinkItem],
+    call: CallState,
+    playback: Playback,
+    transcoder: Transcoder,
+    tools: ToolRunner,
+    *,
+    ping_interval: float,
+    batch_frames: int = 1,
+    on_hangup: Callable[[], None] = lambda: None,
+) -> None:
+    """The agent's half of one call, in a nursery of its own; returns when the agent hangs up.
+
+    ``on_hangup`` runs the moment the agent hangs up, before this half is torn down (the call
+    uses it to record the end before anything else can).
+
+    Four tasks: the agent reader (in the body), the caller-audio forwarder, the tool supervisor
+    and the keepalive. They hold their own ends of the call's channels (``uplink`` and
+    ``downlink`` are clones), so when this half ends the Twilio half still has its channels:
+    one agent session can give way to another without the caller's stream noticing.
+
+    Raises whatever an agent-side task raises (as an exception group), after cancelling the
+    other three.
+
+    Cancellation: every agent-side task is cancelled and has exited before this returns;
+    requests still queued for tools are dropped with the tool supervisor.
+    """
+    async with trio.open_nursery() as agent_side:
+        agent_side.start_soon(
+            partial(forward_to_agent, agent, uplink, transcoder, call, batch_frames=batch_frames)
+        )
+        agent_side.start_soon(tools.run)
+        agent_side.start_soon(keep_agent_alive, agent, ping_interval)
+        await receive_from_agent(agent, downlink, call, playback, transcoder, tools)
+        on_hangup()
+        agent_side.cancel_scope.cancel(reason="the agent hung up")
 
 
 async def bridge_call(

@@ -64,7 +64,10 @@ class CallState:
     agent_setup_seconds: float | None = None
     frames_in: int = 0
     frames_out: int = 0
-    frames_dropped: int = 0
+    #: Caller frames dropped because the uplink to the agent was full (the Twilio reader's).
+    frames_dropped_to_agent: int = 0
+    #: Agent frames dropped because the downlink to Twilio was full (the agent reader's).
+    frames_dropped_to_caller: int = 0
     #: Twilio frames that could not be parsed (skipped; the call went on).
     frames_malformed: int = 0
     #: Times the caller interrupted the agent (agent clears).
@@ -219,6 +222,11 @@ class CallState:
             event = {"truncated": True, "bytes": size}
         self._agent_events.append(event)
 
+    @property
+    def frames_dropped(self) -> int:
+        """Frames dropped in both directions (the record keeps only the total)."""
+        return self.frames_dropped_to_agent + self.frames_dropped_to_caller
+
     # --- leaving the trio thread -------------------------------------------------------------
 
     def snapshot(self) -> CallRecord:
@@ -266,6 +274,8 @@ class CallState:
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "frames_dropped": self.frames_dropped,
+            "frames_dropped_to_agent": self.frames_dropped_to_agent,
+            "frames_dropped_to_caller": self.frames_dropped_to_caller,
             "frames_malformed": self.frames_malformed,
             "barge_ins": self.barge_ins,
             "inbound_gap_ms": self.inbound_gap_ms,

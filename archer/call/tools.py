@@ -19,7 +19,6 @@ never waits on a tool.
 from __future__ import annotations
 
 import json
-import re
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -31,6 +30,13 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from archer.call.events import ToolCallRequest
+from archer.call.masking import (
+    MIN_SECRET_VALUE_CHARS,
+    SECRET_ARGUMENT_NAMES,
+    collect_secrets,
+    mask_value,
+    scrub,
+)
 from archer.call.state import utc_now
 from archer.errors import ToolError
 
@@ -48,14 +54,6 @@ MAX_RESULT_BYTES: Final = 4096
 MAX_CONCURRENT_TOOLS: Final = 4
 #: Requests waiting for a free slot; past this the agent hears "busy" rather than waiting.
 TOOL_QUEUE_SIZE: Final = 4
-#: Argument names whose values are never stored or logged.
-SECRET_ARGUMENT_NAMES: Final = frozenset(
-    {"pin", "password", "passcode", "otp", "secret", "token", "account_number", "card_number"}
-)
-_MASK: Final = "***"
-#: Secret values shorter than this are not hunted for in other fields (a one-digit "PIN" would
-#: mask every digit of a balance); the banking tools refuse PINs under four digits anyway.
-MIN_SECRET_VALUE_CHARS: Final = 3
 _CUT_MARKER: Final = " [cut off: result too large]"
 #: The answer to a ``tool_call_id`` already used in this call.
 DUPLICATE_ID: Final = (
@@ -170,7 +168,7 @@ class ToolRegistry:
         and a number equal to one of them is masked too.
         """
         found = secrets | self.secret_values(name, arguments)
-        masked = _mask_value(dict(arguments), self._secret_names(name), found)
+        masked = mask_value(dict(arguments), self._secret_names(name), found)
         assert isinstance(masked, dict)
         return masked
 
@@ -178,71 +176,13 @@ class ToolRegistry:
         """The texts of every secret-named argument's value (at any depth), in each form the
         value could be echoed in: as sent, stripped, and as a number's text."""
         values: set[str] = set()
-        _collect_secrets(dict(arguments), self._secret_names(name), values, under_secret=False)
+        collect_secrets(dict(arguments), self._secret_names(name), values, under_secret=False)
         return frozenset(value for value in values if len(value) >= MIN_SECRET_VALUE_CHARS)
 
     def _secret_names(self, name: str) -> frozenset[str]:
         tool = self.tools.get(name)
         extra = tool.secret_arguments if tool is not None else frozenset()
         return SECRET_ARGUMENT_NAMES | frozenset(key.lower() for key in extra)
-
-
-def _collect_secrets(
-    value: object, names: frozenset[str], into: set[str], *, under_secret: bool
-) -> None:
-    """Add the text forms of every value under a secret name to ``into``."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            _collect_secrets(
-                item, names, into, under_secret=under_secret or str(key).lower() in names
-            )
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _collect_secrets(item, names, into, under_secret=under_secret)
-    elif under_secret and value is not None and not isinstance(value, bool):
-        into.update(secret_forms(value))
-
-
-def secret_forms(value: object) -> set[str]:
-    """The texts a secret ``value`` may show up as (``"1234"``, ``1234``, ``1234.0``, ...)."""
-    if isinstance(value, float):
-        forms = {repr(value), str(value), json.dumps(value)}
-        if value.is_integer():
-            forms.add(str(int(value)))
-        return forms
-    text = str(value)
-    return {text, text.strip(), json.dumps(value, default=str).strip('"')}
-
-
-def _mask_value(value: object, names: frozenset[str], secrets: frozenset[str]) -> object:
-    if isinstance(value, Mapping):
-        return {
-            key: _MASK if str(key).lower() in names else _mask_value(item, names, secrets)
-            for key, item in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [_mask_value(item, names, secrets) for item in value]
-    if isinstance(value, str):
-        return scrub(value, secrets)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return _MASK if secret_forms(value) & secrets else value
-    return value
-
-
-def scrub(text: str, secrets: frozenset[str]) -> str:
-    """``text`` with every occurrence of each secret replaced by the mask (longest first).
-
-    A secret made of digits is masked where it stands as a number of its own (not inside a
-    longer run of digits), so a PIN of 1234 does not mangle a balance of 123456 in a result.
-    """
-    for secret in sorted(secrets, key=len, reverse=True):
-        if not secret or secret not in text:
-            continue
-        if secret.isdigit():
-            text = re.sub(rf"(?<![0-9]){re.escape(secret)}(?![0-9])", _MASK, text)
-        else:
-            text = text.replace(secret, _MASK)
-    return text
 
 
 def cap_result(text: str) -> str:
@@ -262,7 +202,12 @@ class _Submitted:
 
 @attrs.define
 class ToolRunner:
-    """Runs the agent's tool calls for one call. ``submit`` never blocks the agent's reader."""
+    """Runs the agent's tool calls for one call.
+
+    ``submit`` never waits for a tool or for a free slot: a request beyond the queue is answered
+    "busy" at once. It does wait for the agent's socket when it answers a request itself (busy,
+    or a duplicate id), as any send to the agent does.
+    """
 
     registry: ToolRegistry
     context: ToolContext
@@ -286,8 +231,13 @@ class ToolRunner:
     async def submit(self, request: ToolCallRequest, *, playback_epoch: int) -> None:
         """Hand a request to the supervisor, or answer "busy" at once if the queue is full.
 
+        Waits only to send the agent an answer it gives itself (busy, duplicate id).
+
         ``playback_epoch`` is the epoch of agent speech the request arrived in, so a tool that
         waits for its lead-in knows whether the caller has cut in since.
+
+        Cancellation: a request already queued still runs (until the call's nursery ends); a busy
+        or duplicate answer may be left unsent, its invocation recorded as started.
         """
         if request.tool_call_id in self._seen_ids:
             # Executing it again would run a side effect twice and overwrite the first audit
@@ -313,7 +263,10 @@ class ToolRunner:
             await self._answer(request, ToolResult("too many tool calls at once; try again", True))
 
     async def run(self) -> None:
-        """Supervise tool tasks until the call ends.
+        """Supervise tool tasks until the call ends; it never returns on its own.
+
+        The request channel's sending end lives as long as this runner (``submit`` is called
+        until the call's nursery is cancelled), so the loop ends only by cancellation.
 
         Cancellation: running tools are cancelled with the call; their invocations stay in the
         call state as started but unfinished.
@@ -323,10 +276,7 @@ class ToolRunner:
             while True:
                 # Take a slot before a request, so none waits in hand beyond the queue's bound.
                 await slots.acquire()
-                try:
-                    submitted = await self._requests_out.receive()
-                except trio.EndOfChannel:
-                    break  # the call is over; the nursery waits for running tools
+                submitted = await self._requests_out.receive()
                 nursery.start_soon(self._run_one, submitted, slots)
 
     async def _run_one(self, submitted: _Submitted, slots: trio.Semaphore) -> None:

@@ -36,7 +36,6 @@ import attrs
 import sqlalchemy as sa
 import structlog
 import trio
-from sqlalchemy.exc import SQLAlchemyError
 
 from archer.bank.ports import (
     Account,
@@ -48,7 +47,6 @@ from archer.bank.ports import (
     Transaction,
 )
 from archer.db.engine import make_engine, pool_capacity
-from archer.db.store import _describe
 from archer.db.tables import (
     UtcDateTime,
     accounts,
@@ -58,6 +56,7 @@ from archer.db.tables import (
     pin_lockouts,
     transactions,
 )
+from archer.db.threads import DbObserver, run_in_thread
 from archer.errors import StoreError
 
 if TYPE_CHECKING:
@@ -93,6 +92,8 @@ class SqlBankStore:
     _engine: sa.Engine
     #: Gates the worker threads; share the call store's so both queue for the same pool.
     _limiter: trio.CapacityLimiter
+    #: The metrics hook, the call store's when built ``from_call_store``.
+    _observe: DbObserver | None = None
 
     @classmethod
     def open(cls, url: str, pool_size: int) -> Self:
@@ -111,8 +112,9 @@ class SqlBankStore:
 
     @classmethod
     def from_call_store(cls, store: SqlCallStore) -> Self:
-        """A store sharing ``store``'s engine and limiter (closing stays with ``store``)."""
-        return cls.from_engine(store.engine, store.limiter)
+        """A store sharing ``store``'s engine, limiter and metrics hook (closing stays with
+        ``store``)."""
+        return cls(store.engine, store.limiter, store.observe)
 
     @property
     def engine(self) -> sa.Engine:
@@ -199,12 +201,9 @@ class SqlBankStore:
     # --- the trio/thread boundary ---------------------------------------------------------
 
     async def _run(self, operation: str, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
-        try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-        except (SQLAlchemyError, OSError) as exc:
-            message = f"{operation} failed: {_describe(exc)}"
-            log.warning("db.operation_failed", operation=operation, error=message)
-            raise StoreError(message) from exc
+        return await run_in_thread(
+            operation, fn, *args, limiter=self._limiter, observe=self._observe
+        )
 
     # --- units of work (each runs in a worker thread) ------------------------------------
 

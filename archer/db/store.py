@@ -32,14 +32,13 @@ in ``archer.db.bank``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar, TypeVarTuple, cast
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, TypeVarTuple, cast
 
 import attrs
 import sqlalchemy as sa
 import structlog
 import trio
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from archer.call.records import (
     OPEN_STATUSES,
@@ -58,6 +57,7 @@ from archer.db.clock import db_now
 from archer.db.engine import make_engine, pool_capacity
 from archer.db.leases import carrier_alive, carrier_lease
 from archer.db.tables import CALL_STATUSES, call_turns, calls, customers, tool_calls
+from archer.db.threads import DbObserver, describe_error, run_in_thread
 from archer.errors import StoreError
 
 if TYPE_CHECKING:
@@ -74,12 +74,6 @@ _Ts = TypeVarTuple("_Ts")
 
 #: Twilio call statuses of a call not over yet (anything else is final: never armed again).
 _CALL_UNDER_WAY: Final = ("queued", "initiated", "ringing", "in-progress")
-
-
-class DbObserver(Protocol):
-    """Receives the duration and outcome of each database operation (the metrics)."""
-
-    def __call__(self, operation: str, seconds: float, *, error: bool) -> None: ...
 
 
 @attrs.frozen(slots=True)
@@ -208,20 +202,14 @@ class SqlCallStore:
         *args: *_Ts,
         abandon_on_cancel: bool = False,
     ) -> _T:
-        started = trio.current_time()
-        try:
-            result = await trio.to_thread.run_sync(
-                fn, *args, limiter=self._limiter, abandon_on_cancel=abandon_on_cancel
-            )
-        except (SQLAlchemyError, OSError) as exc:
-            if self.observe is not None:
-                self.observe(operation, trio.current_time() - started, error=True)
-            message = f"{operation} failed: {_describe(exc)}"
-            log.warning("db.operation_failed", operation=operation, error=message)
-            raise StoreError(message) from exc
-        if self.observe is not None:
-            self.observe(operation, trio.current_time() - started, error=False)
-        return result
+        return await run_in_thread(
+            operation,
+            fn,
+            *args,
+            limiter=self._limiter,
+            observe=self.observe,
+            abandon_on_cancel=abandon_on_cancel,
+        )
 
     # --- units of work (each runs in a worker thread) ------------------------------------
 
@@ -618,12 +606,5 @@ def _call_status(value: str) -> CallStatus:
     return cast("CallStatus", value)
 
 
-def _describe(exc: BaseException) -> str:
-    """The driver's one-line message (without SQLAlchemy's SQL echo and doc link)."""
-    cause: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0] if lines else 'no message'}"
-
-
-#: The driver's one-line message of a database error, for the other adapters of ``archer.db``.
-describe_error = _describe
+#: Kept for importers of the old names; the one definition is in ``archer.db.threads``.
+_describe = describe_error

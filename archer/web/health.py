@@ -17,7 +17,7 @@ from quart import Blueprint, Response
 from archer.errors import StoreError
 
 if TYPE_CHECKING:
-    from archer.app import Services
+    from archer.web.services import Services
 
 #: A readiness probe that waits longer than this is worse than a 503.
 READY_TIMEOUT: Final = 2.0

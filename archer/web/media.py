@@ -30,12 +30,12 @@ from archer.call.state import CallState, utc_now
 from archer.errors import StoreError, TwilioProtocolError
 from archer.twilio.form import TwilioFormError, check_stream_start
 from archer.twilio.stream import TwilioMediaStream
+from archer.web.stream_tokens import stream_token_hash
 from archer.web.twilio_auth import stream_upgrade_signed
-from archer.web.voice import stream_token_hash
 
 if TYPE_CHECKING:
-    from archer.app import Services
     from archer.twilio.frames import Start
+    from archer.web.services import Services
 
 log = structlog.get_logger(__name__)
 

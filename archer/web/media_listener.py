@@ -33,7 +33,7 @@ from archer.web.twilio_auth import stream_upgrade_signed
 from archer.websocket_stream import read_upgrade
 
 if TYPE_CHECKING:
-    from archer.app import Services
+    from archer.web.services import Services
 
 log = structlog.get_logger(__name__)
 

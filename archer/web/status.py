@@ -24,7 +24,7 @@ from archer.twilio.form import status_form
 from archer.web.twilio_auth import signed_form
 
 if TYPE_CHECKING:
-    from archer.app import Services
+    from archer.web.services import Services
 
 log = structlog.get_logger(__name__)
 

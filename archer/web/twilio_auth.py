@@ -16,7 +16,7 @@ from archer.twilio.signature import SIGNATURE_SETTINGS_HEADER, webhook_url
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from archer.app import Services
+    from archer.web.services import Services
 
 log = structlog.get_logger(__name__)
 

@@ -15,8 +15,6 @@ by the signature, so a replayer can send, copy or leave it out at will; it is on
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from datetime import timedelta
 from typing import TYPE_CHECKING, Final
 
@@ -31,10 +29,11 @@ from archer.logs import mask_phone
 from archer.phone import e164_or_none
 from archer.twilio import twiml
 from archer.twilio.form import VoiceForm, voice_form
+from archer.web.stream_tokens import new_stream_token, stream_token_hash
 from archer.web.twilio_auth import signed_form
 
 if TYPE_CHECKING:
-    from archer.app import Services
+    from archer.web.services import Services
 
 log = structlog.get_logger(__name__)
 
@@ -48,11 +47,6 @@ BUSY_APOLOGY: Final = (
 )
 #: The overflow row is a courtesy to the records; the caller's answer never waits longer.
 OVERFLOW_WRITE_TIMEOUT: Final = 2.0
-
-
-def stream_token_hash(token: str) -> str:
-    """How a stream token is stored: its SHA-256, so a database reader cannot replay it."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def voice_blueprint(services: Services) -> Blueprint:
@@ -75,7 +69,7 @@ def voice_blueprint(services: Services) -> Blueprint:
             return await _overflow(services, form, call_sid)
         from_number = form.from_number
         caller_e164 = e164_or_none(from_number)
-        token = secrets.token_urlsafe(32)
+        token = new_stream_token()
         now = utc_now()
         new_call = NewCall(
             call_sid=call_sid,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -159,3 +161,14 @@ def test_short_or_empty_audio_has_no_digits() -> None:
     """Less than one 20 ms block is no digit, not an error."""
     assert dtmf.detect_digits(b"") == ""
     assert dtmf.detect_digits(dtmf.dtmf_tone("1")[:100]) == ""
+
+
+def test_tone_frames_are_the_tone_in_twilio_media_frames() -> None:
+    """What the agent's DTMF becomes towards Twilio: 20 ms base64 μ-law frames of the tone."""
+    frames = dtmf.dtmf_tone_frames("5")
+    raw = [base64.b64decode(frame) for frame in frames]
+    assert {len(frame) for frame in raw} == {160}
+    assert b"".join(raw) == dtmf.dtmf_tone("5")
+    assert dtmf.detect_digits(b"".join(raw)) == "5"
+    with pytest.raises(ValueError, match="not a DTMF digit"):
+        dtmf.dtmf_tone_frames("x")

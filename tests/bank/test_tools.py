@@ -18,8 +18,8 @@ import trio
 
 from archer.bank.tools import LOCKED, NO_CUSTOMER, NOT_VERIFIED, bank_tools
 from archer.call.control import CallControl
+from archer.call.items import DownlinkItem
 from archer.call.playback import Playback
-from archer.call.pumps import DownlinkItem
 from archer.call.state import CallState
 from archer.call.tools import CallerVerification, ToolContext, ToolRegistry
 from archer.db.bank import SqlBankStore

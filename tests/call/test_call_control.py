@@ -6,11 +6,14 @@ in between cancels the transfer. Runs ``bridge_call`` on memory-channel fakes, a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import trio
 import trio.testing
 
 from archer.bank.tools import bank_tools
-from archer.call.tools import ToolRegistry
+from archer.call.control import transfer_request
+from archer.call.tools import Tool, ToolContext, ToolRegistry, ToolResult
 from archer.errors import TelephonyError
 from tests.call.test_session import Bridge
 from tests.fakes.telephony import FakeTelephony
@@ -182,3 +185,59 @@ async def test_a_clear_right_behind_the_request_cancels_the_transfer(
     assert "interrupted" in result
     assert telephony.requests == []
     assert bridge.call.end_reason == "caller_hangup"
+
+
+def test_a_line_transfer_is_the_transfer_tool_request() -> None:
+    """Line's ``transfer_call`` takes the Managed agent's path: the ``transfer_to_human`` tool."""
+    first, second = transfer_request("+15555550123", 1), transfer_request(None, 2)
+    assert (first.name, first.tool_call_id, first.expects_response) == (
+        "transfer_to_human",
+        "transfer_call-1",
+        False,
+    )
+    assert first.arguments == {
+        "reason": "the agent asked (transfer_call)",
+        "number": "+15555550123",
+    }
+    assert (second.tool_call_id, second.arguments["number"]) == ("transfer_call-2", None)
+    assert "transfer_to_human" in tools(FakeTelephony()).tools
+
+
+async def _wait_heard(context: ToolContext, arguments: Mapping[str, object]) -> ToolResult:
+    return ToolResult({"heard": await context.control.wait_until_heard()})
+
+
+async def test_two_tools_waiting_for_their_marks_at_once_both_get_them(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Two tool calls wait for the lead-in together: each places its own mark behind the audio,
+    each echo settles its own waiter, more speech wakes both, and both answer heard."""
+    bridge = Bridge(tools=ToolRegistry.of(Tool("wait_heard", _wait_heard)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bridge.run)
+        for tag in range(5):
+            bridge.agent.say(audio(tag))
+        bridge.agent.call_tool("first", "wait_heard")
+        bridge.agent.call_tool("second", "wait_heard")
+        await trio.testing.wait_all_tasks_blocked()
+        marks = bridge.twilio.sent("mark")
+        assert len(marks) == len(set(marks)) == 2
+        await trio.sleep(1)
+        assert bridge.agent.sent("tool_result") == []  # nothing heard yet
+        for mark in marks:
+            bridge.twilio.echo_mark(mark)
+        await trio.testing.wait_all_tasks_blocked()  # both settling on their own wake-ups
+        bridge.agent.say(audio(9))  # the end of the sentence arrives: both must wait for it
+        await trio.testing.wait_all_tasks_blocked()
+        more = bridge.twilio.sent("mark")[2:]
+        assert len(more) == 2  # each tool placed a new mark at once, not after its pause
+        for mark in more:
+            bridge.twilio.echo_mark(mark)
+        await trio.sleep(1)
+        results = bridge.agent.sent("tool_result")
+        bridge.twilio.stop()
+        await bridge.wait_done()
+    assert sorted(results) == [  # type: ignore[type-var]
+        ("first", '{"heard":true}', False),
+        ("second", '{"heard":true}', False),
+    ]

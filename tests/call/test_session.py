@@ -17,13 +17,28 @@ import pytest
 import structlog
 import trio
 import trio.testing
+from prometheus_client.parser import text_string_to_metric_families
 
+from archer.audio.transcoder import transcoder_for
+from archer.call.control import CallControl
 from archer.call.events import TurnStarted
+from archer.call.items import CLEAR_PLAYBACK, AgentChunk, DownlinkItem, UplinkItem
+from archer.call.playback import Playback
+from archer.call.pumps import DOWNLINK_BUFFER
 from archer.call.records import CallRecord
-from archer.call.session import bridge_call, flush_call_record
+from archer.call.session import bridge_call, flush_call_record, run_agent_side
 from archer.call.state import CallState
-from archer.call.tools import MAX_RESULT_BYTES, Tool, ToolContext, ToolRegistry, ToolResult
+from archer.call.tools import (
+    MAX_RESULT_BYTES,
+    CallerVerification,
+    Tool,
+    ToolContext,
+    ToolRegistry,
+    ToolResult,
+    ToolRunner,
+)
 from archer.errors import AgentClosedError, AgentFatalError, AgentUnavailableError, ToolError
+from archer.metrics import Metrics
 from archer.settings import CallLimits
 from tests.fakes.agent import FakeAgent, FakeAgentConnector
 from tests.fakes.store import FakeCallStore, FakeSpool
@@ -440,6 +455,18 @@ async def test_malformed_twilio_frames_are_skipped(
     assert bridge.call.end_reason == "caller_hangup"
 
 
+def frames_total(metrics: Metrics, *, direction: str, outcome: str) -> float:
+    """One ``archer_frames_total`` sample as ``/metrics`` shows it (0 when absent)."""
+    for family in text_string_to_metric_families(metrics.render()[0].decode()):
+        for sample in family.samples:
+            if sample.name == "archer_frames_total" and sample.labels == {
+                "direction": direction,
+                "outcome": outcome,
+            }:
+                return sample.value
+    return 0.0
+
+
 async def test_caller_audio_is_dropped_not_queued_when_the_agent_stalls(
     bridge: Bridge, autojump_clock: trio.abc.Clock
 ) -> None:
@@ -453,7 +480,42 @@ async def test_caller_audio_is_dropped_not_queued_when_the_agent_stalls(
         await bridge.wait_done()
     assert bridge.call.frames_in == 50
     assert bridge.call.frames_dropped == 50 - 1 - 10  # one in flight, ten buffered
+    assert bridge.call.frames_dropped_to_agent == 50 - 1 - 10
+    assert bridge.call.frames_dropped_to_caller == 0
     assert bridge.call.end_reason == "caller_hangup"
+    metrics = Metrics()
+    metrics.call_started()
+    metrics.call_finished(bridge.call.summary(), bridge.call.snapshot())
+    assert frames_total(metrics, direction="to_agent", outcome="dropped") == 39
+    assert 'direction="either"' not in metrics.render()[0].decode()
+
+
+async def test_agent_audio_is_dropped_and_counted_towards_the_caller_when_twilio_stalls(
+    bridge: Bridge, autojump_clock: trio.abc.Clock
+) -> None:
+    """A stalled Twilio socket costs dropped agent frames, counted by direction in /metrics."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bridge.run)
+        bridge.twilio.hold_playback()
+        for tag in range(DOWNLINK_BUFFER + 20):
+            bridge.agent.say(audio(tag))
+        await trio.testing.wait_all_tasks_blocked()
+        bridge.twilio.release_playback()
+        await trio.testing.wait_all_tasks_blocked()
+        bridge.twilio.stop()
+        await bridge.wait_done()
+    dropped = DOWNLINK_BUFFER + 20 - 1 - DOWNLINK_BUFFER  # one in flight, the rest buffered
+    assert (bridge.call.frames_dropped_to_caller, bridge.call.frames_dropped_to_agent) == (
+        dropped,
+        0,
+    )
+    assert bridge.call.frames_out == DOWNLINK_BUFFER + 1
+    metrics = Metrics()
+    metrics.call_started()
+    metrics.call_finished(bridge.call.summary(), bridge.call.snapshot())
+    assert frames_total(metrics, direction="to_caller", outcome="dropped") == dropped
+    assert frames_total(metrics, direction="to_caller", outcome="sent") == (DOWNLINK_BUFFER + 1)
+    assert 'direction="either"' not in metrics.render()[0].decode()
 
 
 async def test_flush_survives_cancellation_and_a_dead_store(autojump_clock: trio.abc.Clock) -> None:
@@ -501,3 +563,51 @@ async def test_when_even_the_spool_fails_the_record_is_logged(
     [entry] = [e for e in logs if e["event"] == "call.spool_failed"]
     assert entry["record"]["call_sid"] == call.call_sid
     assert entry["record"]["from_number"] == "***0101"  # masked even here
+
+
+async def test_the_agent_side_ends_without_closing_the_twilio_sides_channels(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``run_agent_side`` works on clones: when the agent hangs up, the channel ends the Twilio
+    side holds still work (the ground for replacing an agent session, issue 16)."""
+    call, agent = new_call(), FakeAgent()
+    uplink_send, uplink_receive = trio.open_memory_channel[UplinkItem](2)
+    downlink_send, downlink_receive = trio.open_memory_channel[DownlinkItem](2)
+    playback = Playback()
+    runner = ToolRunner(
+        registry=TOOLS,
+        context=ToolContext(
+            call_sid=call.call_sid,
+            customer_id=None,
+            caller_number=None,
+            verification=CallerVerification(),
+            control=CallControl(call, playback, downlink_send.clone(), trio.CancelScope()),
+        ),
+        call=call,
+        agent=agent,
+        timeout=1.0,
+    )
+    hung_up: list[bool] = []
+    with uplink_send, uplink_receive, downlink_send, downlink_receive:
+        agent.say(audio(1))
+        agent.hang_up()
+        await run_agent_side(
+            agent,
+            uplink_receive.clone(),
+            downlink_send.clone(),
+            call,
+            playback,
+            transcoder_for("mulaw_8000", quality="HQ"),
+            runner,
+            ping_interval=LIMITS.agent_ping_interval,
+            on_hangup=lambda: hung_up.append(True),
+        )
+        assert hung_up == [True]
+        # The Twilio side's ends are still open: nothing is broken or at an end.
+        uplink_send.send_nowait(audio(3))
+        assert uplink_receive.receive_nowait() == audio(3)
+        downlink_send.send_nowait(CLEAR_PLAYBACK)
+        chunk = downlink_receive.receive_nowait()
+        assert isinstance(chunk, AgentChunk)
+        assert chunk.payload == audio(1)
+        assert downlink_receive.receive_nowait() is CLEAR_PLAYBACK

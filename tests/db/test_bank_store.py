@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import attrs
 import pytest
 import sqlalchemy as sa
 import structlog
@@ -50,6 +51,22 @@ async def test_from_call_store_shares_the_engine(
     """A bank store built from the call store runs on the same engine and limiter."""
     assert bank.engine is sql_store.engine
     assert bank == SqlBankStore.from_engine(sql_store.engine, sql_store.limiter)
+
+
+async def test_the_bank_reports_each_operation_to_the_call_stores_metrics_hook(
+    sql_store: SqlCallStore, ids: dict[str, int]
+) -> None:
+    """One trio/thread boundary for every SQL adapter: the bank's queries are timed too."""
+    seen: list[tuple[str, bool]] = []
+
+    def observe(operation: str, seconds: float, *, error: bool) -> None:
+        assert seconds >= 0
+        seen.append((operation, error))
+
+    bank = SqlBankStore.from_call_store(attrs.evolve(sql_store, observe=observe))
+    await bank.pin_hash(ids[MAYA])
+    await bank.accounts(ids[MAYA], None)
+    assert seen == [("pin_hash", False), ("accounts", False)]
 
 
 # --- pin_hash -------------------------------------------------------------------------------

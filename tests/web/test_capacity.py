@@ -14,12 +14,13 @@ import pytest
 import trio
 from quart_trio import QuartTrio
 
-from archer.app import Services, create_app
+from archer.app import create_app
 from archer.call.tools import ToolRegistry
 from archer.settings import Settings
 from archer.twilio.signature import SignatureChecker
 from archer.web.capacity import RESERVATION_SECONDS, Capacity
 from archer.web.drain import Drain
+from archer.web.services import Services
 from tests.app.test_metrics import value
 from tests.fakes.agent import FakeAgentConnector
 from tests.fakes.store import FakeCallStore, FakeSpool

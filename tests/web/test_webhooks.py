@@ -12,10 +12,11 @@ import attrs
 import pytest
 from quart_trio import QuartTrio
 
-from archer.app import Services, create_app
+from archer.app import create_app
 from archer.call.tools import ToolRegistry
 from archer.settings import Settings
 from archer.twilio.signature import SignatureChecker
+from archer.web.services import Services
 from tests.fakes.agent import FakeAgentConnector
 from tests.fakes.store import FakeCallStore, FakeSpool
 
