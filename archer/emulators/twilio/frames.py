@@ -49,19 +49,15 @@ class CallerFrames:
     sequence: int = 0
     #: The last ``media.chunk`` given.
     chunk: int = 0
-    # ``media`` is the hot path (50 a second per call in the bench): its fixed parts are
-    # joined once here, so each frame is one f-string with no JSON encoder.
-    _media_head: str = attrs.field(init=False, repr=False)
-    _media_tail: str = attrs.field(init=False, repr=False)
+    # ``media`` is the hot path (50 a second per call in the bench): its fixed middle is joined
+    # once here, so each frame is one f-string with no JSON encoder.
+    _media_sid: str = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         # Stream SIDs are ``MZ`` and hex: nothing to escape, checked here so it stays true.
         if json.dumps(self.stream_sid) != f'"{self.stream_sid}"':
             raise ValueError(f"stream SID {self.stream_sid!r} needs JSON escaping")
-        self._media_head = '{"event":"media","sequenceNumber":"'
-        self._media_tail = (
-            f'","streamSid":"{self.stream_sid}","media":{{"track":"inbound","chunk":"'
-        )
+        self._media_sid = f'","streamSid":"{self.stream_sid}","media":{{"track":"inbound","chunk":"'
 
     def connected(self) -> str:
         """``connected``: the first message, unnumbered."""
@@ -86,11 +82,11 @@ class CallerFrames:
 
     def media(self, payload: str) -> str:
         """The next ``media`` message; ``payload`` is 20 ms of base64 μ-law (never escaped)."""
-        self.sequence += 1
-        self.chunk += 1
-        timestamp = self.first_media_ms + (self.chunk - 1) * FRAME_MS
+        sequence = self.sequence = self.sequence + 1
+        chunk = self.chunk = self.chunk + 1
+        timestamp = self.first_media_ms + (chunk - 1) * FRAME_MS
         return (
-            f'{self._media_head}{self.sequence}{self._media_tail}{self.chunk}",'
+            f'{{"event":"media","sequenceNumber":"{sequence}{self._media_sid}{chunk}",'
             f'"timestamp":"{timestamp}","payload":"{payload}"}}}}'
         )
 
