@@ -8,7 +8,9 @@ posts the signed voice webhook, dials the TwiML's stream with a signed upgrade a
 
 Why not the product emulators: they model a caller's ear and an agent's VAD per frame, which
 costs more than the bridge being measured. These peers do only what the measurement needs, on
-the lean ``archer.websocket_stream``, so one core of load drives dozens of calls.
+the lean ``archer.websocket_stream``, so one core of load drives dozens of calls. What a caller
+sends is still built by the emulator's ``CallerFrames`` (``archer.emulators.twilio.frames``),
+the one builder of Twilio's inbound messages.
 
 Tags: each frame's first 16 bytes are ``(call, sequence, send time)``. Archer passes μ-law
 through untouched (``CARTESIA_AUDIO_FORMAT=mulaw_8000``), so the far end reads the tag back and
