@@ -122,7 +122,11 @@ class StreamLeg:
         )
 
     async def connect_and_run(self, plan: StreamPlan) -> tuple[EndedBy, str]:
-        """Dial the stream, run the call on it, and say how it ended."""
+        """Dial the stream, run the call on it, and say how it ended.
+
+        Cancellation: the socket is closed without ``stop``; what the leg recorded so far
+        (``heard``, ``marks_echoed``, …) stays as it was.
+        """
         signature = SignatureChecker(self.auth_token).sign(plan.url, {})
         try:
             async with open_websocket_client(
