@@ -28,9 +28,12 @@ from archer.audio.wav import Audio, write_wav
 from archer.db import admin
 from archer.db.store import SqlCallStore, StoredCall
 from archer.db.tables import cards
-from archer.emulators.cartesia import CartesiaEmulator, load_agent_script, serve_cartesia_emulator
-from archer.emulators.twilio import CallOutcome, EmulatedCaller, load_caller_script
-from archer.emulators.twilio_rest import TwilioRestState, serve_twilio_rest
+from archer.emulators.cartesia.script import load_agent_script
+from archer.emulators.cartesia.server import CartesiaEmulator, serve_cartesia_emulator
+from archer.emulators.twilio.caller import EmulatedCaller
+from archer.emulators.twilio.outcome import CallOutcome
+from archer.emulators.twilio.rest import TwilioRestState, serve_twilio_rest
+from archer.emulators.twilio.script import load_caller_script
 from archer.server import serve
 from archer.settings import Settings
 

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from archer.audio.wav import Audio, write_wav
-from archer.emulators.cartesia import CartesiaEmulator, load_agent_script, serve_cartesia_emulator
-from archer.emulators.twilio import EmulatedCaller, load_caller_script
-from archer.emulators.twilio_rest import TwilioRestState, serve_twilio_rest
+from archer.emulators.cartesia.script import load_agent_script
+from archer.emulators.cartesia.server import CartesiaEmulator, serve_cartesia_emulator
+from archer.emulators.twilio.caller import EmulatedCaller
+from archer.emulators.twilio.rest import TwilioRestState, serve_twilio_rest
+from archer.emulators.twilio.script import load_caller_script
 from archer.errors import ConfigError
 
 if TYPE_CHECKING:

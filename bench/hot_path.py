@@ -12,7 +12,9 @@ costs), so the choice of JSON library and of the number of hops can be made from
 - building the agent's ``audio_input`` and Twilio's outbound ``media`` (string concatenation,
   no encoder) against ``json.dumps``/``orjson.dumps`` of the same object;
 - parsing an agent ``audio_output`` (``archer.cartesia.managed.parse_server_event``);
-- one ``send_nowait`` + ``receive`` on a trio memory channel, between two tasks.
+- one ``send_nowait`` + ``receive`` on a trio memory channel, between two tasks;
+- not Archer's own, for scale: the bench's callers building each inbound ``media`` frame
+  (``archer.emulators.twilio.frames.CallerFrames``, 50 a second per call).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import trio
 
 from archer.bench.timing import best_of_us, interpreter_build
 from archer.cartesia import managed
+from archer.emulators.twilio.frames import CallerFrames
 from archer.twilio.frames import OutboundFrames, parse_frame
 
 PAYLOAD = base64.b64encode(bytes(range(160))).decode()
@@ -97,6 +100,10 @@ def main() -> None:
     else:
         rows.append(("orjson: not installed (pip install orjson to compare)", float("nan")))
     rows.append(("trio memory channel: one hop between tasks", channel_hop()))
+    caller = CallerFrames("MZ" + "1" * 32, "AC" + "2" * 32, "CA" + "3" * 32)
+    rows.append(
+        ("bench caller's media in: CallerFrames.media", best_of_us(lambda: caller.media(PAYLOAD)))
+    )
     print(f"Python {sys.version.split()[0]} ({interpreter_build()})")
     width = max(len(name) for name, _ in rows)
     for name, microseconds in rows:

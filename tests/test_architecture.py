@@ -145,12 +145,7 @@ IO_LIBRARIES: Final = frozenset(
 )
 #: Circles known when this test was written, each owned by an open piece of work: listed so the
 #: test passes meanwhile, and refused once the circle is gone so the entry cannot outlive it.
-KNOWN_CIRCLES: Final[frozenset[frozenset[str]]] = frozenset(
-    {
-        # Issue 18, part B splits the Cartesia emulator into rooms with no back-references.
-        frozenset({"archer.emulators.cartesia", "archer.emulators.cartesia_line"}),
-    }
-)
+KNOWN_CIRCLES: Final[frozenset[frozenset[str]]] = frozenset()
 
 
 class Import(NamedTuple):

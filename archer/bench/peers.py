@@ -8,7 +8,9 @@ posts the signed voice webhook, dials the TwiML's stream with a signed upgrade a
 
 Why not the product emulators: they model a caller's ear and an agent's VAD per frame, which
 costs more than the bridge being measured. These peers do only what the measurement needs, on
-the lean ``archer.websocket_stream``, so one core of load drives dozens of calls.
+the lean ``archer.websocket_stream``, so one core of load drives dozens of calls. What a caller
+sends is still built by the emulator's ``CallerFrames`` (``archer.emulators.twilio.frames``),
+the one builder of Twilio's inbound messages.
 
 Tags: each frame's first 16 bytes are ``(call, sequence, send time)``. Archer passes μ-law
 through untouched (``CARTESIA_AUDIO_FORMAT=mulaw_8000``), so the far end reads the tag back and
@@ -33,13 +35,9 @@ import trio
 from archer.audio.g711 import SILENCE
 from archer.cartesia import managed
 from archer.emulators.http import post_form
-from archer.emulators.twilio import (
-    NoStream,
-    local_stream_url,
-    new_call_sid,
-    new_stream_sid,
-    read_voice_answer,
-)
+from archer.emulators.twilio.frames import CallerFrames
+from archer.emulators.twilio.outcome import new_call_sid, new_stream_sid
+from archer.emulators.twilio.twiml import NoStream, local_stream_url, read_voice_answer
 from archer.twilio.signature import SignatureChecker, webhook_url
 from archer.websocket_stream import (
     WebSocketClosed,
@@ -266,16 +264,16 @@ async def run_caller(
             url.path,
             headers=[("X-Twilio-Signature", signer.sign(plan.url, {}))],
         ) as websocket:
-            stream_sid = new_stream_sid()
-            await websocket.send(connected_frame())
-            await websocket.send(start_frame(target, stats.call_sid, stream_sid, plan.parameters))
+            # One task sends on this stream (this one, then _speak, then this one again), so
+            # the builder numbers the messages in the order they go out.
+            frames = CallerFrames(new_stream_sid(), target.account_sid, stats.call_sid)
+            await websocket.send(frames.connected())
+            await websocket.send(frames.start(plan.parameters))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_listen_as_caller, websocket, stats.to_caller, window, clock)
-                await _speak(websocket, stats, stream_sid, clock, quiet)
+                await _speak(websocket, stats, frames, clock, quiet)
                 await hang_up.wait()
-                await websocket.send(
-                    stop_frame(target, stats.call_sid, stream_sid, frames_sent=stats.to_agent.sent)
-                )
+                await websocket.send(frames.stop())
                 nursery.cancel_scope.cancel()
     except* (OSError, trio.TooSlowError, WebSocketClosed, ValueError, KeyError) as group:
         exc = group.exceptions[0]
@@ -283,31 +281,20 @@ async def run_caller(
 
 
 async def _speak(
-    websocket: WebSocketStream, stats: CallStats, stream_sid: str, clock: Clock, quiet: trio.Event
+    websocket: WebSocketStream,
+    stats: CallStats,
+    frames: CallerFrames,
+    clock: Clock,
+    quiet: trio.Event,
 ) -> None:
     direction = stats.to_agent
     next_at = trio.current_time()
     while not quiet.is_set():
         sequence = direction.sent
-        await websocket.send(
-            media_frame(stream_sid, sequence, tagged_frame(stats.index, sequence, clock()))
-        )
+        await websocket.send(frames.media(tagged_frame(stats.index, sequence, clock())))
         direction.sent += 1
         next_at += FRAME_SECONDS
         await trio.sleep_until(next_at)
-
-
-def media_frame(stream_sid: str, sequence: int, payload: str) -> str:
-    """Twilio's ``media`` message for the caller's frame ``sequence`` (0 is the first).
-
-    Built by concatenation, as cheaply as Archer builds its own: base64 needs no escaping.
-    ``sequenceNumber`` counts on from ``start``'s 1.
-    """
-    return (
-        f'{{"event":"media","sequenceNumber":"{sequence + 2}","streamSid":"{stream_sid}",'
-        f'"media":{{"track":"inbound","chunk":"{sequence + 1}","timestamp":"{sequence * 20}",'
-        f'"payload":"{payload}"}}}}'
-    )
 
 
 async def _listen_as_caller(
@@ -320,42 +307,6 @@ async def _listen_as_caller(
         now = clock()
         for _, sent_at in read_tags(json.loads(message)["media"]["payload"]):
             direction.arrived(sent_at, now, window)
-
-
-def connected_frame() -> str:
-    return '{"event":"connected","protocol":"Call","version":"1.0.0"}'
-
-
-def start_frame(
-    target: BenchTarget, call_sid: str, stream_sid: str, parameters: dict[str, str]
-) -> str:
-    return json.dumps(
-        {
-            "event": "start",
-            "sequenceNumber": "1",
-            "start": {
-                "accountSid": target.account_sid,
-                "streamSid": stream_sid,
-                "callSid": call_sid,
-                "tracks": ["inbound"],
-                "customParameters": parameters,
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            },
-            "streamSid": stream_sid,
-        }
-    )
-
-
-def stop_frame(target: BenchTarget, call_sid: str, stream_sid: str, *, frames_sent: int) -> str:
-    """Twilio's ``stop``, numbered after ``start`` and the ``frames_sent`` media frames."""
-    return json.dumps(
-        {
-            "event": "stop",
-            "sequenceNumber": str(frames_sent + 2),
-            "streamSid": stream_sid,
-            "stop": {"accountSid": target.account_sid, "callSid": call_sid},
-        }
-    )
 
 
 def new_call(index: int) -> CallStats:

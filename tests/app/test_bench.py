@@ -18,15 +18,12 @@ import pytest
 from archer.bench import procstat
 from archer.bench.peers import (
     BenchTarget,
-    connected_frame,
-    media_frame,
     read_tags,
-    start_frame,
-    stop_frame,
     tagged_frame,
 )
 from archer.bench.report import format_soak, percentiles, summarise, summarise_soak
 from archer.cartesia import managed
+from archer.emulators.twilio.frames import CallerFrames
 from tests.contract.schemas import validate_cartesia_server_message, validate_twilio_inbound
 
 needs_proc = pytest.mark.skipif(not procstat.available(), reason="archer bench needs Linux /proc")
@@ -145,14 +142,12 @@ def test_the_bench_peers_speak_the_published_protocols() -> None:
     target = BenchTarget("http://127.0.0.1:1", "https://archer.example.com", "AC" + "b" * 32, "t")
     stream_sid, call_sid = "MZ" + "1" * 32, "CA" + "2" * 32
     payload = tagged_frame(3, 41, 12.5)
-    for message in (
-        connected_frame(),
-        start_frame(target, call_sid, stream_sid, {"token": "abc"}),
-        media_frame(stream_sid, 41, payload),
-        stop_frame(target, call_sid, stream_sid, frames_sent=42),
-    ):
+    frames = CallerFrames(stream_sid, target.account_sid, call_sid)
+    opening = [frames.connected(), frames.start({"token": "abc"})]
+    media = [frames.media(payload) for _ in range(41)]
+    for message in (*opening, *media, frames.stop()):
         validate_twilio_inbound(message)
-    assert json.loads(media_frame(stream_sid, 41, payload))["media"]["payload"] == payload
+    assert json.loads(media[-1])["media"]["payload"] == payload
     assert read_tags(payload) == [(41, 12.5)]
     validate_cartesia_server_message(managed.audio_output(payload))
 

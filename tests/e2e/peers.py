@@ -21,6 +21,7 @@ import trio_websocket
 
 from archer.cartesia import managed
 from archer.emulators.http import HttpResponse, post_form
+from archer.emulators.twilio.frames import CallerFrames
 from archer.twilio.signature import SignatureChecker, webhook_url
 from archer.websocket_client import open_websocket_client
 from tests.contract.schemas import (
@@ -159,8 +160,8 @@ class TwilioCaller:
     rejected_status: int | None = None
     #: Set when the stream socket is gone (Archer closed it, or it was refused or dropped).
     closed: trio.Event = attrs.Factory(trio.Event)
-    _sequence: int = 0
-    _chunk: int = 0
+    #: Numbers and builds what the caller sends; made when the stream is dialled.
+    _frames: CallerFrames | None = None
     _arrived: trio.Event = attrs.Factory(trio.Event)
 
     @property
@@ -203,21 +204,11 @@ class TwilioCaller:
         await nursery.start(self._run_socket, signature)
         if self.websocket is None:
             return  # the upgrade was refused; ``rejected_status`` says how
-        await self.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        await self.send(
-            {
-                "event": "start",
-                "start": {
-                    "streamSid": self.stream_sid,
-                    "accountSid": self.account_sid,
-                    "callSid": self.call_sid,
-                    "tracks": ["inbound"],
-                    "customParameters": self.parameters,
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                },
-                "streamSid": self.stream_sid,
-            }
+        self._frames = CallerFrames(
+            self.stream_sid, self.account_sid, self.call_sid, first_media_ms=20
         )
+        await self.send(self._frames.connected())
+        await self.send(self._frames.start(self.parameters))
 
     async def _run_socket(
         self,
@@ -245,54 +236,33 @@ class TwilioCaller:
         finally:
             self.closed.set()
 
-    async def send(self, frame: dict[str, Any]) -> None:
+    @property
+    def frames(self) -> CallerFrames:
+        """The stream's frame builder (``connect`` makes it)."""
+        assert self._frames is not None, "connect() first"
+        return self._frames
+
+    async def send(self, text: str) -> None:
+        """Send one message built by ``frames`` (numbered as it was built)."""
         assert self.websocket is not None
-        if frame["event"] != "connected":
-            self._sequence += 1
-            frame = {"sequenceNumber": str(self._sequence), **frame}
-        text = json.dumps(frame)
         validate_twilio_inbound(text)  # the caller itself must speak valid Twilio
         await self.websocket.send_message(text)
 
     async def speak(self, payload: str) -> None:
-        self._chunk += 1
-        await self.send(
-            {
-                "event": "media",
-                "media": {
-                    "track": "inbound",
-                    "chunk": str(self._chunk),
-                    "timestamp": str(20 * self._chunk),
-                    "payload": payload,
-                },
-                "streamSid": self.stream_sid,
-            }
-        )
+        await self.send(self.frames.media(payload))
 
     async def press(self, digit: str) -> None:
-        await self.send(
-            {
-                "event": "dtmf",
-                "streamSid": self.stream_sid,
-                "dtmf": {"track": "inbound_track", "digit": digit},
-            }
-        )
+        await self.send(self.frames.dtmf(digit))
 
     async def echo_mark(self, name: str) -> None:
         """Twilio's echo: the audio before mark ``name`` has played (or was cleared)."""
-        await self.send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+        await self.send(self.frames.mark(name))
 
     def marks(self) -> list[str]:
         return [frame["mark"]["name"] for frame in self.outbound if frame["event"] == "mark"]
 
     async def stop(self) -> None:
-        await self.send(
-            {
-                "event": "stop",
-                "streamSid": self.stream_sid,
-                "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
-            }
-        )
+        await self.send(self.frames.stop())
 
     async def drop(self) -> None:
         """The socket goes away without a ``stop`` frame first (a network failure)."""

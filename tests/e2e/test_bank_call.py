@@ -1,7 +1,7 @@
 """The banking tools in real calls: loopback sockets, the real database, Twilio's REST emulated.
 
 The agent drives the tools over the Managed Agents protocol; the transfer goes through the real
-twilio library to ``archer.emulators.twilio_rest`` on loopback.
+twilio library to ``archer.emulators.twilio.rest`` on loopback.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from archer.cartesia import managed
 from archer.db.seed import seed_demo_bank
 from archer.db.store import StoredCall
 from archer.db.tables import cards
-from archer.emulators.twilio_rest import CallUpdate, TwilioRestState, serve_twilio_rest
+from archer.emulators.twilio.rest import CallUpdate, TwilioRestState, serve_twilio_rest
 from tests.e2e.peers import STEP_TIMEOUT, AgentPeer
 from tests.e2e.test_call import AUTH_TOKEN, System, running_system
 from tests.helpers import audio

@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio_websocket
 
-from archer.emulators.twilio_rest import TwilioRestState, serve_twilio_rest
+from archer.emulators.twilio.rest import TwilioRestState, serve_twilio_rest
 from tests.e2e.peers import STEP_TIMEOUT
 from tests.e2e.test_call import AUTH_TOKEN, running_system
 from tests.e2e.test_line_faults import serve_line_agent, unused

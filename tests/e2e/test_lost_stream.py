@@ -17,7 +17,6 @@ record says why and how long the caller was really there.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,6 +25,7 @@ import pytest
 import trio
 
 from archer.db.store import StoredCall
+from archer.emulators.twilio.frames import CallerFrames
 from archer.settings import CallLimits
 from archer.websocket_stream import connect_websocket
 from tests.e2e.peers import STEP_TIMEOUT, AgentPeer, TwilioCaller
@@ -157,46 +157,20 @@ async def test_a_5mb_frame_from_a_peer_that_holds_its_socket_ends_as_twilio_lost
         async with connect_websocket(
             host, int(port), "/ws/cartesia", headers=[("X-Twilio-Signature", signature)]
         ) as websocket:
-            for frame in twilio_frames(caller):
-                await websocket.send(json.dumps(frame))
+            frames = twilio_frames(caller)
+            for frame in [frames.connected(), frames.start(caller.parameters)]:
+                await websocket.send(frame)
+            for n in range(1, 4):
+                await websocket.send(frames.media(audio(n)))
             peer = await system.peer()
             await peer.wait_for(lambda events: len(speech(peer)) >= 3)
             timeline.gone = trio.current_time()
-            await websocket.send(json.dumps(media_frame(caller, 4, audio(4, size=3_932_160))))
+            await websocket.send(frames.media(audio(4, size=3_932_160)))
             # Never read again: hypercorn's close frame stays unanswered, the socket open.
             stored = await ended_in_time(system, peer, timeline)
     assert (stored.record.status, stored.record.end_reason) == ("failed", "twilio_lost")
 
 
-def media_frame(caller: TwilioCaller, n: int, payload: str) -> dict[str, object]:
-    """A ``media`` frame as Twilio's media-streams reference spells it."""
-    return {
-        "event": "media",
-        "sequenceNumber": str(n + 1),
-        "media": {
-            "track": "inbound",
-            "chunk": str(n),
-            "timestamp": str(20 * n),
-            "payload": payload,
-        },
-        "streamSid": caller.stream_sid,
-    }
-
-
-def twilio_frames(caller: TwilioCaller) -> list[dict[str, object]]:
-    """``connected``, ``start`` (with the TwiML's parameters) and three frames of speech."""
-    start = {
-        "event": "start",
-        "sequenceNumber": "1",
-        "start": {
-            "streamSid": caller.stream_sid,
-            "accountSid": caller.account_sid,
-            "callSid": caller.call_sid,
-            "tracks": ["inbound"],
-            "customParameters": caller.parameters,
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-        },
-        "streamSid": caller.stream_sid,
-    }
-    connected = {"event": "connected", "protocol": "Call", "version": "1.0.0"}
-    return [connected, start, *(media_frame(caller, n, audio(n)) for n in range(1, 4))]
+def twilio_frames(caller: TwilioCaller) -> CallerFrames:
+    """The caller's stream, numbered as Twilio numbers it (``connected``, ``start``, media)."""
+    return CallerFrames(caller.stream_sid, caller.account_sid, caller.call_sid, first_media_ms=20)

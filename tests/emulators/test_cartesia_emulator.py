@@ -25,14 +25,15 @@ import trio_websocket
 
 from archer.audio import clips, g711
 from archer.cartesia import managed
-from archer.emulators.agent_script import (
+from archer.emulators.cartesia.script import (
     AgentScriptError,
     CallTool,
     Say,
     load_agent_script,
     parse_agent_script,
 )
-from archer.emulators.cartesia import CartesiaEmulator, Clip, serve_cartesia_emulator
+from archer.emulators.cartesia.server import CartesiaEmulator, serve_cartesia_emulator
+from archer.emulators.cartesia.session import Clip
 from archer.websocket_client import open_websocket_client
 from tests.contract.schemas import validate_cartesia_server_message
 

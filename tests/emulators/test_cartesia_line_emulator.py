@@ -21,7 +21,8 @@ import trio_websocket
 
 from archer.audio import clips, g711
 from archer.cartesia import line, managed
-from archer.emulators.agent_script import (
+from archer.emulators.cartesia.line import transfer_call_message
+from archer.emulators.cartesia.script import (
     AgentScriptError,
     CallTool,
     Say,
@@ -29,8 +30,7 @@ from archer.emulators.agent_script import (
     load_agent_script,
     parse_agent_script,
 )
-from archer.emulators.cartesia import CartesiaEmulator
-from archer.emulators.cartesia_line import transfer_call_message
+from archer.emulators.cartesia.server import CartesiaEmulator
 from archer.websocket_client import open_websocket_client
 from tests.emulators.test_cartesia_emulator import (
     Agent,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from archer.emulators.playout import PlayoutBuffer, Tick
+from archer.emulators.twilio.playout import PlayoutBuffer, Tick
 
 SILENCE = b"\xff"
 

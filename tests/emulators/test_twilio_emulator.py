@@ -30,10 +30,11 @@ from archer.audio.clips import CLIP_NAMES
 from archer.call.tools import Tool, ToolContext, ToolRegistry, ToolResult
 from archer.cartesia import managed
 from archer.db.store import StoredCall
-from archer.emulators.twilio import (
+from archer.emulators.twilio.caller import EmulatedCaller
+from archer.emulators.twilio.outcome import CallOutcome
+from archer.emulators.twilio.rest import TwilioRestState, serve_twilio_rest
+from archer.emulators.twilio.script import (
     CallerScript,
-    CallOutcome,
-    EmulatedCaller,
     HangUp,
     Pause,
     Press,
@@ -46,7 +47,6 @@ from archer.emulators.twilio import (
     parse_caller_script,
     shipped_scripts,
 )
-from archer.emulators.twilio_rest import TwilioRestState, serve_twilio_rest
 from archer.twilio.rest import TwilioRestControl
 from archer.twilio.signature import SignatureChecker, webhook_url
 from tests.contract.schemas import validate_twilio_inbound

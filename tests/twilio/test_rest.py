@@ -19,7 +19,7 @@ import structlog
 import trio
 
 from archer.emulators.http import post_form
-from archer.emulators.twilio_rest import TwilioRestState, serve_twilio_rest
+from archer.emulators.twilio.rest import TwilioRestState, serve_twilio_rest
 from archer.errors import TelephonyError
 from archer.settings import Settings
 from archer.twilio.rest import TwilioRestControl

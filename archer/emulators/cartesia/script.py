@@ -1,8 +1,10 @@
 """What an emulated Cartesia agent does on a call: a script of steps, loaded from JSON.
 
 Layer: emulator model (pure apart from reading the script file in ``load_agent_script``, which
-runs before any session starts). The Cartesia emulator (``archer.emulators.cartesia``) plays a
-script; this module only describes and validates one.
+runs before any session starts). The Cartesia emulator plays a script
+(``archer.emulators.cartesia.player``); this module only describes and validates one. Adding a
+step: its class and parsing here, how it plays in the player (or, if it belongs to one
+protocol, in that protocol's session).
 
 Rules: a script is data, not code. The file is a JSON object ``{"description": "...", "steps":
 [...]}``; each step is an object with exactly one action key:

@@ -1,8 +1,9 @@
 """The Line (Calls API) session of the Cartesia emulator: ``/agents/stream/{agent_id}``.
 
-Layer: emulator. ``CartesiaEmulator`` (``archer.emulators.cartesia``) checks the upgrade and
-hands a Line connection to ``LineCall``, which plays the same ``AgentScript`` as a Managed
-session through the shared ``ScriptedCall``; only the wire differs. Messages are parsed and
+Layer: emulator. ``CartesiaEmulator`` (``archer.emulators.cartesia.server``) checks the upgrade
+and hands a Line connection to ``LineCall``, which plays the same ``AgentScript`` as a Managed
+session through the shared ``ScriptedCall`` (``archer.emulators.cartesia.player``); only the
+wire differs. Messages are parsed and
 built by ``archer.cartesia.line``, except ``transfer_call``, which is written here by hand in the
 shapes real agents send (``transfer_call_message``).
 
@@ -42,8 +43,8 @@ import attrs
 import trio
 
 from archer.cartesia import line, managed
-from archer.emulators.agent_script import Say, Transfer
-from archer.emulators.cartesia import ScriptedCall, _shorten
+from archer.emulators.cartesia.player import ScriptedCall, shorten
+from archer.emulators.cartesia.script import Say, Transfer
 from archer.errors import CartesiaProtocolError
 
 __all__ = ["START_FIRST", "LineCall"]
@@ -147,7 +148,7 @@ class LineCall(ScriptedCall):
             return await self._violation(str(exc))
         if answer is None:
             self.session.custom_received.append(dict(metadata))
-            self.emulator.report(f"agent receives custom metadata: {_shorten(str(metadata))}")
+            self.emulator.report(f"agent receives custom metadata: {shorten(str(metadata))}")
             return True
         tool_call_id, result, is_error = answer
         if not self._tool_answered(

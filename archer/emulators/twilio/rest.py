@@ -18,6 +18,10 @@ Behaviour, in the order it is checked (reference §5.1; codes Twilio documents):
 - Otherwise the update is recorded and applied: ``Status=completed`` ends the call, TwiML with a
   ``<Dial>`` records ``transferred_to`` (the call stays in progress, as a dialled transfer
   does), and the answer is the call resource as JSON with every key twilio-python reads.
+
+Adding an endpoint (creating calls, recordings): a route in a blueprint of its own, registered in
+``twilio_rest_app``, that answers ``_unauthenticated(state)`` first and records what it was sent
+on ``TwilioRestState`` for the test to inspect.
 """
 
 from __future__ import annotations
@@ -160,16 +164,9 @@ def _calls_blueprint(state: TwilioRestState) -> Blueprint:
 
     @blueprint.post(f"/{API_VERSION}/Accounts/<account_sid>/Calls/<call_sid>.json")
     async def update_call(account_sid: str, call_sid: str) -> Response:
-        auth = request.authorization
-        if (
-            auth is None
-            or auth.type != "basic"
-            or not _same(auth.username, state.account_sid)
-            or not _same(auth.password, state.auth_token)
-        ):
-            response = _error(401, 20003, "Authenticate")
-            response.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
-            return response
+        refused = _unauthenticated(state)
+        if refused is not None:
+            return refused
         call = state.calls.get(call_sid)
         if account_sid != state.account_sid or call is None:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
@@ -196,6 +193,22 @@ def _calls_blueprint(state: TwilioRestState) -> Blueprint:
         return jsonify(_call_resource(state.account_sid, call))
 
     return blueprint
+
+
+def _unauthenticated(state: TwilioRestState) -> Response | None:
+    """Twilio's 401 (code 20003) unless the request's Basic auth is the account's; every route
+    checks this first."""
+    auth = request.authorization
+    if (
+        auth is None
+        or auth.type != "basic"
+        or not _same(auth.username, state.account_sid)
+        or not _same(auth.password, state.auth_token)
+    ):
+        response = _error(401, 20003, "Authenticate")
+        response.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
+        return response
+    return None
 
 
 def _dialled_number(twiml: str) -> str | None:

@@ -1,0 +1,111 @@
+"""What one Cartesia emulator connection did, and the clips its agent speaks.
+
+Layer: emulator, pure (no I/O beyond loading a packaged clip). ``EmulatedSession`` is the record
+tests and the demo inspect; the server (``archer.emulators.cartesia.server``) makes one per
+connection and the session players (``player``, ``managed``, ``line``) fill it in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Final, Literal
+
+import attrs
+import trio
+
+from archer.audio import clips
+from archer.cartesia import line, managed
+
+__all__ = [
+    "SAMPLE_RATES",
+    "Clip",
+    "ClipSource",
+    "EmulatedSession",
+    "EmulatedToolCall",
+    "bundled_clip",
+    "chunk_bytes",
+]
+
+SAMPLE_RATES: Final = {
+    "mulaw_8000": 8000,
+    "pcm_16000": 16000,
+    "pcm_24000": 24000,
+    "pcm_44100": 44100,
+}
+
+
+@attrs.frozen(slots=True)
+class Clip:
+    """Something the agent can say: 8 kHz μ-law ``audio`` and the words it speaks."""
+
+    audio: bytes = attrs.field(repr=lambda audio: f"<{len(audio)} bytes>")
+    text: str
+
+
+ClipSource = Callable[[str], Clip]
+
+
+def bundled_clip(name: str) -> Clip:
+    """Clip ``name`` from Archer's recorded speech (``archer.audio.clips``).
+
+    Raises:
+        KeyError: no clip has that name.
+    """
+    return Clip(audio=clips.speech_clip(name), text=clips.clip_text(name))
+
+
+@attrs.frozen(slots=True)
+class EmulatedToolCall:
+    """A ``client_tool_call`` the agent sent, with its placeholders filled in."""
+
+    tool_call_id: str
+    name: str
+    parameters: Mapping[str, object]
+
+
+@attrs.define
+class EmulatedSession:
+    """Everything one connection did, for tests and the demo to inspect."""
+
+    call_id: str
+    agent_version_id: str
+    cartesia_version: str | None
+    #: Which endpoint the client used: Managed Agents or Line (``/agents/stream``).
+    protocol: Literal["managed", "line"] = "managed"
+    #: The agent id in the path the client connected to.
+    agent_id: str = "agent_emulated"
+    input_format: str | None = None
+    output_delivery: str | None = None
+    dynamic_variables: dict[str, managed.DynamicValue] = attrs.Factory(dict)
+    #: Line: the ``stream_id`` (the client's, or ``sid_`` + 16 hex) and ``start.metadata``.
+    stream_id: str | None = None
+    metadata: dict[str, object] = attrs.Factory(dict)
+    #: Every client event that parsed, in order (refused ones are in ``errors_sent``).
+    events: list[managed.ClientEvent | line.ClientEvent] = attrs.Factory(list)
+    dtmf_digits: list[str] = attrs.Factory(list)
+    tool_calls: list[EmulatedToolCall] = attrs.Factory(list)
+    #: Answers to ``tool_calls`` (Line's custom-event answers are stored in the same shape).
+    tool_results: dict[str, managed.ClientToolResult] = attrs.Factory(dict)
+    #: Line: ``custom`` metadata from the client that was not a tool result.
+    custom_received: list[dict[str, object]] = attrs.Factory(list)
+    #: Line: numbers the agent asked the client to transfer the call to.
+    transfers: list[str] = attrs.Factory(list)
+    #: What ``collect_dtmf`` and ``tool`` steps stored with ``into``.
+    variables: dict[str, str] = attrs.Factory(dict)
+    #: Audio messages that arrived before the session was ready (dropped, as Cartesia does).
+    audio_dropped_before_ready: int = 0
+    #: Caller audio heard once ready, raw, in ``input_format``.
+    caller_audio: bytearray = attrs.Factory(bytearray)
+    #: Managed ``error`` events sent (Line has no error event: it closes 1008 instead).
+    errors_sent: list[managed.Error] = attrs.Factory(list)
+    ended_by: Literal["agent", "client"] | None = None
+    close_code: int | None = None
+    close_reason: str | None = None
+    #: Set when the connection is over, whoever ended it.
+    ended: trio.Event = attrs.Factory(trio.Event)
+
+
+def chunk_bytes(input_format: str) -> int:
+    """Bytes of 20 ms of audio in ``input_format`` (μ-law 1 byte a sample, PCM 2)."""
+    width = 1 if input_format == "mulaw_8000" else 2
+    return SAMPLE_RATES[input_format] * width // 50
