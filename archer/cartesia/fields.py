@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from archer.errors import CartesiaProtocolError
+
+_T = TypeVar("_T")
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -73,11 +75,7 @@ def boolean(parent: Mapping[str, object], key: str, where: str) -> bool:
 def lenient_text(
     parent: Mapping[str, object], key: str, where: str, ignored: list[str] | None
 ) -> str | None:
-    value = parent.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    _note(ignored, where, key)
-    return None
+    return _lenient(parent, key, where, ignored, str)
 
 
 def lenient_number(
@@ -101,11 +99,7 @@ def lenient_number(
 def lenient_boolean(
     parent: Mapping[str, object], key: str, where: str, ignored: list[str] | None
 ) -> bool | None:
-    value = parent.get(key)
-    if value is None or isinstance(value, bool):
-        return value
-    _note(ignored, where, key)
-    return None
+    return _lenient(parent, key, where, ignored, bool)
 
 
 def lenient_object(
@@ -126,6 +120,16 @@ def note_unknown_keys(
     """Append ``where.key`` to ``ignored`` for every key of ``event`` outside ``known``."""
     if ignored is not None and not known.issuperset(event):
         ignored.extend(f"{where}.{key}"[:80] for key in event if key not in known)
+
+
+def _lenient(
+    parent: Mapping[str, object], key: str, where: str, ignored: list[str] | None, kind: type[_T]
+) -> _T | None:
+    value = parent.get(key)
+    if value is None or isinstance(value, kind):
+        return value
+    _note(ignored, where, key)
+    return None
 
 
 def _note(ignored: list[str] | None, where: str, key: str) -> None:
