@@ -29,7 +29,7 @@ its statements share the customer scoping and the row-locking rules above.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal, Self, TypeVar, TypeVarTuple, cast, get_args
 
 import attrs
@@ -46,6 +46,7 @@ from archer.bank.ports import (
     PinPolicy,
     Transaction,
 )
+from archer.db.clock import db_now
 from archer.db.engine import make_engine, pool_capacity
 from archer.db.tables import (
     UtcDateTime,
@@ -361,7 +362,7 @@ class SqlBankStore:
             updated: str | None = conn.execute(
                 sa.update(cards)
                 .where(*owned, cards.c.status == previous)
-                .values(status=status, updated_at=datetime.now(UTC))
+                .values(status=status, updated_at=db_now())  # the database's clock, as everywhere
                 .returning(cards.c.status)
             ).scalar_one_or_none()
             if updated is None:
