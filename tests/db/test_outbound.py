@@ -7,6 +7,7 @@ claim every request exactly once, spaced by ``1/OUTBOUND_CPS``.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
@@ -63,7 +64,8 @@ def test_a_key_is_stored_only_as_its_hash(outbound: SqlOutbound) -> None:
     assert hash_key(key) in dump
     listed = outbound.list_keys()
     assert [k.name for k in listed] == ["fraud-engine"]
-    assert key not in repr(listed) and hash_key(key) not in repr(listed)
+    assert key not in repr(listed)
+    assert hash_key(key) not in repr(listed)
 
 
 def test_a_key_name_is_used_once(outbound: SqlOutbound) -> None:
@@ -83,7 +85,8 @@ async def test_a_revoked_key_no_longer_opens(outbound: SqlOutbound) -> None:
     assert await outbound.key_id(other) is not None
     assert await outbound.key_id(key + "x") is None
     [revoked, live] = outbound.list_keys()
-    assert revoked.revoked_at is not None and live.revoked_at is None
+    assert revoked.revoked_at is not None
+    assert live.revoked_at is None
 
 
 def test_the_same_idempotency_key_queues_once(outbound: SqlOutbound) -> None:
@@ -92,7 +95,8 @@ def test_the_same_idempotency_key_queues_once(outbound: SqlOutbound) -> None:
     again = outbound.enqueue_sync(_request(outbound), api_key_id=key_id, idempotency_key="k-1")
     other = outbound.enqueue_sync(_request(outbound), api_key_id=key_id, idempotency_key="k-2")
     plain = outbound.enqueue_sync(_request(outbound), api_key_id=key_id, idempotency_key=None)
-    assert first.created and not again.created
+    assert first.created
+    assert not again.created
     assert (again.id, again.status) == (first.id, "queued")
     assert len({first.id, other.id, plain.id}) == 3
     with outbound.engine.connect() as conn:
@@ -111,11 +115,13 @@ def test_a_claim_waits_for_the_pace(outbound: SqlOutbound) -> None:
     for _ in range(2):
         outbound.enqueue_sync(_request(outbound), api_key_id=None, idempotency_key=None)
     first = outbound.claim_sync("a", cps=0.2, max_active=10)
-    assert first is not None and first.attempt == 1
+    assert first is not None
+    assert first.attempt == 1
     # The next send is five seconds of the database's clock away.
     assert outbound.claim_sync("a", cps=0.2, max_active=10) is None
     view = outbound.view_sync(first.request_id)
-    assert view is not None and view.status == "dialing"
+    assert view is not None
+    assert view.status == "dialing"
     assert [(a.attempt, a.call_sid, a.outcome) for a in view.attempts] == [(1, None, None)]
 
 
@@ -139,7 +145,9 @@ def test_nothing_is_claimed_outside_the_calling_window(outbound: SqlOutbound) ->
     closed = _window_without(datetime.now(UTC))
     assert outbound.claim_sync("a", cps=1000, max_active=5, window=closed) is None
     view = outbound.view_sync(queued.id)
-    assert view is not None and view.status == "queued" and view.attempts == ()
+    assert view is not None
+    assert view.status == "queued"
+    assert view.attempts == ()
     all_day = CallingWindow(start=time(0, 0), end=None, zone=ZoneInfo("Pacific/Kiritimati"))
     assert outbound.claim_sync("a", cps=1000, max_active=5, window=all_day) is not None
 
@@ -149,14 +157,16 @@ def test_a_missed_call_is_retried_until_the_last_attempt(outbound: SqlOutbound) 
     outcomes = ["no-answer", "busy"]
     for attempt, outcome in enumerate(outcomes, start=1):
         claim = outbound.claim_sync("a", cps=1000, max_active=5)
-        assert claim is not None and claim.attempt == attempt
+        assert claim is not None
+        assert claim.attempt == attempt
         outbound.attempt_placed_sync(claim.request_id, attempt, f"CA{attempt:032d}")
         status = outbound.attempt_ended_sync(
             claim.request_id, attempt, outcome, retry_delay=0.001, max_attempts=3
         )
         assert status == "queued"
     claim = outbound.claim_sync("a", cps=1000, max_active=5)
-    assert claim is not None and claim.attempt == 3
+    assert claim is not None
+    assert claim.attempt == 3
     outbound.attempt_placed_sync(claim.request_id, 3, "CA" + "3" * 32)
     status = outbound.attempt_ended_sync(
         claim.request_id, 3, "completed", retry_delay=0.001, max_attempts=3, answered_by="human"
@@ -187,7 +197,8 @@ def test_a_missed_call_fails_after_the_last_attempt(outbound: SqlOutbound) -> No
     )
     assert status == "failed"
     view = outbound.view_sync(claim.request_id)
-    assert view is not None and view.end_reason == "no-answer"
+    assert view is not None
+    assert view.end_reason == "no-answer"
 
 
 def test_a_retry_waits_for_its_delay(outbound: SqlOutbound) -> None:
@@ -246,9 +257,10 @@ def test_two_instances_claim_each_request_once_at_the_shared_pace(postgres_url: 
         for thread in threads:
             thread.join()
         requests = sorted(claim.request_id for _, claim in claims)
-        assert len(requests) == 10 and len(set(requests)) == 10
+        assert len(requests) == 10
+        assert len(set(requests)) == 10
         moments = sorted(claim.claimed_at for _, claim in claims)
-        gaps = [(b - a).total_seconds() for a, b in zip(moments, moments[1:], strict=False)]
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(moments)]
         assert min(gaps) >= 0.45, gaps
     finally:
         for queue in queues:
