@@ -39,6 +39,7 @@ from archer.db.instances import (
     run_heartbeat,
     run_reaper,
 )
+from archer.db.outbound import SqlOutbound
 from archer.db.spool import JsonlSpool, run_spool_replay
 from archer.db.store import SqlCallStore
 from archer.errors import ConfigError, StoreError
@@ -106,6 +107,8 @@ async def open_services(
             signatures=SignatureChecker(settings.twilio_auth_token, settings.twilio_shared_keys),
             spool=spool,
             metrics=metrics,
+            # The outbound queue shares the call store's engine and thread limiter.
+            outbound=SqlOutbound(store.engine, store.limiter),
         )
     finally:
         telephony.close()

@@ -18,12 +18,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
 
+from archer.errors import ArcherError
+
 __all__ = [
     "ALWAYS",
+    "MAX_IDEMPOTENCY_KEY",
     "PURPOSES",
+    "Attempt",
     "CallRequest",
     "CallingWindow",
     "OutboundRequestError",
+    "QueuedCall",
+    "RequestView",
+    "UnknownTransactionError",
     "parse_call_request",
     "parse_window",
     "parse_zone",
@@ -38,6 +45,63 @@ _WINDOW: Final = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-4])
 _MAX_ID: Final = 2**63 - 1
 #: An Idempotency-Key is the client's opaque text; bounded so a row stays small.
 MAX_IDEMPOTENCY_KEY: Final = 200
+
+
+class UnknownTransactionError(ArcherError):
+    """The request names a transaction the bank does not have."""
+
+
+@attrs.frozen(slots=True)
+class QueuedCall:
+    """The answer to a ``POST /calls``; ``created`` is False for an idempotent repeat."""
+
+    id: int
+    status: str
+    created: bool
+
+
+@attrs.frozen(slots=True)
+class Attempt:
+    attempt: int
+    call_sid: str | None
+    outcome: str | None
+    started_at: datetime
+    ended_at: datetime | None
+
+
+@attrs.frozen(slots=True)
+class RequestView:
+    """What ``GET /calls/{id}`` answers."""
+
+    id: int
+    status: str
+    purpose: str
+    answered_by: str | None
+    end_reason: str | None
+    call_id: int | None
+    created_at: datetime
+    attempts: tuple[Attempt, ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "purpose": self.purpose,
+            "answered_by": self.answered_by,
+            "end_reason": self.end_reason,
+            "call_id": self.call_id,
+            "created_at": self.created_at.isoformat(),
+            "attempts": [
+                {
+                    "attempt": a.attempt,
+                    "call_sid": a.call_sid,
+                    "outcome": a.outcome,
+                    "started_at": a.started_at.isoformat(),
+                    "ended_at": None if a.ended_at is None else a.ended_at.isoformat(),
+                }
+                for a in self.attempts
+            ],
+        }
 
 
 class OutboundRequestError(ValueError):

@@ -19,6 +19,7 @@ import attrs
 
 if TYPE_CHECKING:
     from archer.call.events import AgentEvent
+    from archer.call.outbound import CallRequest, QueuedCall, RequestView
     from archer.call.records import (
         CallRecord,
         ClaimedCall,
@@ -203,6 +204,40 @@ class CallStore(Protocol):
 
     async def check(self) -> None:
         """Round-trip to the database (readiness).
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+
+class OutboundQueue(Protocol):
+    """The outbound queue as ``POST /calls`` and ``GET /calls/{id}`` use it (issue 22).
+
+    The SQL adapter is ``archer.db.outbound.SqlOutbound``.
+    """
+
+    async def key_id(self, key: str) -> int | None:
+        """The id of the live API key ``key``; None if unknown or revoked.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def enqueue(
+        self, request: CallRequest, *, api_key_id: int | None, idempotency_key: str | None
+    ) -> QueuedCall:
+        """Queue ``request`` or, for an ``idempotency_key`` seen before, find its first answer.
+
+        Raises:
+            UnknownTransactionError: no such transaction (nothing is written).
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def view(self, request_id: int) -> RequestView | None:
+        """The request with its attempts; None if there is no such request.
 
         Raises:
             StoreError: the database is unavailable.

@@ -37,7 +37,15 @@ import sqlalchemy as sa
 import trio
 from sqlalchemy.exc import IntegrityError
 
-from archer.call.outbound import ALWAYS, CallingWindow, CallRequest
+from archer.call.outbound import (
+    ALWAYS,
+    Attempt,
+    CallingWindow,
+    CallRequest,
+    QueuedCall,
+    RequestView,
+    UnknownTransactionError,
+)
 from archer.db.clock import db_clock_now, db_now
 from archer.db.engine import make_engine, pool_capacity
 from archer.db.tables import (
@@ -58,13 +66,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIVE_STATUSES",
     "ApiKey",
-    "Attempt",
     "Claim",
     "KeyNameTakenError",
-    "QueuedCall",
-    "RequestView",
     "SqlOutbound",
-    "UnknownTransactionError",
     "hash_key",
 ]
 
@@ -77,10 +81,6 @@ ACTIVE_STATUSES: Final = ("dialing", "in_progress")
 RETRYABLE_OUTCOMES: Final = frozenset({"no-answer", "busy", "failed"})
 #: The prefix tells a reader (and a secret scanner) what the text is.
 KEY_PREFIX: Final = "archer_"
-
-
-class UnknownTransactionError(ArcherError):
-    """The request names a transaction the bank does not have."""
 
 
 class KeyNameTakenError(ArcherError):
@@ -99,59 +99,6 @@ class ApiKey:
     name: str
     created_at: datetime
     revoked_at: datetime | None
-
-
-@attrs.frozen(slots=True)
-class QueuedCall:
-    """The answer to a ``POST /calls``; ``created`` is False for an idempotent repeat."""
-
-    id: int
-    status: str
-    created: bool
-
-
-@attrs.frozen(slots=True)
-class Attempt:
-    attempt: int
-    call_sid: str | None
-    outcome: str | None
-    started_at: datetime
-    ended_at: datetime | None
-
-
-@attrs.frozen(slots=True)
-class RequestView:
-    """What ``GET /calls/{id}`` answers."""
-
-    id: int
-    status: str
-    purpose: str
-    answered_by: str | None
-    end_reason: str | None
-    call_id: int | None
-    created_at: datetime
-    attempts: tuple[Attempt, ...]
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "id": self.id,
-            "status": self.status,
-            "purpose": self.purpose,
-            "answered_by": self.answered_by,
-            "end_reason": self.end_reason,
-            "call_id": self.call_id,
-            "created_at": self.created_at.isoformat(),
-            "attempts": [
-                {
-                    "attempt": a.attempt,
-                    "call_sid": a.call_sid,
-                    "outcome": a.outcome,
-                    "started_at": a.started_at.isoformat(),
-                    "ended_at": None if a.ended_at is None else a.ended_at.isoformat(),
-                }
-                for a in self.attempts
-            ],
-        }
 
 
 @attrs.frozen(slots=True)

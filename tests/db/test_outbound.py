@@ -16,13 +16,12 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from archer.call.outbound import CallingWindow, CallRequest
+from archer.call.outbound import CallingWindow, CallRequest, UnknownTransactionError
 from archer.db.engine import init_schema
 from archer.db.outbound import (
     Claim,
     KeyNameTakenError,
     SqlOutbound,
-    UnknownTransactionError,
     hash_key,
 )
 from archer.db.seed import seed_demo_bank
