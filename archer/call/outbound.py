@@ -24,13 +24,17 @@ __all__ = [
     "ALWAYS",
     "MAX_IDEMPOTENCY_KEY",
     "PURPOSES",
+    "STATUS_EVENTS",
     "Attempt",
     "CallRequest",
     "CallingWindow",
+    "Claim",
     "OutboundRequestError",
+    "OutgoingCall",
     "QueuedCall",
     "RequestView",
     "UnknownTransactionError",
+    "attempt_path",
     "parse_call_request",
     "parse_window",
     "parse_zone",
@@ -213,3 +217,45 @@ def parse_zone(text: str) -> ZoneInfo:
 
 #: Every hour of every day, in UTC (the default window).
 ALWAYS: Final = CallingWindow(start=time(0, 0), end=None, zone=ZoneInfo("UTC"))
+
+
+@attrs.frozen(slots=True)
+class Claim:
+    """A request this instance now dials: attempt ``attempt`` of request ``request_id``."""
+
+    request_id: int
+    attempt: int
+    to: str
+    purpose: str
+    transaction_id: int
+    #: The database's clock when it was claimed (the pace is measured on it).
+    claimed_at: datetime
+
+
+@attrs.frozen(slots=True)
+class OutgoingCall:
+    """What a Calls API create request carries for one attempt: numbers and Archer's URLs.
+
+    Nothing about the customer beyond the number to ring: the URLs name the request and the
+    attempt by id only, and the context stays in the database.
+    """
+
+    to: str
+    from_number: str
+    #: Fetched (signed) when the callee answers: Archer's TwiML for the attempt.
+    answer_url: str
+    #: Twilio's status callbacks (initiated, ringing, answered, completed) for the attempt.
+    status_callback: str
+    #: The asynchronous answering-machine verdict for the attempt.
+    amd_callback: str
+    #: Seconds to let it ring.
+    ring_timeout: int
+
+
+#: The status callback events asked for on every outbound call.
+STATUS_EVENTS: Final[tuple[str, ...]] = ("initiated", "ringing", "answered", "completed")
+
+
+def attempt_path(request_id: int, attempt: int, what: str) -> str:
+    """Archer's path for one attempt's webhook ``what`` (answer, status or amd)."""
+    return f"/twilio/outbound/{request_id}/{attempt}/{what}"

@@ -19,7 +19,14 @@ import attrs
 
 if TYPE_CHECKING:
     from archer.call.events import AgentEvent
-    from archer.call.outbound import CallRequest, QueuedCall, RequestView
+    from archer.call.outbound import (
+        CallingWindow,
+        CallRequest,
+        Claim,
+        OutgoingCall,
+        QueuedCall,
+        RequestView,
+    )
     from archer.call.records import (
         CallRecord,
         ClaimedCall,
@@ -238,6 +245,112 @@ class OutboundQueue(Protocol):
 
     async def view(self, request_id: int) -> RequestView | None:
         """The request with its attempts; None if there is no such request.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def attempt_answered(
+        self,
+        request_id: int,
+        attempt: int,
+        *,
+        answered_by: str | None = None,
+        end_reason: str | None = None,
+        call_sid: str | None = None,
+    ) -> bool:
+        """The attempt was answered (its call row is ``call_sid``'s), or AMD gave a verdict.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def attempt_ended(
+        self,
+        request_id: int,
+        attempt: int,
+        outcome: str,
+        *,
+        retry_delay: float,
+        max_attempts: int,
+        answered_by: str | None = None,
+        end_reason: str | None = None,
+    ) -> str:
+        """Record how the attempt ended (retrying a miss later); the request's new status.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+
+class OutboundTelephony(Protocol):
+    """What the outbound webhooks ask of the telephony provider (``TwilioRestControl``)."""
+
+    async def leave_voicemail(self, call_sid: str, message: str) -> None:
+        """Replace the live call's TwiML: say ``message``, then hang up.
+
+        Raises:
+            TelephonyError: refused or unreachable.
+        """
+        ...
+
+    async def hang_up(self, call_sid: str) -> None:
+        """End the call; one already over is not an error.
+
+        Raises:
+            TelephonyError: refused or unreachable.
+        """
+        ...
+
+
+class CallPlacer(Protocol):
+    """Rings a number through the telephony provider (``TwilioRestControl.place_call``)."""
+
+    async def place_call(self, call: OutgoingCall) -> str:
+        """Place the call; its CallSid.
+
+        Raises:
+            TelephonyError: refused or unreachable (whether it was placed may be unknown).
+        """
+        ...
+
+
+class OutboundDispatchQueue(Protocol):
+    """The outbound queue as the dispatcher uses it (``archer.db.outbound.SqlOutbound``)."""
+
+    async def claim(
+        self, instance_id: str, *, cps: float, max_active: int, window: CallingWindow
+    ) -> Claim | None:
+        """The next request this instance may dial now, if the pace, window and cap allow.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def attempt_placed(self, request_id: int, attempt: int, call_sid: str) -> None:
+        """Record the CallSid Twilio gave the attempt.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def attempt_ended(
+        self,
+        request_id: int,
+        attempt: int,
+        outcome: str,
+        *,
+        retry_delay: float,
+        max_attempts: int,
+        answered_by: str | None = None,
+        end_reason: str | None = None,
+    ) -> str:
+        """Record how the attempt ended (retrying a miss later); the request's new status.
 
         Raises:
             StoreError: the database is unavailable.

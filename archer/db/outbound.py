@@ -42,6 +42,7 @@ from archer.call.outbound import (
     Attempt,
     CallingWindow,
     CallRequest,
+    Claim,
     QueuedCall,
     RequestView,
     UnknownTransactionError,
@@ -50,6 +51,7 @@ from archer.db.clock import db_clock_now, db_now
 from archer.db.engine import make_engine, pool_capacity
 from archer.db.tables import (
     api_keys,
+    calls,
     instances,
     outbound_attempts,
     outbound_pacing,
@@ -66,7 +68,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIVE_STATUSES",
     "ApiKey",
-    "Claim",
     "KeyNameTakenError",
     "SqlOutbound",
     "hash_key",
@@ -99,19 +100,6 @@ class ApiKey:
     name: str
     created_at: datetime
     revoked_at: datetime | None
-
-
-@attrs.frozen(slots=True)
-class Claim:
-    """A request this instance now dials: attempt ``attempt`` of request ``request_id``."""
-
-    request_id: int
-    attempt: int
-    to: str
-    purpose: str
-    transaction_id: int
-    #: The database's clock when it was claimed (the pace is measured on it).
-    claimed_at: datetime
 
 
 @attrs.define
@@ -447,6 +435,48 @@ class SqlOutbound:
                 .values(call_sid=call_sid)
             )
 
+    async def attempt_placed(self, request_id: int, attempt: int, call_sid: str) -> None:
+        """As ``attempt_placed_sync``, in a worker thread.
+
+        Raises:
+            StoreError: the database is unavailable.
+
+        Cancellation: the update finishes in its thread.
+        """
+        await self._run("outbound_placed", self.attempt_placed_sync, request_id, attempt, call_sid)
+
+    async def attempt_ended(
+        self,
+        request_id: int,
+        attempt: int,
+        outcome: str,
+        *,
+        retry_delay: float,
+        max_attempts: int,
+        answered_by: str | None = None,
+        end_reason: str | None = None,
+    ) -> str:
+        """As ``attempt_ended_sync``, in a worker thread.
+
+        Raises:
+            StoreError: the database is unavailable.
+
+        Cancellation: the transaction finishes in its thread.
+        """
+        return await run_in_thread(
+            "outbound_ended",
+            lambda: self.attempt_ended_sync(
+                request_id,
+                attempt,
+                outcome,
+                retry_delay=retry_delay,
+                max_attempts=max_attempts,
+                answered_by=answered_by,
+                end_reason=end_reason,
+            ),
+            limiter=self.limiter,
+        )
+
     def attempt_ended_sync(
         self,
         request_id: int,
@@ -477,7 +507,9 @@ class SqlOutbound:
                 .values(outcome=outcome, ended_at=db_now())
             )
             current = conn.execute(
-                sa.select(r.status, r.attempts).where(r.id == request_id).with_for_update()
+                sa.select(r.status, r.attempts, r.answered_by, r.end_reason)
+                .where(r.id == request_id)
+                .with_for_update()
             ).one()
             if ended.rowcount == 0 or current.attempts != attempt:
                 return str(current.status)
@@ -485,14 +517,87 @@ class SqlOutbound:
                 status = "queued"
                 values: dict[str, object] = {"not_before": db_now(retry_delay)}
             else:
-                status = "completed" if answered_by is not None else "failed"
-                values = {"end_reason": end_reason or outcome, "answered_by": answered_by}
+                # "completed" is Twilio's word for a call that was answered and has ended.
+                status = "completed" if outcome == "completed" else "failed"
+                values = {
+                    # What the AMD verdict already said wins over the caller's guess.
+                    "end_reason": current.end_reason or end_reason or outcome,
+                    "answered_by": current.answered_by or answered_by,
+                }
             conn.execute(
                 sa.update(outbound_requests)
                 .where(r.id == request_id)
                 .values(status=status, claimed_by=None, updated_at=db_now(), **values)
             )
         return status
+
+    def attempt_answered_sync(
+        self,
+        request_id: int,
+        attempt: int,
+        *,
+        answered_by: str | None = None,
+        end_reason: str | None = None,
+        call_sid: str | None = None,
+    ) -> bool:
+        """The callee answered (or the AMD verdict came): the request is ``in_progress``.
+
+        ``answered_by`` (Twilio's ``AnsweredBy``) and ``end_reason`` (e.g. ``voicemail``) are
+        kept when given; ``call_sid`` links the request to that call's row (``calls.id``).
+        False if the attempt is not the request's current one or has ended.
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: the database failed.
+        """
+        r = outbound_requests.c
+        values: dict[str, object] = {"status": "in_progress", "updated_at": db_now()}
+        if answered_by is not None:
+            values["answered_by"] = answered_by
+        if end_reason is not None:
+            values["end_reason"] = end_reason
+        if call_sid is not None:
+            values["call_id"] = (
+                sa.select(calls.c.id).where(calls.c.call_sid == call_sid).scalar_subquery()
+            )
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                sa.update(outbound_requests)
+                .where(
+                    r.id == request_id,
+                    r.attempts == attempt,
+                    r.status.in_(ACTIVE_STATUSES),
+                )
+                .values(**values)
+            )
+        return result.rowcount == 1
+
+    async def attempt_answered(
+        self,
+        request_id: int,
+        attempt: int,
+        *,
+        answered_by: str | None = None,
+        end_reason: str | None = None,
+        call_sid: str | None = None,
+    ) -> bool:
+        """As ``attempt_answered_sync``, in a worker thread.
+
+        Raises:
+            StoreError: the database is unavailable.
+
+        Cancellation: the update finishes in its thread.
+        """
+        return await run_in_thread(
+            "outbound_answered",
+            lambda: self.attempt_answered_sync(
+                request_id,
+                attempt,
+                answered_by=answered_by,
+                end_reason=end_reason,
+                call_sid=call_sid,
+            ),
+            limiter=self.limiter,
+        )
 
     def abandon_lost_sync(self, lease_seconds: float) -> list[int]:
         """End attempts whose instance died before Twilio's CallSid was recorded; their ids.

@@ -16,7 +16,13 @@ from archer.web.capacity import Capacity
 from archer.web.drain import Drain
 
 if TYPE_CHECKING:
-    from archer.call.ports import AgentConnector, CallStore, OutboundQueue, RecordSpool
+    from archer.call.ports import (
+        AgentConnector,
+        CallStore,
+        OutboundQueue,
+        OutboundTelephony,
+        RecordSpool,
+    )
     from archer.call.tools import ToolRegistry
     from archer.settings import Settings
     from archer.twilio.signature import SignatureChecker
@@ -40,3 +46,5 @@ class Services:
     )
     #: The outbound queue behind ``POST /calls`` (issue 22); None: those routes answer 503.
     outbound: OutboundQueue | None = None
+    #: The REST side of outbound calls (the voicemail, the fax hang-up).
+    outbound_telephony: OutboundTelephony | None = None
