@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Final, TypeVar, TypeVarTuple
 import attrs
 import sqlalchemy as sa
 import trio
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from archer.call.outbound import (
@@ -410,14 +411,15 @@ class SqlOutbound:
             sa.select(outbound_pacing.c.id).where(outbound_pacing.c.id == 1)
         ).scalar_one_or_none()
         if exists is None:
-            # Racing inserts on PostgreSQL: the loser's unique violation would abort the whole
-            # transaction, so it is written as "insert unless there".
+            # Two instances' first claims may race to create it: the loser's insert is a no-op.
+            insert = (
+                postgresql.insert(outbound_pacing)
+                if conn.dialect.name == "postgresql"
+                else sqlite.insert(outbound_pacing)
+            )
             conn.execute(
-                sa.insert(outbound_pacing).from_select(
-                    ["id", "next_send_at"],
-                    sa.select(sa.literal(1), db_now(-1.0)).where(
-                        ~sa.exists().where(outbound_pacing.c.id == 1)
-                    ),
+                insert.values(id=1, next_send_at=db_now(-1.0)).on_conflict_do_nothing(
+                    index_elements=[outbound_pacing.c.id]
                 )
             )
 
