@@ -25,6 +25,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from archer.app import create_app
 from archer.bank.ports import PinPolicy
 from archer.bank.tools import bank_tools
+from archer.call.dispatcher import run_dispatcher
 from archer.call.ports import AgentConnector
 from archer.call.state import utc_now
 from archer.call.tools import ToolRegistry
@@ -109,6 +110,7 @@ async def open_services(
             metrics=metrics,
             # The outbound queue shares the call store's engine and thread limiter.
             outbound=SqlOutbound(store.engine, store.limiter),
+            outbound_telephony=telephony,
         )
     finally:
         telephony.close()
@@ -279,6 +281,13 @@ async def serve(  # noqa: ASYNC128
                     depth=services.metrics.spool_depth,
                 )
             )
+            if settings.outbound_from_number:
+                # Outbound calls are on: this instance dispatches the shared queue too.
+                assert isinstance(services.outbound, SqlOutbound)
+                assert services.outbound_telephony is not None
+                await nursery.start(
+                    run_dispatcher, services.outbound, services.outbound_telephony, settings
+                )
             if settings.media_port:
                 await nursery.start(
                     partial(

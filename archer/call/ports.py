@@ -286,26 +286,6 @@ class OutboundQueue(Protocol):
         ...
 
 
-class OutboundTelephony(Protocol):
-    """What the outbound webhooks ask of the telephony provider (``TwilioRestControl``)."""
-
-    async def leave_voicemail(self, call_sid: str, message: str) -> None:
-        """Replace the live call's TwiML: say ``message``, then hang up.
-
-        Raises:
-            TelephonyError: refused or unreachable.
-        """
-        ...
-
-    async def hang_up(self, call_sid: str) -> None:
-        """End the call; one already over is not an error.
-
-        Raises:
-            TelephonyError: refused or unreachable.
-        """
-        ...
-
-
 class CallPlacer(Protocol):
     """Rings a number through the telephony provider (``TwilioRestControl.place_call``)."""
 
@@ -354,5 +334,26 @@ class OutboundDispatchQueue(Protocol):
 
         Raises:
             StoreError: the database is unavailable.
+        """
+        ...
+
+
+class OutboundTelephony(CallPlacer, Protocol):
+    """What outbound calls ask of the telephony provider (``TwilioRestControl``): place a call,
+    leave a voicemail, hang up."""
+
+    async def leave_voicemail(self, call_sid: str, message: str) -> None:
+        """Replace the live call's TwiML: say ``message``, then hang up.
+
+        Raises:
+            TelephonyError: refused or unreachable.
+        """
+        ...
+
+    async def hang_up(self, call_sid: str) -> None:
+        """End the call; one already over is not an error.
+
+        Raises:
+            TelephonyError: refused or unreachable.
         """
         ...
