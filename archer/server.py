@@ -41,6 +41,7 @@ from archer.db.instances import (
     run_reaper,
 )
 from archer.db.outbound import SqlOutbound
+from archer.db.reviews import SqlTransactionReviews
 from archer.db.spool import JsonlSpool, run_spool_replay
 from archer.db.store import SqlCallStore
 from archer.errors import ConfigError, StoreError
@@ -99,6 +100,7 @@ async def open_services(
                 human_agent_number=settings.human_agent_number,
                 transfer_allowlist=settings.transfer_allowlist,
                 pin_policy=PinPolicy(settings.pin_max_failures, settings.pin_lockout_seconds),
+                reviews=SqlTransactionReviews(store.engine, store.limiter),
             )
         yield Services(
             settings=settings,

@@ -42,6 +42,7 @@ __all__ = [
     "pin_failures",
     "pin_lockouts",
     "tool_calls",
+    "transaction_reviews",
     "transactions",
 ]
 
@@ -355,4 +356,22 @@ outbound_pacing = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("next_send_at", UtcDateTime, nullable=False),
     _check("id", "id = 1"),
+)
+
+transaction_reviews = sa.Table(
+    "transaction_reviews",
+    metadata,
+    _id(),
+    sa.Column(
+        "transaction_id",
+        sa.BigInteger,
+        sa.ForeignKey("transactions.id"),
+        nullable=False,
+        unique=True,
+    ),
+    sa.Column("customer_id", sa.BigInteger, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("call_sid", sa.Text, nullable=False),
+    sa.Column("recognised", sa.Boolean, nullable=False),
+    sa.Column("cards_frozen", sa.Text, nullable=False, server_default=sa.text("''")),
+    sa.Column("reviewed_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
 )
