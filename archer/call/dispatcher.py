@@ -72,8 +72,12 @@ async def run_dispatcher(
     window = settings.calling_window()
     idle = min(1.0, 0.5 / settings.outbound_cps)
     failing = False
+    next_sweep = trio.current_time()
     task_status.started()
     while True:
+        if trio.current_time() >= next_sweep:
+            next_sweep = trio.current_time() + settings.reaper_interval
+            await _sweep(queue, settings)
         try:
             claim = await queue.claim(
                 settings.instance_id,
@@ -92,6 +96,17 @@ async def run_dispatcher(
             await trio.sleep(idle)
             continue
         await _place(queue, placer, settings, claim)
+
+
+async def _sweep(queue: OutboundDispatchQueue, settings: Settings) -> None:
+    """End the claims of dead instances (never redialled: see the module's rules)."""
+    try:
+        lost = await queue.abandon_lost(settings.instance_lease_seconds)
+    except StoreError as exc:
+        log.warning("outbound.sweep_failed", error=str(exc))
+        return
+    for request_id in lost:
+        log.warning("outbound.claim_lost", outbound_request=request_id)
 
 
 async def _place(

@@ -301,6 +301,14 @@ class CallPlacer(Protocol):
 class OutboundDispatchQueue(Protocol):
     """The outbound queue as the dispatcher uses it (``archer.db.outbound.SqlOutbound``)."""
 
+    async def abandon_lost(self, lease_seconds: float) -> list[int]:
+        """End the attempts whose instance died before their CallSid was written; their ids.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
     async def claim(
         self, instance_id: str, *, cps: float, max_active: int, window: CallingWindow
     ) -> Claim | None:

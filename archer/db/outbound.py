@@ -601,6 +601,16 @@ class SqlOutbound:
             limiter=self.limiter,
         )
 
+    async def abandon_lost(self, lease_seconds: float) -> list[int]:
+        """As ``abandon_lost_sync``, in a worker thread.
+
+        Raises:
+            StoreError: the database is unavailable.
+
+        Cancellation: the transaction finishes in its thread.
+        """
+        return await self._run("outbound_abandon_lost", self.abandon_lost_sync, lease_seconds)
+
     def abandon_lost_sync(self, lease_seconds: float) -> list[int]:
         """End attempts whose instance died before Twilio's CallSid was recorded; their ids.
 
