@@ -14,9 +14,11 @@ from quart import request
 from quart_trio import QuartTrio
 
 from archer.twilio.form import TwilioFormError
+from archer.web.calls import calls_blueprint
 from archer.web.health import health_blueprint
 from archer.web.media import media_blueprint
 from archer.web.metrics import metrics_blueprint
+from archer.web.outbound_webhooks import outbound_webhooks_blueprint
 from archer.web.services import Services
 from archer.web.status import status_blueprint
 from archer.web.voice import voice_blueprint
@@ -36,6 +38,8 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(media_blueprint(services))
     app.register_blueprint(health_blueprint(services))
     app.register_blueprint(metrics_blueprint(services.metrics))
+    app.register_blueprint(calls_blueprint(services))
+    app.register_blueprint(outbound_webhooks_blueprint(services))
 
     @app.errorhandler(TwilioFormError)
     async def malformed_twilio_form(error: TwilioFormError) -> tuple[str, int]:  # noqa: ASYNC124

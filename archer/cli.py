@@ -15,7 +15,8 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -44,6 +45,8 @@ NEEDS: Final[dict[str, tuple[Collection[str] | None, Collection[str]]]] = {
     "bench": ((), ()),
     "emulate cartesia": ((), REQUIRED_FOR_CARTESIA_EMULATOR),
     "emulate call": ((), REQUIRED_FOR_TWILIO_EMULATOR),
+    "keys": (("database", "logs"), ()),
+    "call": (("database", "logs"), ()),
 }
 
 
@@ -169,7 +172,105 @@ def build_parser() -> argparse.ArgumentParser:
     _command(
         tools_commands, "export", "print the client-tool definitions to register with Cartesia"
     )
+    _add_outbound_commands(commands)
     return parser
+
+
+def _add_outbound_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """``archer keys`` and ``archer call`` (issue 22: outbound calls)."""
+    from archer.call.outbound import PURPOSES
+
+    keys = _command(commands, "keys", "API keys for POST /calls (only a hash is stored)")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    create = _command(keys_commands, "create", "create a key; it is printed once, as the last line")
+    create.add_argument("name", help="who the key is for, e.g. fraud-engine")
+    revoke = _command(keys_commands, "revoke", "revoke a key: it is refused from now on")
+    revoke.add_argument("name", help="the key's name")
+    _command(keys_commands, "list", "list the keys' names and dates (never a key)")
+    call = _command(commands, "call", "queue an outbound call, as POST /calls does; prints its id")
+    call.add_argument("to", help="the customer's number, E.164 (+ and 7 to 15 digits)")
+    call.add_argument("--purpose", required=True, choices=PURPOSES, help="why the bank rings")
+    call.add_argument(
+        "--transaction", required=True, type=int, help="the transaction's id in the bank"
+    )
+    call.add_argument("--idempotency-key", help="the same key again queues nothing new")
+
+
+def run_keys(args: argparse.Namespace, settings: Settings) -> int:
+    """``archer keys create|revoke|list``; its exit status."""
+    from archer.db.engine import init_schema
+    from archer.db.outbound import SqlOutbound
+
+    queue = SqlOutbound.open(settings.database_url, pool_size=1)
+    try:
+        with _database_errors(settings):
+            init_schema(queue.engine)
+            match args.keys_command:
+                case "create":
+                    key = queue.create_key(args.name)
+                    print(f"created API key {args.name!r}; it is shown this once, keep it safe:")
+                    print(key)
+                case "revoke":
+                    if not queue.revoke_key(args.name):
+                        raise ArcherError(f"no live API key named {args.name!r}")
+                    print(f"revoked API key {args.name!r}")
+                case _:
+                    for key_info in queue.list_keys():
+                        state = (
+                            "live"
+                            if key_info.revoked_at is None
+                            else f"revoked {key_info.revoked_at.isoformat()}"
+                        )
+                        print(
+                            f"{key_info.name}\tcreated {key_info.created_at.isoformat()}\t{state}"
+                        )
+    finally:
+        queue.close()
+    return 0
+
+
+def queue_call(args: argparse.Namespace, settings: Settings) -> int:
+    """``archer call +E164 --purpose P --transaction ID``; prints the answer POST /calls gives."""
+    from archer.call.outbound import OutboundRequestError, parse_call_request
+    from archer.db.engine import init_schema
+    from archer.db.outbound import SqlOutbound
+
+    try:
+        request = parse_call_request(
+            {"to": args.to, "purpose": args.purpose, "transaction_id": args.transaction}
+        )
+    except OutboundRequestError as exc:
+        raise ArcherError(str(exc)) from None
+    queue = SqlOutbound.open(settings.database_url, pool_size=1)
+    try:
+        with _database_errors(settings):
+            init_schema(queue.engine)
+            queued = queue.enqueue_sync(
+                request, api_key_id=None, idempotency_key=args.idempotency_key
+            )
+    finally:
+        queue.close()
+    print(json.dumps({"id": queued.id, "status": queued.status}))
+    return 0
+
+
+@contextmanager
+def _database_errors(settings: Settings) -> Iterator[None]:
+    """The driver's errors as one line naming DATABASE_URL (without its password)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from archer.db import admin
+
+    try:
+        yield
+    except (SQLAlchemyError, StoreError) as exc:
+        raise StoreError(
+            f"the database at DATABASE_URL={admin.describe(settings.database_url)}"
+            f" failed: {_one_line(str(exc))}; check DATABASE_URL and that the database"
+            " is running and reachable"
+        ) from exc
 
 
 def _at_least_one(text: str) -> int:
@@ -283,6 +384,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return main_demo(transfer=args.transfer, out=args.out, protocol=args.protocol)
         case "emulate":
             return _emulate(args, settings)
+        case "keys":
+            return run_keys(args, settings)
+        case "call":
+            return queue_call(args, settings)
     return 0
 
 

@@ -25,6 +25,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from archer.app import create_app
 from archer.bank.ports import PinPolicy
 from archer.bank.tools import bank_tools
+from archer.call.dispatcher import run_dispatcher
 from archer.call.ports import AgentConnector
 from archer.call.state import utc_now
 from archer.call.tools import ToolRegistry
@@ -39,6 +40,8 @@ from archer.db.instances import (
     run_heartbeat,
     run_reaper,
 )
+from archer.db.outbound import SqlOutbound
+from archer.db.reviews import SqlTransactionReviews
 from archer.db.spool import JsonlSpool, run_spool_replay
 from archer.db.store import SqlCallStore
 from archer.errors import ConfigError, StoreError
@@ -97,6 +100,7 @@ async def open_services(
                 human_agent_number=settings.human_agent_number,
                 transfer_allowlist=settings.transfer_allowlist,
                 pin_policy=PinPolicy(settings.pin_max_failures, settings.pin_lockout_seconds),
+                reviews=SqlTransactionReviews(store.engine, store.limiter),
             )
         yield Services(
             settings=settings,
@@ -106,6 +110,9 @@ async def open_services(
             signatures=SignatureChecker(settings.twilio_auth_token, settings.twilio_shared_keys),
             spool=spool,
             metrics=metrics,
+            # The outbound queue shares the call store's engine and thread limiter.
+            outbound=SqlOutbound(store.engine, store.limiter),
+            outbound_telephony=telephony,
         )
     finally:
         telephony.close()
@@ -276,6 +283,13 @@ async def serve(  # noqa: ASYNC128
                     depth=services.metrics.spool_depth,
                 )
             )
+            if settings.outbound_from_number:
+                # Outbound calls are on: this instance dispatches the shared queue too.
+                assert isinstance(services.outbound, SqlOutbound)
+                assert services.outbound_telephony is not None
+                await nursery.start(
+                    run_dispatcher, services.outbound, services.outbound_telephony, settings
+                )
             if settings.media_port:
                 await nursery.start(
                     partial(

@@ -30,6 +30,7 @@ import attrs
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
+from archer.call.outbound import CallingWindow, parse_window, parse_zone
 from archer.errors import ConfigError, SettingsError
 
 AUDIO_FORMATS: Final = ("mulaw_8000", "pcm_16000", "pcm_24000", "pcm_44100")
@@ -37,6 +38,11 @@ PROTOCOLS: Final = ("managed", "line")
 LOG_FORMATS: Final = ("json", "console")
 RESAMPLE_QUALITIES: Final = ("qq", "lq", "mq", "hq", "vhq")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+#: OUTBOUND_VOICEMAIL_MESSAGE's default: no amount, no merchant, no account details.
+DEFAULT_VOICEMAIL_MESSAGE: Final = (
+    "Hello, this is a message from your bank's fraud team. Please call the number on the back"
+    " of your card as soon as you can. Thank you."
+)
 
 #: Variables ``archer serve`` cannot run without (the rest have defaults).
 REQUIRED_FOR_SERVING: Final = (
@@ -119,6 +125,20 @@ GROUPS: Final[Mapping[str, frozenset[str]]] = {
             "MAX_MESSAGE_BYTES",
             "PIN_MAX_FAILURES",
             "PIN_LOCKOUT_SECONDS",
+        }
+    ),
+    # --- outbound calls (issue 22): the queue, its pace and window, the voicemail ---
+    "outbound": frozenset(
+        {
+            "OUTBOUND_FROM_NUMBER",
+            "OUTBOUND_CPS",
+            "OUTBOUND_MAX_ACTIVE",
+            "OUTBOUND_WINDOW",
+            "OUTBOUND_TIMEZONE",
+            "OUTBOUND_RING_TIMEOUT",
+            "OUTBOUND_RETRY_DELAY",
+            "OUTBOUND_MAX_ATTEMPTS",
+            "OUTBOUND_VOICEMAIL_MESSAGE",
         }
     ),
 }
@@ -229,6 +249,28 @@ class Settings:
     instance_lease_seconds: float = 15.0
     instance_heartbeat_seconds: float = 5.0
     reaper_interval: float = 10.0
+    # --- outbound calls (archer.db.outbound; issue 22) ---
+    #: The number Archer rings customers from (E.164, a Twilio number of the account).
+    outbound_from_number: str = ""
+    #: Calls API requests per second, across every instance (Twilio's default limit is 1).
+    outbound_cps: float = 1.0
+    #: Outbound calls dialing or in progress at once, across every instance.
+    outbound_max_active: int = 5
+    #: Local hours in which customers may be rung (``HH:MM-HH:MM`` in ``outbound_timezone``).
+    outbound_window: str = "08:00-21:00"
+    outbound_timezone: str = "UTC"
+    #: Seconds Twilio lets the callee's phone ring before the attempt is a no-answer.
+    outbound_ring_timeout: int = 30
+    #: Seconds before a no-answer, busy or failed attempt is tried again ...
+    outbound_retry_delay: float = 300.0
+    #: ... up to this many attempts in all.
+    outbound_max_attempts: int = 3
+    #: What a voicemail hears: nothing about the payment, the merchant or the account.
+    outbound_voicemail_message: str = DEFAULT_VOICEMAIL_MESSAGE
+
+    def calling_window(self) -> CallingWindow:
+        """``OUTBOUND_WINDOW`` in ``OUTBOUND_TIMEZONE`` (both checked when settings were built)."""
+        return parse_window(self.outbound_window, parse_zone(self.outbound_timezone))
 
     @classmethod
     def from_environ(
@@ -311,6 +353,18 @@ class Settings:
             instance_lease_seconds=env.number("INSTANCE_LEASE_SECONDS", 15.0),
             instance_heartbeat_seconds=env.number("INSTANCE_HEARTBEAT_SECONDS", 5.0),
             reaper_interval=env.number("REAPER_INTERVAL", 10.0),
+            # --- outbound calls ---
+            outbound_from_number=env.text("OUTBOUND_FROM_NUMBER", "", check=_e164),
+            outbound_cps=env.number("OUTBOUND_CPS", 1.0),
+            outbound_max_active=env.integer("OUTBOUND_MAX_ACTIVE", 5, minimum=1),
+            outbound_window=env.text("OUTBOUND_WINDOW", "08:00-21:00", check=_window),
+            outbound_timezone=env.text("OUTBOUND_TIMEZONE", "UTC", check=_zone),
+            outbound_ring_timeout=env.integer("OUTBOUND_RING_TIMEOUT", 30, minimum=5, maximum=600),
+            outbound_retry_delay=env.number("OUTBOUND_RETRY_DELAY", 300.0),
+            outbound_max_attempts=env.integer("OUTBOUND_MAX_ATTEMPTS", 3, minimum=1),
+            outbound_voicemail_message=env.text(
+                "OUTBOUND_VOICEMAIL_MESSAGE", DEFAULT_VOICEMAIL_MESSAGE
+            ),
         )
         checked = None if groups is None else frozenset().union(*(GROUPS[g] for g in groups))
         problems = [
@@ -515,6 +569,16 @@ class _Reader:
             shown = ", ".join(choice or "(empty)" for choice in choices)
             return self._problem(name, f"{name}={value!r} is not one of {shown}", default)
         return value
+
+
+def _window(value: str) -> str:
+    parse_window(value, parse_zone("UTC"))
+    return value
+
+
+def _zone(value: str) -> str:
+    parse_zone(value)
+    return value
 
 
 def _not_set(name: str) -> str:

@@ -60,6 +60,7 @@ PURE: Final = frozenset(
         "archer.bank.definitions",
         "archer.bank.pins",
         "archer.call.events",
+        "archer.call.outbound",
         "archer.call.records",
         "archer.cartesia.fields",
         "archer.cartesia.line",

@@ -121,3 +121,31 @@ class BankStore(Protocol):
         customer has no card ending in ``last4``. ``cards.updated_at`` moves only on a change.
         """
         ...
+
+
+@attrs.frozen(slots=True)
+class TransactionReview:
+    """The customer's answer about one payment, as recorded (the first answer stands)."""
+
+    transaction_id: int
+    recognised: bool
+    #: Last four digits of the cards frozen for the dispute (empty when recognised).
+    cards_frozen: tuple[str, ...]
+    #: False when this review was recorded before (by this call or another).
+    new: bool
+
+
+class TransactionReviews(Protocol):
+    """Record a customer's answer about a payment (issue 22: outbound fraud alerts)."""
+
+    async def review(
+        self, customer_id: int, transaction_id: int, *, recognised: bool, call_sid: str
+    ) -> TransactionReview | None:
+        """Record the answer; for ``recognised=False`` freeze the paying account's active cards
+        in the same transaction. Idempotent: a transaction already reviewed answers its first
+        review (``new=False``) and changes nothing. None: the customer has no such transaction.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...

@@ -31,7 +31,7 @@ from archer.errors import TelephonyError, ToolError
 from archer.logs import mask_phone
 
 if TYPE_CHECKING:
-    from archer.bank.ports import AccountType, BankStore
+    from archer.bank.ports import AccountType, BankStore, TransactionReviews
     from archer.call.ports import TelephonyControl
 
 log = structlog.get_logger(__name__)
@@ -68,6 +68,7 @@ def bank_tools(
     transfer_allowlist: frozenset[str] = frozenset(),
     definitions: tuple[ToolDefinition, ...] | None = None,
     pin_policy: PinPolicy = DEFAULT_PIN_POLICY,
+    reviews: TransactionReviews | None = None,
 ) -> ToolRegistry:
     """The registry of banking tools, each checked against its definition's parameters."""
     functions: dict[str, tuple[ToolFunction, float | None]] = {
@@ -81,6 +82,7 @@ def bank_tools(
             CALL_CONTROL_TIMEOUT,
         ),
         "end_call": (_end_call(telephony), CALL_CONTROL_TIMEOUT),
+        "review_transaction": (_review_transaction(reviews), None),
     }
     tools = []
     for definition in definitions if definitions is not None else load_definitions():
@@ -101,7 +103,9 @@ def bank_tools(
 
 
 #: Tools that change something outside the call: audited before they act (``Tool.side_effect``).
-SIDE_EFFECT_TOOLS: Final = frozenset({"freeze_card", "unfreeze_card", "transfer_to_human"})
+SIDE_EFFECT_TOOLS: Final = frozenset(
+    {"freeze_card", "unfreeze_card", "transfer_to_human", "review_transaction"}
+)
 
 
 def _verified_customer(context: ToolContext) -> int:
@@ -293,3 +297,43 @@ def _end_call(telephony: TelephonyControl) -> ToolFunction:
         return ToolResult({"ended": True})
 
     return end_call
+
+
+def _review_transaction(reviews: TransactionReviews | None) -> ToolFunction:
+    async def review_transaction(
+        context: ToolContext, arguments: Mapping[str, object]
+    ) -> ToolResult:
+        customer_id = _verified_customer(context)
+        if reviews is None:
+            raise ToolError(
+                "Reviewing a payment is not available. Offer a transfer to a colleague."
+            )
+        transaction_id = arguments["transaction_id"]
+        recognised = arguments["recognised"]
+        if isinstance(transaction_id, bool) or not isinstance(transaction_id, int):
+            raise ToolError("transaction_id must be the payment's id, a whole number.")
+        if not isinstance(recognised, bool):
+            raise ToolError("recognised must be true or false.")
+        review = await reviews.review(
+            customer_id, transaction_id, recognised=recognised, call_sid=context.call_sid
+        )
+        if review is None:
+            raise ToolError(f"The caller has no payment with id {transaction_id}.")
+        log.info(
+            "bank.transaction_reviewed",
+            transaction_id=transaction_id,
+            recognised=review.recognised,
+            cards_frozen=list(review.cards_frozen),
+            new=review.new,
+        )
+        return ToolResult(
+            {
+                "transaction_id": transaction_id,
+                "recognised": review.recognised,
+                "dispute_recorded": not review.recognised,
+                "cards_frozen": list(review.cards_frozen),
+                "already_recorded": not review.new,
+            }
+        )
+
+    return review_transaction

@@ -19,6 +19,14 @@ import attrs
 
 if TYPE_CHECKING:
     from archer.call.events import AgentEvent
+    from archer.call.outbound import (
+        CallingWindow,
+        CallRequest,
+        Claim,
+        OutgoingCall,
+        QueuedCall,
+        RequestView,
+    )
     from archer.call.records import (
         CallRecord,
         ClaimedCall,
@@ -206,5 +214,154 @@ class CallStore(Protocol):
 
         Raises:
             StoreError: the database is unavailable.
+        """
+        ...
+
+
+class OutboundQueue(Protocol):
+    """The outbound queue as ``POST /calls`` and ``GET /calls/{id}`` use it (issue 22).
+
+    The SQL adapter is ``archer.db.outbound.SqlOutbound``.
+    """
+
+    async def key_id(self, key: str) -> int | None:
+        """The id of the live API key ``key``; None if unknown or revoked.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def enqueue(
+        self, request: CallRequest, *, api_key_id: int | None, idempotency_key: str | None
+    ) -> QueuedCall:
+        """Queue ``request`` or, for an ``idempotency_key`` seen before, find its first answer.
+
+        Raises:
+            UnknownTransactionError: no such transaction (nothing is written).
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def view(self, request_id: int) -> RequestView | None:
+        """The request with its attempts; None if there is no such request.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def attempt_answered(
+        self,
+        request_id: int,
+        attempt: int,
+        *,
+        answered_by: str | None = None,
+        end_reason: str | None = None,
+        call_sid: str | None = None,
+    ) -> bool:
+        """The attempt was answered (its call row is ``call_sid``'s), or AMD gave a verdict.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def attempt_ended(
+        self,
+        request_id: int,
+        attempt: int,
+        outcome: str,
+        *,
+        retry_delay: float,
+        max_attempts: int,
+        answered_by: str | None = None,
+        end_reason: str | None = None,
+    ) -> str:
+        """Record how the attempt ended (retrying a miss later); the request's new status.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+
+class CallPlacer(Protocol):
+    """Rings a number through the telephony provider (``TwilioRestControl.place_call``)."""
+
+    async def place_call(self, call: OutgoingCall) -> str:
+        """Place the call; its CallSid.
+
+        Raises:
+            TelephonyError: refused or unreachable (whether it was placed may be unknown).
+        """
+        ...
+
+
+class OutboundDispatchQueue(Protocol):
+    """The outbound queue as the dispatcher uses it (``archer.db.outbound.SqlOutbound``)."""
+
+    async def abandon_lost(self, lease_seconds: float) -> list[int]:
+        """End the attempts whose instance died before their CallSid was written; their ids.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def claim(
+        self, instance_id: str, *, cps: float, max_active: int, window: CallingWindow
+    ) -> Claim | None:
+        """The next request this instance may dial now, if the pace, window and cap allow.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def attempt_placed(self, request_id: int, attempt: int, call_sid: str) -> None:
+        """Record the CallSid Twilio gave the attempt.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def attempt_ended(
+        self,
+        request_id: int,
+        attempt: int,
+        outcome: str,
+        *,
+        retry_delay: float,
+        max_attempts: int,
+        answered_by: str | None = None,
+        end_reason: str | None = None,
+    ) -> str:
+        """Record how the attempt ended (retrying a miss later); the request's new status.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+
+class OutboundTelephony(CallPlacer, Protocol):
+    """What outbound calls ask of the telephony provider (``TwilioRestControl``): place a call,
+    leave a voicemail, hang up."""
+
+    async def leave_voicemail(self, call_sid: str, message: str) -> None:
+        """Replace the live call's TwiML: say ``message``, then hang up.
+
+        Raises:
+            TelephonyError: refused or unreachable.
+        """
+        ...
+
+    async def hang_up(self, call_sid: str) -> None:
+        """End the call; one already over is not an error.
+
+        Raises:
+            TelephonyError: refused or unreachable.
         """
         ...

@@ -25,7 +25,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from archer.db.tables import UtcDateTime
 
-__all__ = ["db_now"]
+__all__ = ["db_clock_now", "db_now"]
 
 
 class _DbNow(FunctionElement[datetime]):
@@ -48,5 +48,35 @@ def _now_postgresql(element: _DbNow, compiler: SQLCompiler, **kw: Any) -> str:
 
 @compiles(_DbNow, "sqlite")
 def _now_sqlite(element: _DbNow, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.3f seconds', {seconds}))"
+
+
+class _DbClockNow(FunctionElement[datetime]):
+    """The database's wall clock at the statement (not the transaction's start), plus seconds."""
+
+    type = UtcDateTime()
+    inherit_cache = True
+    name = "archer_db_clock_now"
+
+
+def db_clock_now(offset_seconds: float = 0.0) -> _DbClockNow:
+    """The database's clock at this statement plus ``offset_seconds``, as SQL.
+
+    PostgreSQL's ``now()`` is fixed when the transaction began, which may be long before a lock
+    the transaction waited for was granted; ``clock_timestamp()`` is the statement's moment (the
+    outbound pace is measured with it). SQLite's ``'now'`` already is the statement's moment.
+    """
+    return _DbClockNow(sa.literal(float(offset_seconds), sa.Float()))
+
+
+@compiles(_DbClockNow, "postgresql")
+def _clock_now_postgresql(element: _DbClockNow, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"(clock_timestamp() + make_interval(secs => {seconds}))"
+
+
+@compiles(_DbClockNow, "sqlite")
+def _clock_now_sqlite(element: _DbClockNow, compiler: SQLCompiler, **kw: Any) -> str:
     seconds = compiler.process(element.clauses, **kw)
     return f"strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.3f seconds', {seconds}))"

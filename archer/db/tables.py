@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, get_args
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
+from archer.call.outbound import PURPOSES
 from archer.call.records import CallStatus
 
 if TYPE_CHECKING:
@@ -24,17 +25,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CALL_STATUSES",
+    "OUTBOUND_PURPOSES",
+    "OUTBOUND_STATUSES",
     "UtcDateTime",
     "accounts",
+    "api_keys",
     "call_turns",
     "calls",
     "cards",
     "customers",
     "instances",
     "metadata",
+    "outbound_attempts",
+    "outbound_pacing",
+    "outbound_requests",
     "pin_failures",
     "pin_lockouts",
     "tool_calls",
+    "transaction_reviews",
     "transactions",
 ]
 
@@ -267,4 +275,103 @@ instances = sa.Table(
     sa.Column("id", sa.Text, primary_key=True),
     sa.Column("started_at", UtcDateTime, nullable=False),
     sa.Column("renewed_at", UtcDateTime, nullable=False),
+)
+
+# --- Outbound calls (issue 22) ---------------------------------------------------------------
+
+#: Why Archer may ring a customer (``outbound_requests.purpose``), in schema.sql's order.
+OUTBOUND_PURPOSES: Final[tuple[str, ...]] = PURPOSES
+#: ``outbound_requests.status``, in schema.sql's order.
+OUTBOUND_STATUSES: Final[tuple[str, ...]] = (
+    "queued",
+    "dialing",
+    "in_progress",
+    "completed",
+    "failed",
+)
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> sa.CheckConstraint:
+    return _check(column, f"{column} IN (" + ", ".join(f"'{v}'" for v in values) + ")")
+
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    _id(),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    # SHA-256 hex of the key; the key itself is never stored.
+    sa.Column("key_hash", sa.Text, nullable=False, unique=True),
+    sa.Column("created_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
+    sa.Column("revoked_at", UtcDateTime),
+)
+
+outbound_requests = sa.Table(
+    "outbound_requests",
+    metadata,
+    _id(),
+    sa.Column("api_key_id", sa.BigInteger, sa.ForeignKey("api_keys.id")),
+    sa.Column("idempotency_key", sa.Text),
+    sa.Column("to_number", sa.Text, nullable=False),
+    sa.Column("purpose", sa.Text, nullable=False),
+    sa.Column("transaction_id", sa.BigInteger, sa.ForeignKey("transactions.id"), nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default=sa.text("'queued'")),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("not_before", UtcDateTime, nullable=False, server_default=sa.func.now()),
+    sa.Column("claimed_by", sa.Text),
+    sa.Column("answered_by", sa.Text),
+    sa.Column("end_reason", sa.Text),
+    sa.Column("call_id", sa.BigInteger, sa.ForeignKey("calls.id", ondelete="SET NULL")),
+    sa.Column("created_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
+    _one_of("purpose", OUTBOUND_PURPOSES),
+    _one_of("status", OUTBOUND_STATUSES),
+    sa.UniqueConstraint("api_key_id", "idempotency_key"),
+    sa.Index("outbound_requests_status_not_before_idx", "status", "not_before"),
+)
+
+outbound_attempts = sa.Table(
+    "outbound_attempts",
+    metadata,
+    _id(),
+    sa.Column(
+        "request_id",
+        sa.BigInteger,
+        sa.ForeignKey("outbound_requests.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("call_sid", sa.Text),
+    sa.Column("outcome", sa.Text),
+    sa.Column("instance_id", sa.Text, nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
+    sa.Column("ended_at", UtcDateTime),
+    sa.UniqueConstraint("request_id", "attempt"),
+)
+
+# One row (id = 1): when the next Calls API request may go, across every instance.
+outbound_pacing = sa.Table(
+    "outbound_pacing",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("next_send_at", UtcDateTime, nullable=False),
+    _check("id", "id = 1"),
+)
+
+transaction_reviews = sa.Table(
+    "transaction_reviews",
+    metadata,
+    _id(),
+    sa.Column(
+        "transaction_id",
+        sa.BigInteger,
+        sa.ForeignKey("transactions.id"),
+        nullable=False,
+        unique=True,
+    ),
+    sa.Column("customer_id", sa.BigInteger, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("call_sid", sa.Text, nullable=False),
+    sa.Column("recognised", sa.Boolean, nullable=False),
+    sa.Column("cards_frozen", sa.Text, nullable=False, server_default=sa.text("''")),
+    sa.Column("reviewed_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
 )

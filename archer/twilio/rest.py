@@ -34,6 +34,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioS
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
+from archer.call.outbound import STATUS_EVENTS
 from archer.errors import TelephonyError
 from archer.logs import mask_phone
 from archer.twilio import twiml
@@ -41,7 +42,8 @@ from archer.twilio import twiml
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from archer.call.ports import TelephonyControl
+    from archer.call.outbound import OutgoingCall
+    from archer.call.ports import CallPlacer, OutboundTelephony, TelephonyControl
     from archer.settings import Settings
 
 __all__ = ["DEFAULT_API_BASE_URL", "TwilioRestControl"]
@@ -180,6 +182,74 @@ class TwilioRestControl:
             raise
         log.info("twilio.call_hung_up", call_sid=call_sid, already_over=False, call_status=status)
 
+    # --- CallPlacer (outbound calls, issue 22) --------------------------------------------
+
+    async def place_call(self, call: OutgoingCall) -> str:
+        """Ask Twilio's Calls API to ring ``call.to``; the new call's SID.
+
+        Answering-machine detection runs asynchronously (``MachineDetection=DetectMessageEnd``,
+        ``AsyncAmd=true``) so the callee is connected at once and the verdict arrives at
+        ``call.amd_callback`` later.
+
+        Raises:
+            TelephonyError: Twilio refused (a bad number, the account's limits) or could not be
+                reached; whether a call was placed after a timeout is unknown.
+
+        Cancellation: takes effect once the request returns (at most ``timeout`` per connect
+        and read); the call may have been placed anyway.
+        """
+        try:
+            sid = await trio.to_thread.run_sync(self._create_sync, call, limiter=self._limiter)
+        except TwilioRestException as exc:
+            self._observe("place_call", "refused")
+            raise TelephonyError(
+                f"place_call refused by Twilio: {exc.msg}", code=exc.code, status=exc.status
+            ) from exc
+        except (TwilioException, requests.RequestException, OSError) as exc:
+            self._observe("place_call", "error")
+            raise TelephonyError(
+                f"place_call failed: {type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
+        self._observe("place_call", "ok")
+        log.info("twilio.call_placed", call_sid=sid, to=mask_phone(call.to))
+        return sid
+
+    async def leave_voicemail(self, call_sid: str, message: str) -> None:
+        """Replace the live call's TwiML with ``<Say>message</Say><Hangup/>``.
+
+        Twilio abandons the running ``<Connect><Stream>`` (the media stream ends, and with it
+        the agent session), says the message into the answering machine, and hangs up.
+
+        Raises:
+            TelephonyError: the message is empty or too long (nothing is sent), the call SID is
+                malformed, or Twilio refused (the call is over) or could not be reached.
+
+        Cancellation: takes effect once the request returns; the update may have happened.
+        """
+        try:
+            document = twiml.apology(message)
+        except ValueError as exc:
+            raise TelephonyError(f"voicemail refused before sending: {exc}") from exc
+        status = await self._update("voicemail", call_sid, {"twiml": document})
+        log.info("twilio.voicemail_left", call_sid=call_sid, call_status=status)
+
+    def _create_sync(self, call: OutgoingCall) -> str:
+        created = self._client.calls.create(
+            to=call.to,
+            from_=call.from_number,
+            url=call.answer_url,
+            method="POST",
+            status_callback=call.status_callback,
+            status_callback_method="POST",
+            status_callback_event=list(STATUS_EVENTS),
+            timeout=call.ring_timeout,
+            machine_detection="DetectMessageEnd",
+            async_amd="true",
+            async_amd_status_callback=call.amd_callback,
+            async_amd_status_callback_method="POST",
+        )
+        return str(created.sid)
+
     # --- the boundary ---------------------------------------------------------------------
 
     async def _update(self, operation: str, call_sid: str, fields: Mapping[str, str]) -> str:
@@ -235,4 +305,10 @@ if TYPE_CHECKING:
 
     def _implements_the_port(control: TwilioRestControl) -> TelephonyControl:
         # mypy proves here that TwilioRestControl satisfies the TelephonyControl protocol.
+        return control
+
+    def _places_calls(control: TwilioRestControl) -> CallPlacer:
+        return control
+
+    def _serves_the_outbound_webhooks(control: TwilioRestControl) -> OutboundTelephony:
         return control

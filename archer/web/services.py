@@ -16,7 +16,13 @@ from archer.web.capacity import Capacity
 from archer.web.drain import Drain
 
 if TYPE_CHECKING:
-    from archer.call.ports import AgentConnector, CallStore, RecordSpool
+    from archer.call.ports import (
+        AgentConnector,
+        CallStore,
+        OutboundQueue,
+        OutboundTelephony,
+        RecordSpool,
+    )
     from archer.call.tools import ToolRegistry
     from archer.settings import Settings
     from archer.twilio.signature import SignatureChecker
@@ -38,3 +44,7 @@ class Services:
     capacity: Capacity = attrs.Factory(
         lambda self: Capacity(self.settings.max_active_calls, self.drain), takes_self=True
     )
+    #: The outbound queue behind ``POST /calls`` (issue 22); None: those routes answer 503.
+    outbound: OutboundQueue | None = None
+    #: The REST side of outbound calls (the voicemail, the fax hang-up).
+    outbound_telephony: OutboundTelephony | None = None

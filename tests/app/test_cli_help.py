@@ -44,11 +44,21 @@ def help_text(path: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_top_level_help_names_every_command(tmp_path: Path) -> None:
-    """``archer --help`` (the real command) lists all seven commands, each with a description."""
+    """``archer --help`` (the real command) lists all nine commands, each with a description."""
     result = run_archer("--help", env={}, cwd=tmp_path)
     assert result.returncode == 0
     summaries = subcommand_summaries(build_parser())
-    assert set(summaries) == {"serve", "db", "demo", "emulate", "bench", "spool", "tools"}
+    assert set(summaries) == {
+        "serve",
+        "db",
+        "demo",
+        "emulate",
+        "bench",
+        "spool",
+        "tools",
+        "keys",  # issue 22
+        "call",  # issue 22
+    }
     text = " ".join(result.stdout.split())
     for name, summary in summaries.items():
         assert summary

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from archer.errors import ConfigError
+from archer.errors import ConfigError, SettingsError
 from archer.settings import Settings, load_environ, parse_dotenv
 
 SERVING = {
@@ -167,9 +167,46 @@ def test_an_instance_id_that_cannot_name_a_file_is_refused(value: str) -> None:
 def test_shared_keys_are_id_secret_pairs_and_never_echoed() -> None:
     """TWILIO_SHARED_KEYS holds SharedKey secrets by key id; a malformed value names the
     variable without repeating the secrets."""
-    settings = Settings.from_environ({"TWILIO_SHARED_KEYS": " ks_old:one , ks_new:two:three "})
-    assert settings.twilio_shared_keys == {"ks_old": "one", "ks_new": "two:three"}
-    assert "one" not in repr(settings)
+    # Secrets no setting's name or default contains ("one" is in "outbound_timezone").
+    settings = Settings.from_environ({"TWILIO_SHARED_KEYS": " ks_old:s1x , ks_new:s2x:s3x "})
+    assert settings.twilio_shared_keys == {"ks_old": "s1x", "ks_new": "s2x:s3x"}
+    assert "s1x" not in repr(settings)
     with pytest.raises(ConfigError, match="TWILIO_SHARED_KEYS must be") as refused:
         Settings.from_environ({"TWILIO_SHARED_KEYS": "ks_old:hunter2,no-secret-here"})
     assert "hunter2" not in str(refused.value)
+
+
+def test_the_outbound_settings_are_checked_one_line_each() -> None:
+    """OUTBOUND_*: the calling window and zone parse; a bad value names its variable."""
+    settings = Settings.from_environ(
+        {
+            "OUTBOUND_WINDOW": "21:00-07:30",
+            "OUTBOUND_TIMEZONE": "Europe/London",
+            "OUTBOUND_CPS": "2",
+            "OUTBOUND_FROM_NUMBER": "+15555550100",
+        }
+    )
+    window = settings.calling_window()
+    assert window.describe() == "21:00-07:30 Europe/London"
+    assert settings.outbound_cps == 2.0
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_environ(
+            {
+                "OUTBOUND_WINDOW": "8-21",
+                "OUTBOUND_TIMEZONE": "Mars/Olympus",
+                "OUTBOUND_CPS": "0",
+                "OUTBOUND_MAX_ATTEMPTS": "0",
+                "OUTBOUND_FROM_NUMBER": "5550100",
+            }
+        )
+    named = " ".join(refused.value.problems)
+    for name in (
+        "OUTBOUND_WINDOW",
+        "OUTBOUND_TIMEZONE",
+        "OUTBOUND_CPS",
+        "OUTBOUND_MAX_ATTEMPTS",
+        "OUTBOUND_FROM_NUMBER",
+    ):
+        assert name in named
+    assert "24-hour" in named
+    assert "IANA" in named

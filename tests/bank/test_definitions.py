@@ -21,6 +21,7 @@ BANK_TOOLS = {
     "unfreeze_card",
     "transfer_to_human",
     "end_call",
+    "review_transaction",  # issue 22
 }
 
 
