@@ -25,6 +25,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from archer.app import create_app
 from archer.bank.ports import PinPolicy
 from archer.bank.tools import bank_tools
+from archer.call.keypad import EntryRules
 from archer.call.ports import AgentConnector
 from archer.call.state import utc_now
 from archer.call.tools import ToolRegistry
@@ -97,6 +98,12 @@ async def open_services(
                 human_agent_number=settings.human_agent_number,
                 transfer_allowlist=settings.transfer_allowlist,
                 pin_policy=PinPolicy(settings.pin_max_failures, settings.pin_lockout_seconds),
+                pin_entry=settings.pin_entry,
+                entry_rules=EntryRules(
+                    max_digits=settings.pin_max_digits,
+                    digit_timeout=settings.pin_digit_timeout,
+                    entry_timeout=settings.pin_entry_timeout,
+                ),
             )
         yield Services(
             settings=settings,

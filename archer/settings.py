@@ -37,6 +37,7 @@ PROTOCOLS: Final = ("managed", "line")
 LOG_FORMATS: Final = ("json", "console")
 RESAMPLE_QUALITIES: Final = ("qq", "lq", "mq", "hq", "vhq")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+PIN_ENTRY_MODES: Final = ("keypad", "agent", "both")
 
 #: Variables ``archer serve`` cannot run without (the rest have defaults).
 REQUIRED_FOR_SERVING: Final = (
@@ -119,6 +120,12 @@ GROUPS: Final[Mapping[str, frozenset[str]]] = {
             "MAX_MESSAGE_BYTES",
             "PIN_MAX_FAILURES",
             "PIN_LOCKOUT_SECONDS",
+            # Keypad PIN entry (issue 21).
+            "PIN_ENTRY",
+            "DTMF_TO_AGENT",
+            "PIN_MAX_DIGITS",
+            "PIN_DIGIT_TIMEOUT",
+            "PIN_ENTRY_TIMEOUT",
         }
     ),
 }
@@ -158,6 +165,9 @@ class CallLimits:
     agent_ping_interval: float = 20.0
     #: Largest WebSocket message accepted from either peer, in bytes.
     max_message_bytes: int = 256 * 1024
+    #: Keypad keys outside a keypad capture reach the agent (``DTMF_TO_AGENT``); off, they are
+    #: dropped and counted, so no key the caller presses ever reaches the agent.
+    dtmf_to_agent: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -199,6 +209,16 @@ class Settings:
     pin_max_failures: int = 5
     #: ...within this many seconds; the lock then lasts as long.
     pin_lockout_seconds: float = 900.0
+    # --- Keypad PIN entry (issue 21): Archer collects the PIN, the agent learns only the outcome
+    #: ``keypad`` (only ``collect_pin``; ``verify_caller`` refused), ``agent`` (only the agent's
+    #: ``verify_caller(pin)``) or ``both``.
+    pin_entry: str = "keypad"
+    #: A keypad entry ends at this many digits...
+    pin_max_digits: int = 8
+    #: ...or this many seconds after the last key...
+    pin_digit_timeout: float = 5.0
+    #: ...or this many seconds after the capture began, whatever happens.
+    pin_entry_timeout: float = 30.0
     log_level: str = "info"
     log_format: str = "json"
     host: str = "0.0.0.0"
@@ -258,6 +278,7 @@ class Settings:
             tool_timeout=env.number("TOOL_TIMEOUT", 8.0),
             agent_ping_interval=env.number("AGENT_PING_INTERVAL", 20.0),
             max_message_bytes=env.integer("MAX_MESSAGE_BYTES", 256 * 1024, minimum=4096),
+            dtmf_to_agent=env.boolean("DTMF_TO_AGENT", False),
         )
         settings = cls(
             database_url=env.text("DATABASE_URL", "sqlite:///archer.db", check=_database_url),
@@ -289,6 +310,10 @@ class Settings:
             human_agent_number=env.text("HUMAN_AGENT_NUMBER", "", check=_e164),
             pin_max_failures=env.integer("PIN_MAX_FAILURES", 5, minimum=1),
             pin_lockout_seconds=env.number("PIN_LOCKOUT_SECONDS", 900.0),
+            pin_entry=env.choice("PIN_ENTRY", "keypad", PIN_ENTRY_MODES),
+            pin_max_digits=env.integer("PIN_MAX_DIGITS", 8, minimum=4, maximum=8),
+            pin_digit_timeout=env.number("PIN_DIGIT_TIMEOUT", 5.0),
+            pin_entry_timeout=env.number("PIN_ENTRY_TIMEOUT", 30.0),
             log_level=env.choice("LOG_LEVEL", "info", LOG_LEVELS),
             log_format=env.choice("LOG_FORMAT", "json", LOG_FORMATS),
             host=env.text("ARCHER_HOST", "0.0.0.0"),

@@ -123,7 +123,12 @@ async def run_call(
                     verification=verification,
                     # Tools place marks on the downlink too, so they hold a clone of its end.
                     control=CallControl(
-                        call, playback, downlink_send.clone(), nursery.cancel_scope
+                        call,
+                        playback,
+                        downlink_send.clone(),
+                        nursery.cancel_scope,
+                        # Keypad captures start and stop on the uplink (``archer.call.keypad``).
+                        uplink=uplink_send.clone(),
                     ),
                 ),
                 call=call,
@@ -166,6 +171,7 @@ async def run_call(
                     ping_interval=limits.agent_ping_interval,
                     batch_frames=agent_batch_frames,
                     on_hangup=agent_hung_up,
+                    dtmf_to_agent=limits.dtmf_to_agent,
                 )
             )
             end_reason = await receive_from_twilio(twilio, uplink_send, call, playback)
@@ -188,11 +194,13 @@ async def run_agent_side(
     ping_interval: float,
     batch_frames: int = 1,
     on_hangup: Callable[[], None] = lambda: None,
+    dtmf_to_agent: bool = False,
 ) -> None:
     """The agent's half of one call, in a nursery of its own; returns when the agent hangs up.
 
     ``on_hangup`` runs the moment the agent hangs up, before this half is torn down (the call
-    uses it to record the end before anything else can).
+    uses it to record the end before anything else can). ``dtmf_to_agent``: keys outside a
+    keypad capture reach the agent (``DTMF_TO_AGENT``).
 
     Four tasks: the agent reader (in the body), the caller-audio forwarder, the tool supervisor
     and the keepalive. They hold their own ends of the call's channels (``uplink`` and
@@ -207,7 +215,15 @@ async def run_agent_side(
     """
     async with trio.open_nursery() as agent_side:
         agent_side.start_soon(
-            partial(forward_to_agent, agent, uplink, transcoder, call, batch_frames=batch_frames)
+            partial(
+                forward_to_agent,
+                agent,
+                uplink,
+                transcoder,
+                call,
+                batch_frames=batch_frames,
+                dtmf_to_agent=dtmf_to_agent,
+            )
         )
         agent_side.start_soon(tools.run)
         agent_side.start_soon(keep_agent_alive, agent, ping_interval)

@@ -52,6 +52,7 @@ async def open_bank(url: str, policy: PinPolicy = POLICY) -> Bank:
         FakeTelephony(),
         human_agent_number="+15555550199",
         pin_policy=policy,
+        pin_entry="both",  # verify_caller here; collect_pin shares the count (test_keypad.py)
     )
     return Bank(store, tools, ids)
 

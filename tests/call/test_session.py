@@ -52,6 +52,9 @@ LIMITS = CallLimits(
     agent_ping_interval=20.0,
     max_call_seconds=3600.0,
     twilio_media_timeout=3600.0,
+    # These tests check that keys are forwarded in order; DTMF_TO_AGENT's default (off) and
+    # keypad capture are tested in tests/call/test_keypad.py.
+    dtmf_to_agent=True,
 )
 
 
