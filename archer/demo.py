@@ -116,7 +116,12 @@ async def run_demo(
             await store.aclose()
         nursery.cancel_scope.cancel(reason="the demo call is recorded")
     problems = check_record(
-        stored, outcome, card_status, transfer=transfer, turns=protocol == "managed"
+        stored,
+        outcome,
+        card_status,
+        transfer=transfer,
+        turns=protocol == "managed",
+        agent_digits=sum(len(session.dtmf_digits) for session in agent.sessions),
     )
     return DemoResult(stored, outcome, card_status, tuple(problems))
 
@@ -148,11 +153,13 @@ def check_record(
     *,
     transfer: bool,
     turns: bool = True,
+    agent_digits: int = 0,
 ) -> list[str]:
     """Everything about the call that is not what the demo's scripts make happen.
 
     ``turns``: whether the agent reports turns (Managed agents do; Line agents have no turn
-    events, so their calls are checked by tools, audio and counters alone).
+    events, so their calls are checked by tools, audio and counters alone). ``agent_digits``:
+    keypad digits the agent received (the PIN is taken by keypad capture, so none).
     """
     if stored is None:
         return ["no call record was stored"]
@@ -176,18 +183,20 @@ def check_record(
         problems.append("no agent turn was recorded as interrupted by the barge-in")
     if outcome.clears_received < 1:
         problems.append("the caller's barge-in never cleared Twilio's buffer")
-    wanted_tools = ["verify_caller", "get_account_balance"]
+    wanted_tools = ["collect_pin", "get_account_balance"]
     wanted_tools += ["transfer_to_human"] if transfer else ["freeze_card", "end_call"]
     tools = {tool.name: tool for tool in record.tool_calls}
     for name in wanted_tools:
         tool = tools.get(name)
         if tool is None or tool.is_error or tool.finished_at is None:
             problems.append(f"tool {name}: {'missing' if tool is None else tool.result}")
-    verify = tools.get("verify_caller")
-    if verify is not None and verify.arguments.get("pin") != "***":
-        problems.append("the PIN was stored unmasked")
-    if verify is not None and json.loads(verify.result or "{}").get("verified") is not True:
-        problems.append("the caller was not verified")
+    verify = tools.get("collect_pin")
+    if verify is not None and dict(verify.arguments):
+        problems.append(f"collect_pin was recorded with arguments {dict(verify.arguments)}")
+    if verify is not None and json.loads(verify.result or "{}") != {"verified": True}:
+        problems.append("the caller was not verified by keypad")
+    if agent_digits:
+        problems.append(f"the agent received {agent_digits} keypad digits (it must get none)")
     if not transfer and card_status != "frozen":
         problems.append(f"card {FROZEN_CARD} is {card_status}, want frozen")
     if stored.twilio_status != "completed":
@@ -230,7 +239,7 @@ def format_record(result: DemoResult) -> str:
         )
         outcome = "error" if tool.is_error else "ok"
         arguments = json.dumps(dict(tool.arguments))
-        lines.append(f"  {tool.name}({arguments}) {outcome} in {took}: {tool.result}")
+        lines.append(f"  {tool.name}({arguments}) → {tool.result}  ({outcome}, {took})")
     lines.append(f"card {FROZEN_CARD}: {result.card_status}")
     return "\n".join(lines)
 
