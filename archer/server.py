@@ -104,6 +104,9 @@ async def open_services(
                     digit_timeout=settings.pin_digit_timeout,
                     entry_timeout=settings.pin_entry_timeout,
                 ),
+                recording_pause=(
+                    settings.recording_pause_behavior if settings.recording == "dual" else None
+                ),
             )
         yield Services(
             settings=settings,

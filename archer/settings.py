@@ -126,6 +126,10 @@ GROUPS: Final[Mapping[str, frozenset[str]]] = {
             "PIN_MAX_DIGITS",
             "PIN_DIGIT_TIMEOUT",
             "PIN_ENTRY_TIMEOUT",
+            # Call recordings (issue 21).
+            "RECORDING",
+            "RECORDING_NOTICE",
+            "RECORDING_PAUSE_BEHAVIOR",
         }
     ),
 }
@@ -165,9 +169,6 @@ class CallLimits:
     agent_ping_interval: float = 20.0
     #: Largest WebSocket message accepted from either peer, in bytes.
     max_message_bytes: int = 256 * 1024
-    #: Keypad keys outside a keypad capture reach the agent (``DTMF_TO_AGENT``); off, they are
-    #: dropped and counted, so no key the caller presses ever reaches the agent.
-    dtmf_to_agent: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -213,12 +214,23 @@ class Settings:
     #: ``keypad`` (only ``collect_pin``; ``verify_caller`` refused), ``agent`` (only the agent's
     #: ``verify_caller(pin)``) or ``both``.
     pin_entry: str = "keypad"
+    #: Keypad keys outside a keypad capture reach the agent; off (the default), they are
+    #: dropped and counted, so no key the caller presses ever reaches the agent.
+    dtmf_to_agent: bool = False
     #: A keypad entry ends at this many digits...
     pin_max_digits: int = 8
     #: ...or this many seconds after the last key...
     pin_digit_timeout: float = 5.0
     #: ...or this many seconds after the capture began, whatever happens.
     pin_entry_timeout: float = 30.0
+    # --- Call recordings (issue 21) ---
+    #: ``off``, or ``dual``: Twilio records every bridged call in two channels (caller, agent).
+    recording: str = "off"
+    #: Said to the caller (``<Say>``) after the recording starts and before the agent, if set.
+    recording_notice: str = ""
+    #: While a keypad PIN entry pauses the recording: ``skip`` (the pause is cut out) or
+    #: ``silence`` (it is kept as silence, so the recording's times match the call's).
+    recording_pause_behavior: str = "skip"
     log_level: str = "info"
     log_format: str = "json"
     host: str = "0.0.0.0"
@@ -278,7 +290,6 @@ class Settings:
             tool_timeout=env.number("TOOL_TIMEOUT", 8.0),
             agent_ping_interval=env.number("AGENT_PING_INTERVAL", 20.0),
             max_message_bytes=env.integer("MAX_MESSAGE_BYTES", 256 * 1024, minimum=4096),
-            dtmf_to_agent=env.boolean("DTMF_TO_AGENT", False),
         )
         settings = cls(
             database_url=env.text("DATABASE_URL", "sqlite:///archer.db", check=_database_url),
@@ -311,9 +322,15 @@ class Settings:
             pin_max_failures=env.integer("PIN_MAX_FAILURES", 5, minimum=1),
             pin_lockout_seconds=env.number("PIN_LOCKOUT_SECONDS", 900.0),
             pin_entry=env.choice("PIN_ENTRY", "keypad", PIN_ENTRY_MODES),
+            dtmf_to_agent=env.boolean("DTMF_TO_AGENT", False),
             pin_max_digits=env.integer("PIN_MAX_DIGITS", 8, minimum=4, maximum=8),
             pin_digit_timeout=env.number("PIN_DIGIT_TIMEOUT", 5.0),
             pin_entry_timeout=env.number("PIN_ENTRY_TIMEOUT", 30.0),
+            recording=env.choice("RECORDING", "off", ("off", "dual")),
+            recording_notice=env.text("RECORDING_NOTICE", ""),
+            recording_pause_behavior=env.choice(
+                "RECORDING_PAUSE_BEHAVIOR", "skip", ("skip", "silence")
+            ),
             log_level=env.choice("LOG_LEVEL", "info", LOG_LEVELS),
             log_format=env.choice("LOG_FORMAT", "json", LOG_FORMATS),
             host=env.text("ARCHER_HOST", "0.0.0.0"),

@@ -23,15 +23,18 @@ Policy:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Final, Literal
 
 import structlog
+import trio
 
 from archer.bank.definitions import ToolDefinition, load_definitions
 from archer.bank.ports import DEFAULT_PIN_POLICY, PinPolicy
 from archer.bank.verification import PinVerifier
 from archer.call.keypad import EntryRules, read_entry
+from archer.call.state import utc_now
 from archer.call.tools import Tool, ToolContext, ToolFunction, ToolRegistry, ToolResult
 from archer.errors import TelephonyError, ToolError
 from archer.logs import mask_phone
@@ -76,11 +79,14 @@ def bank_tools(
     pin_policy: PinPolicy = DEFAULT_PIN_POLICY,
     pin_entry: str = "keypad",
     entry_rules: EntryRules | None = None,
+    recording_pause: str | None = None,
 ) -> ToolRegistry:
     """The registry of banking tools, each checked against its definition's parameters.
 
     ``pin_entry`` (``PIN_ENTRY``): which way of giving a PIN is allowed; ``entry_rules``
     (``PIN_MAX_DIGITS``, ``PIN_DIGIT_TIMEOUT``, ``PIN_ENTRY_TIMEOUT``) end a keypad entry.
+    ``recording_pause`` (``RECORDING_PAUSE_BEHAVIOR`` when ``RECORDING=dual``, else None): a
+    keypad entry pauses the call's recording with it first, and is refused if it cannot.
     """
     verifier = PinVerifier(bank, pin_policy)
     rules = entry_rules if entry_rules is not None else EntryRules()
@@ -88,7 +94,13 @@ def bank_tools(
         "verify_caller": (_verify_caller(verifier, allowed=pin_entry != "keypad"), None),
         # The entry, then a PBKDF2 check and a database write or two.
         "collect_pin": (
-            _collect_pin(verifier, rules, allowed=pin_entry != "agent"),
+            _collect_pin(
+                verifier,
+                rules,
+                allowed=pin_entry != "agent",
+                telephony=telephony,
+                recording_pause=recording_pause,
+            ),
             rules.entry_timeout + PIN_CHECK_TIMEOUT,
         ),
         "get_account_balance": (_get_account_balance(bank), None),
@@ -138,6 +150,13 @@ ENTRY_INVALID: Final = (
     "their PIN again, then hash."
 )
 ENTRY_ENDED: Final = "The PIN entry ended with the call's audio; nothing was checked."
+RECORDING_NOT_PAUSED: Final = (
+    "The PIN cannot be taken safely now: the call's recording could not be paused, and a PIN "
+    "is never keyed onto a recording. Nothing was collected; offer to try again later or to "
+    "transfer the caller to a colleague."
+)
+#: Resuming the recording after an entry, even a cancelled one (shielded), at most this long.
+RESUME_TIMEOUT: Final = 10.0
 
 #: Tools that change something outside the call: audited before they act (``Tool.side_effect``).
 SIDE_EFFECT_TOOLS: Final = frozenset({"freeze_card", "unfreeze_card", "transfer_to_human"})
@@ -165,7 +184,14 @@ def _verify_caller(verifier: PinVerifier, *, allowed: bool = True) -> ToolFuncti
     return verify_caller
 
 
-def _collect_pin(verifier: PinVerifier, rules: EntryRules, *, allowed: bool) -> ToolFunction:
+def _collect_pin(
+    verifier: PinVerifier,
+    rules: EntryRules,
+    *,
+    allowed: bool,
+    telephony: TelephonyControl,
+    recording_pause: str | None,
+) -> ToolFunction:
     async def collect_pin(context: ToolContext, arguments: Mapping[str, object]) -> ToolResult:
         if not allowed:
             raise ToolError(KEYPAD_OFF)
@@ -177,20 +203,66 @@ def _collect_pin(verifier: PinVerifier, rules: EntryRules, *, allowed: bool) -> 
         async with context.control.keypad_capture() as digits:
             if digits is None:
                 raise ToolError(CAPTURE_BUSY_TEXT)
-            entry = await read_entry(digits, rules, context.control.interrupted)
-            log.info("bank.pin_entry", outcome=entry.outcome)  # the outcome only, never digits
-            if entry.outcome == "timed_out":
-                raise ToolError(ENTRY_TIMED_OUT)
-            if entry.outcome == "interrupted":
-                raise ToolError(ENTRY_INTERRUPTED)
-            if entry.outcome != "entered":
-                raise ToolError(ENTRY_ENDED)
-            if not (entry.digits.isdigit() and 4 <= len(entry.digits) <= 8):
-                raise ToolError(ENTRY_INVALID)
-            # Checked while still capturing: a key pressed during the check stays withheld.
-            return await _check_pin(verifier, context, entry.digits)
+            # Keys are withheld (and buffered) from here; none is read before the pause lands.
+            if recording_pause is None:
+                return await _read_and_check(verifier, rules, context, digits)
+            return await _paused_for(
+                telephony,
+                recording_pause,
+                context.call_sid,
+                partial(_read_and_check, verifier, rules, context, digits),
+            )
 
     return collect_pin
+
+
+async def _paused_for(
+    telephony: TelephonyControl,
+    pause_behavior: str,
+    call_sid: str,
+    entry: Callable[[], Awaitable[ToolResult]],
+) -> ToolResult:
+    """Run ``entry`` with the call's recording paused; refuse (never run it) if it cannot be.
+
+    Cancellation: the recording is resumed (shielded, at most ``RESUME_TIMEOUT``).
+    """
+    try:
+        await telephony.set_recording(call_sid, paused=True, pause_behavior=pause_behavior)
+    except TelephonyError as exc:
+        log.error("bank.recording_pause_failed", error=str(exc))
+        raise ToolError(RECORDING_NOT_PAUSED) from exc  # nothing read: no PIN onto a recording
+    log.info("bank.recording_paused", at=utc_now().isoformat())
+    try:
+        return await entry()
+    finally:
+        with trio.move_on_after(RESUME_TIMEOUT, shield=True):
+            try:
+                await telephony.set_recording(call_sid, paused=False, pause_behavior=pause_behavior)
+            except TelephonyError as exc:
+                log.error("bank.recording_resume_failed", error=str(exc))
+            else:
+                log.info("bank.recording_resumed", at=utc_now().isoformat())
+
+
+async def _read_and_check(
+    verifier: PinVerifier,
+    rules: EntryRules,
+    context: ToolContext,
+    digits: trio.MemoryReceiveChannel[str],
+) -> ToolResult:
+    """Read one keypad entry from the running capture, then check it."""
+    entry = await read_entry(digits, rules, context.control.interrupted)
+    log.info("bank.pin_entry", outcome=entry.outcome)  # the outcome only, never digits
+    if entry.outcome == "timed_out":
+        raise ToolError(ENTRY_TIMED_OUT)
+    if entry.outcome == "interrupted":
+        raise ToolError(ENTRY_INTERRUPTED)
+    if entry.outcome != "entered":
+        raise ToolError(ENTRY_ENDED)
+    if not (entry.digits.isdigit() and 4 <= len(entry.digits) <= 8):
+        raise ToolError(ENTRY_INVALID)
+    # Checked while still capturing: a key pressed during the check stays withheld.
+    return await _check_pin(verifier, context, entry.digits)
 
 
 async def _check_pin(verifier: PinVerifier, context: ToolContext, pin: str) -> ToolResult:

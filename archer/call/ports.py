@@ -138,6 +138,14 @@ class TelephonyControl(Protocol):
         """
         ...
 
+    async def set_recording(self, call_sid: str, *, paused: bool, pause_behavior: str) -> None:
+        """Pause (``pause_behavior``: ``skip`` or ``silence``) or resume the call's recording.
+
+        Raises:
+            TelephonyError: Twilio refused (no recording in progress) or could not be reached.
+        """
+        ...
+
 
 @attrs.frozen(kw_only=True)
 class AgentSession:

@@ -90,10 +90,12 @@ async def run_call(
     transcoder: Transcoder,
     agent_batch_frames: int = 1,
     recorder: CallRecorder | None = None,
+    dtmf_to_agent: bool = False,
 ) -> None:
     """Bridge one call until either side hangs up or the call reaches its maximum length.
 
     ``recorder``, if given, writes the record while the call runs (``archer.call.recorder``).
+    ``dtmf_to_agent`` (``DTMF_TO_AGENT``): keys outside a keypad capture reach the agent.
 
     On a normal end ``call`` is finished with ``status=completed`` and the reason. Any task's
     failure cancels the others and propagates as an exception group (``call`` not finished).
@@ -171,7 +173,7 @@ async def run_call(
                     ping_interval=limits.agent_ping_interval,
                     batch_frames=agent_batch_frames,
                     on_hangup=agent_hung_up,
-                    dtmf_to_agent=limits.dtmf_to_agent,
+                    dtmf_to_agent=dtmf_to_agent,
                 )
             )
             end_reason = await receive_from_twilio(twilio, uplink_send, call, playback)
@@ -244,6 +246,7 @@ async def bridge_call(
     output_format: str | None = None,
     agent_batch_frames: int = 1,
     store: CallStore | None = None,
+    dtmf_to_agent: bool = False,
 ) -> None:
     """Open the agent session and run the call; every failure is recorded on ``call``.
 
@@ -278,6 +281,7 @@ async def bridge_call(
                 ),
                 agent_batch_frames=agent_batch_frames,
                 recorder=CallRecorder(call, store) if store is not None else None,
+                dtmf_to_agent=dtmf_to_agent,
             )
     # Handlers in order of precedence: the first one to finish the call names its end.
     except* AgentUnavailableError as group:

@@ -35,9 +35,9 @@ from tests.helpers import audio
 PIN = "4821"
 #: A cheap hash (few iterations): the tests are about the capture, not PBKDF2's cost.
 PIN_HASH = hash_pin(PIN, iterations=1000, salt=b"test-salt")
+#: Keys outside a capture are dropped (DTMF_TO_AGENT's default): each Bridge here says so.
 RULES = EntryRules(max_digits=8, digit_timeout=0.5, entry_timeout=2.0)
-#: Keys outside a capture are dropped (DTMF_TO_AGENT's default); these tests check that too.
-KEYPAD_LIMITS = attrs.evolve(LIMITS, dtmf_to_agent=False)
+KEYPAD_LIMITS = LIMITS
 
 
 @attrs.define
@@ -115,7 +115,7 @@ async def test_pin_keyed_during_the_lead_in_is_checked_and_never_reaches_the_age
     """Acceptance 1 (unit tier): keys during the lead-in count; from the tool call to its result
     the agent gets no key and no caller sound; then forwarding is restored."""
     bank = FakePinBank()
-    bridge = Bridge(tools=keypad_tools(bank))
+    bridge = Bridge(tools=keypad_tools(bank), dtmf_to_agent=False)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(bridge.run, KEYPAD_LIMITS)
         bridge.twilio.press("9")  # before the tool call: dropped (DTMF_TO_AGENT off), counted
@@ -157,7 +157,7 @@ async def test_pin_keyed_during_the_lead_in_is_checked_and_never_reaches_the_age
 
 async def test_a_wrong_pin_says_attempts_left_and_never_how_many_were_keyed() -> None:
     bank = FakePinBank()
-    bridge = Bridge(tools=keypad_tools(bank))
+    bridge = Bridge(tools=keypad_tools(bank), dtmf_to_agent=False)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(bridge.run, KEYPAD_LIMITS)
         bridge.agent.call_tool("call_pin", "collect_pin")
@@ -172,7 +172,7 @@ async def test_a_wrong_pin_says_attempts_left_and_never_how_many_were_keyed() ->
 
 async def test_star_starts_the_entry_over() -> None:
     bank = FakePinBank()
-    bridge = Bridge(tools=keypad_tools(bank))
+    bridge = Bridge(tools=keypad_tools(bank), dtmf_to_agent=False)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(bridge.run, KEYPAD_LIMITS)
         bridge.agent.call_tool("call_pin", "collect_pin")
@@ -187,7 +187,7 @@ async def test_star_starts_the_entry_over() -> None:
 
 async def test_the_entry_times_out_without_a_check() -> None:
     bank = FakePinBank()
-    bridge = Bridge(tools=keypad_tools(bank))
+    bridge = Bridge(tools=keypad_tools(bank), dtmf_to_agent=False)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(bridge.run, KEYPAD_LIMITS)
         bridge.agent.call_tool("call_pin", "collect_pin")
@@ -203,7 +203,7 @@ async def test_the_entry_times_out_without_a_check() -> None:
 
 async def test_the_digit_timeout_submits_what_was_keyed() -> None:
     bank = FakePinBank()
-    bridge = Bridge(tools=keypad_tools(bank))
+    bridge = Bridge(tools=keypad_tools(bank), dtmf_to_agent=False)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(bridge.run, KEYPAD_LIMITS)
         bridge.agent.call_tool("call_pin", "collect_pin")
@@ -217,7 +217,7 @@ async def test_the_digit_timeout_submits_what_was_keyed() -> None:
 
 async def test_a_caller_hanging_up_during_the_entry_ends_the_call_and_checks_nothing() -> None:
     bank = FakePinBank()
-    bridge = Bridge(tools=keypad_tools(bank))
+    bridge = Bridge(tools=keypad_tools(bank), dtmf_to_agent=False)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(bridge.run, KEYPAD_LIMITS)
         bridge.agent.call_tool("call_pin", "collect_pin")
@@ -234,7 +234,7 @@ async def test_a_caller_hanging_up_during_the_entry_ends_the_call_and_checks_not
 
 async def test_a_barge_in_ends_the_entry_unchecked() -> None:
     bank = FakePinBank()
-    bridge = Bridge(tools=keypad_tools(bank))
+    bridge = Bridge(tools=keypad_tools(bank), dtmf_to_agent=False)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(bridge.run, KEYPAD_LIMITS)
         bridge.agent.say(audio(100))
@@ -255,7 +255,7 @@ async def test_a_barge_in_ends_the_entry_unchecked() -> None:
 
 async def test_a_second_collect_pin_while_one_runs_is_refused() -> None:
     bank = FakePinBank()
-    bridge = Bridge(tools=keypad_tools(bank))
+    bridge = Bridge(tools=keypad_tools(bank), dtmf_to_agent=False)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(bridge.run, KEYPAD_LIMITS)
         bridge.agent.call_tool("call_pin", "collect_pin")
@@ -283,7 +283,7 @@ async def test_pin_entry_refuses_the_other_way(
 ) -> None:
     """``PIN_ENTRY=keypad``: an agent cannot be talked into taking a spoken PIN."""
     bank = FakePinBank()
-    bridge = Bridge(tools=keypad_tools(bank, pin_entry))
+    bridge = Bridge(tools=keypad_tools(bank, pin_entry), dtmf_to_agent=False)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(bridge.run, KEYPAD_LIMITS)
         bridge.agent.call_tool("call_x", tool, arguments)

@@ -95,6 +95,7 @@ async def running_system(
     agent_server_url: str | None = None,
     media_listener: bool = False,
     pin_entry: str = "keypad",
+    dtmf_to_agent: bool = True,
 ) -> AsyncIterator[System]:
     """Archer (with ``tools``; None for the real banking tools) and its agent, on loopback.
 
@@ -123,17 +124,13 @@ async def running_system(
             cartesia_protocol=protocol,
             media_port=media_port,
             pin_entry=pin_entry,
+            # The main scenario checks that keys are forwarded (DTMF_TO_AGENT=true); the keypad
+            # tests (test_keypad_pin.py) turn it off, as it is by default.
+            dtmf_to_agent=dtmf_to_agent,
             # The test caller sends media only when told (Twilio would every 20 ms): a quiet
             # test caller is not a lost stream unless a test sets a short media timeout.
-            # The main scenario checks that keys are forwarded (DTMF_TO_AGENT=true); the
-            # keypad tests (test_keypad_pin.py) pass limits of their own, with it off.
             limits=limits
-            or CallLimits(
-                agent_ready_timeout=2.0,
-                flush_timeout=5.0,
-                twilio_media_timeout=60.0,
-                dtmf_to_agent=True,
-            ),
+            or CallLimits(agent_ready_timeout=2.0, flush_timeout=5.0, twilio_media_timeout=60.0),
         )
         urls = await nursery.start(
             partial(

@@ -80,7 +80,9 @@ async def keypad_call(database_url: str, pin: str) -> None:
         await peer.closed.wait()
 
     rendered = io.StringIO()
-    async with running_system(database_url, ask_for_the_pin, tools=None, limits=LIMITS) as system:
+    async with running_system(
+        database_url, ask_for_the_pin, tools=None, limits=LIMITS, dtmf_to_agent=False
+    ) as system:
         configure_logging("debug", "json", stream=rendered, cache=False)
         try:
             await trio.to_thread.run_sync(seed_demo_bank, system.store.engine, SEED)
