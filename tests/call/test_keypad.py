@@ -24,10 +24,12 @@ from archer.bank.tools import (
     ENTRY_TIMED_OUT,
     KEYPAD_OFF,
     KEYPAD_ONLY,
+    RECORDING_NOT_PAUSED,
     bank_tools,
 )
 from archer.call.keypad import EntryRules
 from archer.call.tools import ToolRegistry
+from archer.errors import TelephonyError
 from tests.call.test_session import LIMITS, Bridge
 from tests.fakes.telephony import FakeTelephony
 from tests.helpers import audio
@@ -292,3 +294,51 @@ async def test_pin_entry_refuses_the_other_way(
         await bridge.wait_done()
     assert (result, is_error) == (refusal, True)
     assert bank.checks == 0
+
+
+def recorded_tools(bank: FakePinBank, telephony: FakeTelephony) -> ToolRegistry:
+    return bank_tools(
+        bank,  # type: ignore[arg-type]
+        telephony,
+        human_agent_number="+15555550199",
+        entry_rules=RULES,
+        recording_pause="skip",
+    )
+
+
+async def test_the_recording_is_paused_before_any_key_is_read_and_resumed_after() -> None:
+    """Acceptance 4 (unit tier): pause, then the entry and its check, then resume."""
+    bank, telephony = FakePinBank(), FakeTelephony()
+    bridge = Bridge(tools=recorded_tools(bank, telephony), dtmf_to_agent=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bridge.run, KEYPAD_LIMITS)
+        bridge.agent.call_tool("call_pin", "collect_pin")
+        await settle()
+        assert telephony.requests == [("pause", bridge.call.call_sid, "skip")]
+        assert bank.checks == 0
+        await press(bridge, PIN + "#")
+        result, is_error = await wait_for_result(bridge, "call_pin")
+        bridge.twilio.stop()
+        await bridge.wait_done()
+    assert (json.loads(result), is_error) == ({"verified": True}, False)
+    assert telephony.requests == [
+        ("pause", bridge.call.call_sid, "skip"),
+        ("resume", bridge.call.call_sid, "skip"),
+    ]
+
+
+async def test_a_failing_pause_refuses_without_collecting() -> None:
+    """No pause, no entry: the agent hears why, nothing is checked, the keys stay withheld."""
+    bank = FakePinBank()
+    telephony = FakeTelephony(failure=TelephonyError("recording not found", code=20404))
+    bridge = Bridge(tools=recorded_tools(bank, telephony), dtmf_to_agent=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bridge.run, KEYPAD_LIMITS)
+        bridge.agent.call_tool("call_pin", "collect_pin")
+        await press(bridge, PIN + "#")
+        result, is_error = await wait_for_result(bridge, "call_pin")
+        bridge.twilio.stop()
+        await bridge.wait_done()
+    assert (result, is_error) == (RECORDING_NOT_PAUSED, True)
+    assert (bank.checks, bank.failures) == (0, 0)
+    assert bridge.agent.sent("dtmf") == []
