@@ -71,7 +71,13 @@ CALL_STATUSES: Final[tuple[str, ...]] = get_args(CallStatus)
 TOOL_OUTCOMES: Final = ("ok", "error", "unfinished")
 
 #: The Twilio REST operations Archer performs (``archer.twilio.rest``).
-TWILIO_OPERATIONS: Final = ("transfer", "hang_up")
+TWILIO_OPERATIONS: Final = (
+    "transfer",
+    "hang_up",
+    # A keypad PIN entry pauses the call's recording and resumes it (issue 21).
+    "pause_recording",
+    "resume_recording",
+)
 #: ``ok``: Twilio accepted; ``call_over``: a hang-up of a call that had already ended (harmless);
 #: ``refused``: Twilio answered with an error; ``error``: Twilio was not reached (network,
 #: timeout) or the request was malformed before sending.

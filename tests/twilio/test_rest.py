@@ -377,3 +377,28 @@ async def test_the_emulator_checks_the_recording_fields(twilio: Emulator) -> Non
     assert (bad.status, behaviour.status, stop.status, gone.status) == (400, 400, 200, 404)
     assert json.loads(stop.body)["status"] == "stopped"
     assert json.loads(stop.body)["channels"] == 2
+
+
+async def test_recording_pauses_are_observed_for_the_metrics(twilio: Emulator) -> None:
+    """Each pause and resume reaches ``observe`` (``archer_twilio_rest_requests_total``)."""
+    seen: list[tuple[str, str]] = []
+    adapter = TwilioRestControl(
+        account_sid=ACCOUNT_SID,
+        auth_token=AUTH_TOKEN,
+        api_base_url=twilio.url,
+        observe=lambda operation, outcome: seen.append((operation, outcome)),
+    )
+    try:
+        with trio.fail_after(STEP_TIMEOUT):
+            with pytest.raises(TelephonyError):
+                await adapter.set_recording(CALL_SID, paused=True, pause_behavior="silence")
+            twilio.state.start_recording(CALL_SID)
+            await adapter.set_recording(CALL_SID, paused=True, pause_behavior="silence")
+            await adapter.set_recording(CALL_SID, paused=False, pause_behavior="silence")
+    finally:
+        adapter.close()
+    assert seen == [
+        ("pause_recording", "refused"),
+        ("pause_recording", "ok"),
+        ("resume_recording", "ok"),
+    ]
