@@ -89,6 +89,7 @@ DB_OPERATIONS: Final = (
     "claim_stream",
     "save_call",
     "record_twilio_status",
+    "record_recording",
     "check",
     "load_call",
     "pin_hash",
@@ -101,7 +102,7 @@ DB_OPERATIONS: Final = (
 OVERFLOW_OUTCOMES: Final = ("apology", "redirected")
 
 #: Routes that check ``X-Twilio-Signature``.
-SIGNED_ROUTES: Final = ("/twilio/voice", "/twilio/status", "/ws/cartesia")
+SIGNED_ROUTES: Final = ("/twilio/voice", "/twilio/status", "/ws/cartesia", "/twilio/recording")
 
 # Buckets, in seconds. Calls run minutes (MAX_CALL_SECONDS caps them at an hour by default).
 CALL_DURATION_BUCKETS: Final = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         ClaimedCall,
         NewCall,
         OpenedCall,
+        RecordingStatusUpdate,
         StreamClaim,
         TwilioStatusUpdate,
     )
@@ -104,6 +105,14 @@ class RecordSpool(Protocol):
 
     async def append(self, record: CallRecord) -> None:
         """Keep ``record`` durably (on disk) until it can be saved.
+
+        Raises:
+            OSError: it could not be kept.
+        """
+        ...
+
+    async def append_recording(self, update: RecordingStatusUpdate) -> None:
+        """Keep a recording status callback durably until it can be saved (issue 21).
 
         Raises:
             OSError: it could not be kept.
@@ -203,6 +212,15 @@ class CallStore(Protocol):
 
         A terminal status for a call no live instance carries finishes it; returns the end
         reason it was given then (None: the call was not finished by this).
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def record_recording_status(self, update: RecordingStatusUpdate) -> bool:
+        """Store what Twilio reported about a call's recording (one row per recording; a final
+        status is never overwritten); False if no call has that CallSid (nothing stored).
 
         Raises:
             StoreError: the database is unavailable.

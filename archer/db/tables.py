@@ -26,6 +26,7 @@ __all__ = [
     "CALL_STATUSES",
     "UtcDateTime",
     "accounts",
+    "call_recordings",
     "call_turns",
     "calls",
     "cards",
@@ -267,4 +268,21 @@ instances = sa.Table(
     sa.Column("id", sa.Text, primary_key=True),
     sa.Column("started_at", UtcDateTime, nullable=False),
     sa.Column("renewed_at", UtcDateTime, nullable=False),
+)
+
+call_recordings = sa.Table(
+    "call_recordings",
+    metadata,
+    _id(),
+    sa.Column(
+        "call_id", sa.BigInteger, sa.ForeignKey("calls.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("recording_sid", sa.Text, nullable=False, unique=True),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("channels", sa.Integer),
+    sa.Column("duration_s", sa.Integer),
+    sa.Column("url", sa.Text),
+    sa.Column("error_code", sa.Integer),
+    sa.Column("updated_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
+    sa.Index("call_recordings_call_id_idx", "call_id"),
 )
