@@ -27,7 +27,7 @@ import trio
 from archer.audio.wav import Audio, write_wav
 from archer.db import admin
 from archer.db.store import SqlCallStore, StoredCall
-from archer.db.tables import cards
+from archer.db.tables import call_recordings, cards
 from archer.emulators.cartesia.script import load_agent_script
 from archer.emulators.cartesia.server import CartesiaEmulator, serve_cartesia_emulator
 from archer.emulators.twilio.caller import EmulatedCaller
@@ -92,6 +92,8 @@ async def run_demo(
             cartesia_protocol=protocol,
             human_agent_number=HUMAN_AGENT_NUMBER,
             transfer_allowlist=frozenset({HUMAN_AGENT_NUMBER}),
+            # Recorded in two channels, paused while the PIN is keyed (issue 21).
+            recording="dual",
         )
         urls = await nursery.start(
             partial(serve, settings, host="127.0.0.1", port=0, shutdown_trigger=trio.sleep_forever)
@@ -112,6 +114,7 @@ async def run_demo(
         try:
             stored = await _wait_for_record(store, outcome.call_sid)
             card_status = await trio.to_thread.run_sync(_card_status, store.engine)
+            recordings = await trio.to_thread.run_sync(_recordings, store.engine)
         finally:
             await store.aclose()
         nursery.cancel_scope.cancel(reason="the demo call is recorded")
@@ -123,6 +126,12 @@ async def run_demo(
         turns=protocol == "managed",
         agent_digits=sum(len(session.dtmf_digits) for session in agent.sessions),
     )
+    emulated = rest.calls.get(outcome.call_sid)
+    changes = emulated.recording.changes if emulated and emulated.recording else None
+    if changes != [("paused", "skip"), ("in-progress", "")]:
+        problems.append(f"the recording was not paused and resumed once for the PIN: {changes}")
+    if recordings != [("completed", 2)]:
+        problems.append(f"call_recordings holds {recordings}, want one completed two-channel")
     return DemoResult(stored, outcome, card_status, tuple(problems))
 
 
@@ -136,6 +145,12 @@ async def _wait_for_record(store: SqlCallStore, call_sid: str) -> StoredCall | N
                 return stored
             await trio.sleep(0.1)
     return stored
+
+
+def _recordings(engine: sa.Engine) -> list[tuple[str, int | None]]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(call_recordings.c.status, call_recordings.c.channels))
+        return [(str(row.status), row.channels) for row in rows]
 
 
 def _card_status(engine: sa.Engine) -> str | None:

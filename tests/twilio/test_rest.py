@@ -346,7 +346,8 @@ async def test_the_recording_is_paused_and_resumed_through_twilio_current(
         await control.set_recording(CALL_SID, paused=True, pause_behavior="skip")
         assert recording.status == "paused"
         await control.set_recording(CALL_SID, paused=False, pause_behavior="skip")
-    assert [update.fields for update in twilio.state.updates] == [
+    assert twilio.state.updates == []  # the call itself was not updated
+    assert [update.fields for update in twilio.state.recording_updates] == [
         {"Status": "paused", "PauseBehavior": "skip"},
         {"Status": "in-progress"},
     ]

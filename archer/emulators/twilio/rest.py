@@ -112,6 +112,8 @@ class TwilioRestState:
     auth_token: str = attrs.field(repr=False)
     calls: dict[str, EmulatedCall] = attrs.Factory(dict)
     updates: list[CallUpdate] = attrs.Factory(list)
+    #: Recording updates (pause, resume, stop), as posted; not call updates.
+    recording_updates: list[CallUpdate] = attrs.Factory(list)
     _arrived: trio.Event = attrs.field(factory=trio.Event, repr=False)
 
     def add_call(
@@ -245,6 +247,8 @@ def _recordings_blueprint(state: TwilioRestState) -> Blueprint:
         refused = _unauthenticated(state)
         if refused is not None:
             return refused
+        # The whole request is read first, so a refusal leaves the kept-alive connection clean.
+        fields = {name: value for name, value in (await request.form).items()}
         call = state.calls.get(call_sid)
         recording = None if call is None else call.recording
         if (
@@ -254,12 +258,12 @@ def _recordings_blueprint(state: TwilioRestState) -> Blueprint:
             or recording_sid not in ("Twilio.CURRENT", recording.sid)
         ):
             return _error(404, 20404, f"The requested resource {request.path} was not found")
-        fields = {name: value for name, value in (await request.form).items()}
         status = fields.get("Status", "")
         behavior = fields.get("PauseBehavior", "")
         if status not in _RECORDING_STATUSES or (behavior and behavior not in _PAUSE_BEHAVIORS):
             return _error(400, None, f"Invalid Status or PauseBehavior: {status!r} {behavior!r}")
-        state._record(CallUpdate(call_sid, fields, received_at=_now()))
+        # Kept apart from call updates: a recording change does not move the call.
+        state.recording_updates.append(CallUpdate(call_sid, fields, received_at=_now()))
         recording.status = status
         recording.changes.append((status, behavior))
         return jsonify(_recording_resource(state.account_sid, call_sid, recording))
