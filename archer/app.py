@@ -19,6 +19,7 @@ from archer.web.health import health_blueprint
 from archer.web.media import media_blueprint
 from archer.web.metrics import metrics_blueprint
 from archer.web.outbound_webhooks import outbound_webhooks_blueprint
+from archer.web.recording import recording_blueprint
 from archer.web.services import Services
 from archer.web.status import status_blueprint
 from archer.web.voice import voice_blueprint
@@ -35,6 +36,7 @@ def create_app(services: Services) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = MAX_WEBHOOK_BYTES
     app.register_blueprint(voice_blueprint(services))
     app.register_blueprint(status_blueprint(services))
+    app.register_blueprint(recording_blueprint(services))
     app.register_blueprint(media_blueprint(services))
     app.register_blueprint(health_blueprint(services))
     app.register_blueprint(metrics_blueprint(services.metrics))

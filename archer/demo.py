@@ -27,7 +27,7 @@ import trio
 from archer.audio.wav import Audio, write_wav
 from archer.db import admin
 from archer.db.store import SqlCallStore, StoredCall
-from archer.db.tables import cards
+from archer.db.tables import call_recordings, cards
 from archer.emulators.cartesia.script import load_agent_script
 from archer.emulators.cartesia.server import CartesiaEmulator, serve_cartesia_emulator
 from archer.emulators.twilio.caller import EmulatedCaller
@@ -92,6 +92,8 @@ async def run_demo(
             cartesia_protocol=protocol,
             human_agent_number=HUMAN_AGENT_NUMBER,
             transfer_allowlist=frozenset({HUMAN_AGENT_NUMBER}),
+            # Recorded in two channels, paused while the PIN is keyed (issue 21).
+            recording="dual",
         )
         urls = await nursery.start(
             partial(serve, settings, host="127.0.0.1", port=0, shutdown_trigger=trio.sleep_forever)
@@ -112,12 +114,24 @@ async def run_demo(
         try:
             stored = await _wait_for_record(store, outcome.call_sid)
             card_status = await trio.to_thread.run_sync(_card_status, store.engine)
+            recordings = await trio.to_thread.run_sync(_recordings, store.engine)
         finally:
             await store.aclose()
         nursery.cancel_scope.cancel(reason="the demo call is recorded")
     problems = check_record(
-        stored, outcome, card_status, transfer=transfer, turns=protocol == "managed"
+        stored,
+        outcome,
+        card_status,
+        transfer=transfer,
+        turns=protocol == "managed",
+        agent_digits=sum(len(session.dtmf_digits) for session in agent.sessions),
     )
+    emulated = rest.calls.get(outcome.call_sid)
+    changes = emulated.recording.changes if emulated and emulated.recording else None
+    if changes != [("paused", "skip"), ("in-progress", "")]:
+        problems.append(f"the recording was not paused and resumed once for the PIN: {changes}")
+    if recordings != [("completed", 2)]:
+        problems.append(f"call_recordings holds {recordings}, want one completed two-channel")
     return DemoResult(stored, outcome, card_status, tuple(problems))
 
 
@@ -131,6 +145,12 @@ async def _wait_for_record(store: SqlCallStore, call_sid: str) -> StoredCall | N
                 return stored
             await trio.sleep(0.1)
     return stored
+
+
+def _recordings(engine: sa.Engine) -> list[tuple[str, int | None]]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(call_recordings.c.status, call_recordings.c.channels))
+        return [(str(row.status), row.channels) for row in rows]
 
 
 def _card_status(engine: sa.Engine) -> str | None:
@@ -148,11 +168,13 @@ def check_record(
     *,
     transfer: bool,
     turns: bool = True,
+    agent_digits: int = 0,
 ) -> list[str]:
     """Everything about the call that is not what the demo's scripts make happen.
 
     ``turns``: whether the agent reports turns (Managed agents do; Line agents have no turn
-    events, so their calls are checked by tools, audio and counters alone).
+    events, so their calls are checked by tools, audio and counters alone). ``agent_digits``:
+    keypad digits the agent received (the PIN is taken by keypad capture, so none).
     """
     if stored is None:
         return ["no call record was stored"]
@@ -176,18 +198,20 @@ def check_record(
         problems.append("no agent turn was recorded as interrupted by the barge-in")
     if outcome.clears_received < 1:
         problems.append("the caller's barge-in never cleared Twilio's buffer")
-    wanted_tools = ["verify_caller", "get_account_balance"]
+    wanted_tools = ["collect_pin", "get_account_balance"]
     wanted_tools += ["transfer_to_human"] if transfer else ["freeze_card", "end_call"]
     tools = {tool.name: tool for tool in record.tool_calls}
     for name in wanted_tools:
         tool = tools.get(name)
         if tool is None or tool.is_error or tool.finished_at is None:
             problems.append(f"tool {name}: {'missing' if tool is None else tool.result}")
-    verify = tools.get("verify_caller")
-    if verify is not None and verify.arguments.get("pin") != "***":
-        problems.append("the PIN was stored unmasked")
-    if verify is not None and json.loads(verify.result or "{}").get("verified") is not True:
-        problems.append("the caller was not verified")
+    verify = tools.get("collect_pin")
+    if verify is not None and dict(verify.arguments):
+        problems.append(f"collect_pin was recorded with arguments {dict(verify.arguments)}")
+    if verify is not None and json.loads(verify.result or "{}") != {"verified": True}:
+        problems.append("the caller was not verified by keypad")
+    if agent_digits:
+        problems.append(f"the agent received {agent_digits} keypad digits (it must get none)")
     if not transfer and card_status != "frozen":
         problems.append(f"card {FROZEN_CARD} is {card_status}, want frozen")
     if stored.twilio_status != "completed":
@@ -230,7 +254,7 @@ def format_record(result: DemoResult) -> str:
         )
         outcome = "error" if tool.is_error else "ok"
         arguments = json.dumps(dict(tool.arguments))
-        lines.append(f"  {tool.name}({arguments}) {outcome} in {took}: {tool.result}")
+        lines.append(f"  {tool.name}({arguments}) → {tool.result}  ({outcome}, {took})")
     lines.append(f"card {FROZEN_CARD}: {result.card_status}")
     return "\n".join(lines)
 

@@ -71,7 +71,13 @@ CALL_STATUSES: Final[tuple[str, ...]] = get_args(CallStatus)
 TOOL_OUTCOMES: Final = ("ok", "error", "unfinished")
 
 #: The Twilio REST operations Archer performs (``archer.twilio.rest``).
-TWILIO_OPERATIONS: Final = ("transfer", "hang_up")
+TWILIO_OPERATIONS: Final = (
+    "transfer",
+    "hang_up",
+    # A keypad PIN entry pauses the call's recording and resumes it (issue 21).
+    "pause_recording",
+    "resume_recording",
+)
 #: ``ok``: Twilio accepted; ``call_over``: a hang-up of a call that had already ended (harmless);
 #: ``refused``: Twilio answered with an error; ``error``: Twilio was not reached (network,
 #: timeout) or the request was malformed before sending.
@@ -83,6 +89,7 @@ DB_OPERATIONS: Final = (
     "claim_stream",
     "save_call",
     "record_twilio_status",
+    "record_recording",
     "check",
     "load_call",
     "pin_hash",
@@ -95,7 +102,7 @@ DB_OPERATIONS: Final = (
 OVERFLOW_OUTCOMES: Final = ("apology", "redirected")
 
 #: Routes that check ``X-Twilio-Signature``.
-SIGNED_ROUTES: Final = ("/twilio/voice", "/twilio/status", "/ws/cartesia")
+SIGNED_ROUTES: Final = ("/twilio/voice", "/twilio/status", "/ws/cartesia", "/twilio/recording")
 
 # Buckets, in seconds. Calls run minutes (MAX_CALL_SECONDS caps them at an hour by default).
 CALL_DURATION_BUCKETS: Final = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)

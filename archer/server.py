@@ -26,6 +26,7 @@ from archer.app import create_app
 from archer.bank.ports import PinPolicy
 from archer.bank.tools import bank_tools
 from archer.call.dispatcher import run_dispatcher
+from archer.call.keypad import EntryRules
 from archer.call.ports import AgentConnector
 from archer.call.state import utc_now
 from archer.call.tools import ToolRegistry
@@ -101,6 +102,15 @@ async def open_services(
                 transfer_allowlist=settings.transfer_allowlist,
                 pin_policy=PinPolicy(settings.pin_max_failures, settings.pin_lockout_seconds),
                 reviews=SqlTransactionReviews(store.engine, store.limiter),
+                pin_entry=settings.pin_entry,
+                entry_rules=EntryRules(
+                    max_digits=settings.pin_max_digits,
+                    digit_timeout=settings.pin_digit_timeout,
+                    entry_timeout=settings.pin_entry_timeout,
+                ),
+                recording_pause=(
+                    settings.recording_pause_behavior if settings.recording == "dual" else None
+                ),
             )
         yield Services(
             settings=settings,

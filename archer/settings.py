@@ -43,6 +43,7 @@ DEFAULT_VOICEMAIL_MESSAGE: Final = (
     "Hello, this is a message from your bank's fraud team. Please call the number on the back"
     " of your card as soon as you can. Thank you."
 )
+PIN_ENTRY_MODES: Final = ("keypad", "agent", "both")
 
 #: Variables ``archer serve`` cannot run without (the rest have defaults).
 REQUIRED_FOR_SERVING: Final = (
@@ -125,6 +126,16 @@ GROUPS: Final[Mapping[str, frozenset[str]]] = {
             "MAX_MESSAGE_BYTES",
             "PIN_MAX_FAILURES",
             "PIN_LOCKOUT_SECONDS",
+            # Keypad PIN entry (issue 21).
+            "PIN_ENTRY",
+            "DTMF_TO_AGENT",
+            "PIN_MAX_DIGITS",
+            "PIN_DIGIT_TIMEOUT",
+            "PIN_ENTRY_TIMEOUT",
+            # Call recordings (issue 21).
+            "RECORDING",
+            "RECORDING_NOTICE",
+            "RECORDING_PAUSE_BEHAVIOR",
         }
     ),
     # --- outbound calls (issue 22): the queue, its pace and window, the voicemail ---
@@ -219,6 +230,27 @@ class Settings:
     pin_max_failures: int = 5
     #: ...within this many seconds; the lock then lasts as long.
     pin_lockout_seconds: float = 900.0
+    # --- Keypad PIN entry (issue 21): Archer collects the PIN, the agent learns only the outcome
+    #: ``keypad`` (only ``collect_pin``; ``verify_caller`` refused), ``agent`` (only the agent's
+    #: ``verify_caller(pin)``) or ``both``.
+    pin_entry: str = "keypad"
+    #: Keypad keys outside a keypad capture reach the agent; off (the default), they are
+    #: dropped and counted, so no key the caller presses ever reaches the agent.
+    dtmf_to_agent: bool = False
+    #: A keypad entry ends at this many digits...
+    pin_max_digits: int = 8
+    #: ...or this many seconds after the last key...
+    pin_digit_timeout: float = 5.0
+    #: ...or this many seconds after the capture began, whatever happens.
+    pin_entry_timeout: float = 30.0
+    # --- Call recordings (issue 21) ---
+    #: ``off``, or ``dual``: Twilio records every bridged call in two channels (caller, agent).
+    recording: str = "off"
+    #: Said to the caller (``<Say>``) after the recording starts and before the agent, if set.
+    recording_notice: str = ""
+    #: While a keypad PIN entry pauses the recording: ``skip`` (the pause is cut out) or
+    #: ``silence`` (it is kept as silence, so the recording's times match the call's).
+    recording_pause_behavior: str = "skip"
     log_level: str = "info"
     log_format: str = "json"
     host: str = "0.0.0.0"
@@ -331,6 +363,16 @@ class Settings:
             human_agent_number=env.text("HUMAN_AGENT_NUMBER", "", check=_e164),
             pin_max_failures=env.integer("PIN_MAX_FAILURES", 5, minimum=1),
             pin_lockout_seconds=env.number("PIN_LOCKOUT_SECONDS", 900.0),
+            pin_entry=env.choice("PIN_ENTRY", "keypad", PIN_ENTRY_MODES),
+            dtmf_to_agent=env.boolean("DTMF_TO_AGENT", False),
+            pin_max_digits=env.integer("PIN_MAX_DIGITS", 8, minimum=4, maximum=8),
+            pin_digit_timeout=env.number("PIN_DIGIT_TIMEOUT", 5.0),
+            pin_entry_timeout=env.number("PIN_ENTRY_TIMEOUT", 30.0),
+            recording=env.choice("RECORDING", "off", ("off", "dual")),
+            recording_notice=env.text("RECORDING_NOTICE", ""),
+            recording_pause_behavior=env.choice(
+                "RECORDING_PAUSE_BEHAVIOR", "skip", ("skip", "silence")
+            ),
             log_level=env.choice("LOG_LEVEL", "info", LOG_LEVELS),
             log_format=env.choice("LOG_FORMAT", "json", LOG_FORMATS),
             host=env.text("ARCHER_HOST", "0.0.0.0"),

@@ -25,7 +25,9 @@ from archer.errors import ConfigError
 
 SCALAR_TYPES: Final = frozenset({"string", "integer", "number", "boolean"})
 _NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_OPTIONAL_KEYS: Final = frozenset({"pre_tool_speech", "execution_mode"})
+#: ``response_timeout_secs``: how long the agent waits for the result (``collect_pin`` waits for a
+#: person to key a PIN, longer than Cartesia's default).
+_OPTIONAL_KEYS: Final = frozenset({"pre_tool_speech", "execution_mode", "response_timeout_secs"})
 _PROPERTY_KEYS: Final = frozenset({"type", "description", "enum", "items"})
 
 

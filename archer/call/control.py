@@ -16,11 +16,14 @@ import attrs
 
 from archer.call.events import ToolCallRequest
 from archer.call.items import SendMark
+from archer.call.keypad import open_capture
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     import trio
 
-    from archer.call.items import DownlinkItem
+    from archer.call.items import DownlinkItem, UplinkItem
     from archer.call.playback import Playback
     from archer.call.records import CallStatus
     from archer.call.state import CallState
@@ -34,6 +37,8 @@ class CallControl:
     _playback: Playback
     _downlink: trio.MemorySendChannel[DownlinkItem]
     _scope: trio.CancelScope
+    #: The caller → agent channel, on which keypad captures start and stop (None: no capture).
+    _uplink: trio.MemorySendChannel[UplinkItem] | None = None
     #: The playback epoch when the agent made the request this control serves.
     _requested_in_epoch: int = 0
 
@@ -56,6 +61,22 @@ class CallControl:
         return await self._playback.wait_until_heard(
             place_mark, since_epoch=self._requested_in_epoch
         )
+
+    def interrupted(self) -> bool:
+        """Whether the caller cut the agent off since the agent made the request."""
+        return self._playback.epoch != self._requested_in_epoch
+
+    def keypad_capture(
+        self,
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[str] | None]:
+        """Capture the caller's keys, withheld from the agent (``archer.call.keypad``).
+
+        Raises:
+            RuntimeError: this call has no uplink to capture from (a bug in the wiring).
+        """
+        if self._uplink is None:
+            raise RuntimeError("keypad capture needs the call's uplink")
+        return open_capture(self._uplink)
 
     def expect(self, status: CallStatus, end_reason: str) -> None:
         """Announce how the call is about to end, before asking Twilio to end it."""

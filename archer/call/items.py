@@ -8,9 +8,12 @@ downlink, without importing each other.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
+
+if TYPE_CHECKING:
+    import trio
 
 
 @attrs.frozen(slots=True)
@@ -36,8 +39,31 @@ class CallerSilence:
     milliseconds: int
 
 
+@attrs.frozen(slots=True, eq=False)
+class StartCapture:
+    """A keypad capture begins (``archer.call.keypad``): from now on the forwarder withholds
+    keypad digits and caller audio from the agent and sends the digits to ``digits``.
+
+    The forwarder answers on ``digits`` first: ``CAPTURE_ACCEPTED``, or ``CAPTURE_BUSY`` (and
+    closes it) when another capture is running.
+    """
+
+    digits: trio.MemorySendChannel[str]
+
+
+@attrs.frozen(slots=True, eq=False)
+class StopCapture:
+    """The capture that owns ``digits`` is over: forwarding to the agent resumes."""
+
+    digits: trio.MemorySendChannel[str]
+
+
+#: The forwarder's first answer to a ``StartCapture``.
+CAPTURE_ACCEPTED: Final = "accepted"
+CAPTURE_BUSY: Final = "busy"
+
 #: Caller audio travels as its bare base64 ``str`` (no wrapper object per frame).
-UplinkItem = str | SampledAudio | CallerDtmf | CallerSilence
+UplinkItem = str | SampledAudio | CallerDtmf | CallerSilence | StartCapture | StopCapture
 
 
 @attrs.frozen(slots=True)

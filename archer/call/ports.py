@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         ClaimedCall,
         NewCall,
         OpenedCall,
+        RecordingStatusUpdate,
         StreamClaim,
         TwilioStatusUpdate,
     )
@@ -118,6 +119,14 @@ class RecordSpool(Protocol):
         """
         ...
 
+    async def append_recording(self, update: RecordingStatusUpdate) -> None:
+        """Keep a recording status callback durably until it can be saved (issue 21).
+
+        Raises:
+            OSError: it could not be kept.
+        """
+        ...
+
     async def append_status(self, update: TwilioStatusUpdate) -> None:
         """Keep Twilio's status callback durably until it can be saved (after its call record).
 
@@ -143,6 +152,14 @@ class TelephonyControl(Protocol):
 
         Raises:
             TelephonyError: Twilio refused or could not be reached.
+        """
+        ...
+
+    async def set_recording(self, call_sid: str, *, paused: bool, pause_behavior: str) -> None:
+        """Pause (``pause_behavior``: ``skip`` or ``silence``) or resume the call's recording.
+
+        Raises:
+            TelephonyError: Twilio refused (no recording in progress) or could not be reached.
         """
         ...
 
@@ -203,6 +220,15 @@ class CallStore(Protocol):
 
         A terminal status for a call no live instance carries finishes it; returns the end
         reason it was given then (None: the call was not finished by this).
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+    async def record_recording_status(self, update: RecordingStatusUpdate) -> bool:
+        """Store what Twilio reported about a call's recording (one row per recording; a final
+        status is never overwritten); False if no call has that CallSid (nothing stored).
 
         Raises:
             StoreError: the database is unavailable.

@@ -38,6 +38,8 @@ from archer.call.events import (
     TurnTextDelta,
 )
 from archer.call.items import (
+    CAPTURE_ACCEPTED,
+    CAPTURE_BUSY,
     CLEAR_PLAYBACK,
     AgentChunk,
     CallerDtmf,
@@ -45,6 +47,8 @@ from archer.call.items import (
     DownlinkItem,
     SampledAudio,
     SendMark,
+    StartCapture,
+    StopCapture,
     TurnFinished,
     UplinkItem,
 )
@@ -137,12 +141,19 @@ async def forward_to_agent(
     call: CallState,
     *,
     batch_frames: int = 1,
+    dtmf_to_agent: bool = False,
 ) -> None:
     """Send caller audio (transcoded if the agent wants PCM) and DTMF to the agent, in order.
 
     ``batch_frames`` > 1 joins that many frames per ``audio_input`` (``AGENT_AUDIO_BATCH_MS``):
     fewer agent messages for 20 ms more latency per extra frame. A DTMF key or silence fill
     sends what is held first, so order is kept.
+
+    Keypad capture (``archer.call.keypad``): this task owns it. While a capture runs, keys go
+    to the capture and each caller frame is replaced by as much silence (counted in
+    ``call.frames_silenced_for_pin``). Outside a capture a key reaches the agent only with
+    ``dtmf_to_agent`` (``DTMF_TO_AGENT``); otherwise it is dropped and counted in
+    ``call.dtmf_dropped``.
 
     Cancellation: whatever is still in the uplink (or held for a batch) is dropped with the call.
     """
@@ -158,15 +169,50 @@ async def forward_to_agent(
             if received_at is not None:
                 call.latency_samples.append(("to_agent", trio.current_time() - received_at))
 
+    #: Where the running keypad capture's keys go; None when no capture runs.
+    capture: trio.MemorySendChannel[str] | None = None
+    converted: str | None
     async with uplink:
         async for item in uplink:
             if type(item) is str:
-                converted, received_at = transcoder.to_agent(item), None
+                if capture is not None:
+                    call.frames_silenced_for_pin += 1
+                    converted = transcoder.silence_for_agent(_ulaw_ms(item))
+                else:
+                    converted = transcoder.to_agent(item)
+                received_at = None
             elif type(item) is SampledAudio:
-                converted, received_at = transcoder.to_agent(item.payload), item.received_at
+                if capture is not None:
+                    call.frames_silenced_for_pin += 1
+                    converted = transcoder.silence_for_agent(_ulaw_ms(item.payload))
+                else:
+                    converted = transcoder.to_agent(item.payload)
+                received_at = item.received_at
             elif type(item) is CallerDtmf:
+                if capture is not None:
+                    try:
+                        capture.send_nowait(item.digit)
+                    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                        call.dtmf_dropped += 1  # a full capture, or one whose reader has gone
+                    continue
+                if not dtmf_to_agent:
+                    call.dtmf_dropped += 1
+                    continue
                 await send_held()
                 await agent.send_dtmf(item.digit)
+                continue
+            elif type(item) is StartCapture:
+                # The answer fits: the channel is new and its buffer holds CAPTURE_BUFFER items.
+                if capture is not None:
+                    item.digits.send_nowait(CAPTURE_BUSY)
+                    item.digits.close()
+                else:
+                    capture = item.digits
+                    capture.send_nowait(CAPTURE_ACCEPTED)
+                continue
+            elif type(item) is StopCapture:
+                if item.digits is capture:
+                    capture = None
                 continue
             else:
                 assert isinstance(item, CallerSilence)

@@ -168,3 +168,24 @@ class TwilioStatusUpdate:
     call_sid: str
     twilio_status: str
     twilio_duration_s: int | None
+
+
+@attrs.frozen(slots=True)
+class RecordingStatusUpdate:
+    """What Twilio reported about a call's recording (issue 21), never the audio itself.
+
+    One row per recording (``recording_sid``); a later callback updates it, a late
+    ``in-progress`` never overwrites ``completed`` or ``absent``.
+    """
+
+    call_sid: str
+    recording_sid: str
+    status: str
+    channels: int | None = None
+    duration_s: int | None = None
+    url: str | None = None
+    error_code: int | None = None
+
+
+#: A recording's final states (``RecordingStatus``): no later callback changes them.
+RECORDING_FINAL_STATUSES: Final = frozenset({"completed", "absent", "failed"})

@@ -90,10 +90,12 @@ async def run_call(
     transcoder: Transcoder,
     agent_batch_frames: int = 1,
     recorder: CallRecorder | None = None,
+    dtmf_to_agent: bool = False,
 ) -> None:
     """Bridge one call until either side hangs up or the call reaches its maximum length.
 
     ``recorder``, if given, writes the record while the call runs (``archer.call.recorder``).
+    ``dtmf_to_agent`` (``DTMF_TO_AGENT``): keys outside a keypad capture reach the agent.
 
     On a normal end ``call`` is finished with ``status=completed`` and the reason. Any task's
     failure cancels the others and propagates as an exception group (``call`` not finished).
@@ -123,7 +125,12 @@ async def run_call(
                     verification=verification,
                     # Tools place marks on the downlink too, so they hold a clone of its end.
                     control=CallControl(
-                        call, playback, downlink_send.clone(), nursery.cancel_scope
+                        call,
+                        playback,
+                        downlink_send.clone(),
+                        nursery.cancel_scope,
+                        # Keypad captures start and stop on the uplink (``archer.call.keypad``).
+                        uplink=uplink_send.clone(),
                     ),
                 ),
                 call=call,
@@ -166,6 +173,7 @@ async def run_call(
                     ping_interval=limits.agent_ping_interval,
                     batch_frames=agent_batch_frames,
                     on_hangup=agent_hung_up,
+                    dtmf_to_agent=dtmf_to_agent,
                 )
             )
             end_reason = await receive_from_twilio(twilio, uplink_send, call, playback)
@@ -188,11 +196,13 @@ async def run_agent_side(
     ping_interval: float,
     batch_frames: int = 1,
     on_hangup: Callable[[], None] = lambda: None,
+    dtmf_to_agent: bool = False,
 ) -> None:
     """The agent's half of one call, in a nursery of its own; returns when the agent hangs up.
 
     ``on_hangup`` runs the moment the agent hangs up, before this half is torn down (the call
-    uses it to record the end before anything else can).
+    uses it to record the end before anything else can). ``dtmf_to_agent``: keys outside a
+    keypad capture reach the agent (``DTMF_TO_AGENT``).
 
     Four tasks: the agent reader (in the body), the caller-audio forwarder, the tool supervisor
     and the keepalive. They hold their own ends of the call's channels (``uplink`` and
@@ -207,7 +217,15 @@ async def run_agent_side(
     """
     async with trio.open_nursery() as agent_side:
         agent_side.start_soon(
-            partial(forward_to_agent, agent, uplink, transcoder, call, batch_frames=batch_frames)
+            partial(
+                forward_to_agent,
+                agent,
+                uplink,
+                transcoder,
+                call,
+                batch_frames=batch_frames,
+                dtmf_to_agent=dtmf_to_agent,
+            )
         )
         agent_side.start_soon(tools.run)
         agent_side.start_soon(keep_agent_alive, agent, ping_interval)
@@ -228,6 +246,7 @@ async def bridge_call(
     output_format: str | None = None,
     agent_batch_frames: int = 1,
     store: CallStore | None = None,
+    dtmf_to_agent: bool = False,
 ) -> None:
     """Open the agent session and run the call; every failure is recorded on ``call``.
 
@@ -262,6 +281,7 @@ async def bridge_call(
                 ),
                 agent_batch_frames=agent_batch_frames,
                 recorder=CallRecorder(call, store) if store is not None else None,
+                dtmf_to_agent=dtmf_to_agent,
             )
     # Handlers in order of precedence: the first one to finish the call names its end.
     except* AgentUnavailableError as group:

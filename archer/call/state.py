@@ -74,6 +74,12 @@ class CallState:
     barge_ins: int = 0
     #: Milliseconds Twilio's audio stalled, filled with silence towards the agent.
     inbound_gap_ms: int = 0
+    #: Caller frames replaced by silence towards the agent during keypad captures (the
+    #: forwarder's; ``archer.call.keypad``).
+    frames_silenced_for_pin: int = 0
+    #: Keypad keys that reached neither the agent nor a capture (``DTMF_TO_AGENT`` off, or a
+    #: capture's buffer full).
+    dtmf_dropped: int = 0
     #: Sampled time one frame spent inside Archer: (direction, seconds), for the metrics.
     latency_samples: list[tuple[Literal["to_agent", "to_caller"], float]] = attrs.Factory(list)
     status: CallStatus = "in_progress"
@@ -279,6 +285,8 @@ class CallState:
             "frames_malformed": self.frames_malformed,
             "barge_ins": self.barge_ins,
             "inbound_gap_ms": self.inbound_gap_ms,
+            "frames_silenced_for_pin": self.frames_silenced_for_pin,
+            "dtmf_dropped": self.dtmf_dropped,
             "turns": self.turn_count,
             "tool_calls": self.tool_call_count,
             "agent_events": len(self._agent_events),

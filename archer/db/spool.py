@@ -37,10 +37,12 @@ import attrs
 import structlog
 import trio
 
-from archer.call.records import CallRecord, TwilioStatusUpdate
+from archer.call.records import CallRecord, RecordingStatusUpdate, TwilioStatusUpdate
 from archer.db.spool_lines import (
     record_from_json,
     record_to_json,
+    recording_from_json,
+    recording_to_json,
     status_from_json,
     status_to_json,
 )
@@ -122,6 +124,7 @@ class _Entry:
     line: str
     record: CallRecord | None = None
     status: TwilioStatusUpdate | None = None
+    recording: RecordingStatusUpdate | None = None
 
 
 @attrs.define
@@ -187,6 +190,17 @@ class JsonlSpool:
         async with self._lock:
             await trio.to_thread.run_sync(self._append_sync, status_to_json(update))
 
+    async def append_recording(self, update: RecordingStatusUpdate) -> None:
+        """Write a recording status callback to disk (flushed and fsynced), like ``append``.
+
+        Raises:
+            OSError: the disk refused (full, read-only, …).
+
+        Cancellation: as ``append``.
+        """
+        async with self._lock:
+            await trio.to_thread.run_sync(self._append_sync, recording_to_json(update))
+
     async def depth(self) -> int:
         """How many entries wait in every journal of the family."""
         async with self._lock:
@@ -231,9 +245,11 @@ class JsonlSpool:
             return 0, False
         entries, kept = _parse(lines)
         # Call records first, then status callbacks: a status lands after its call record.
-        ordered = [e for e in entries if e.record is not None] + [
-            e for e in entries if e.status is not None
-        ]
+        ordered = (
+            [e for e in entries if e.record is not None]
+            + [e for e in entries if e.status is not None]
+            + [e for e in entries if e.recording is not None]  # issue 21, after their calls
+        )
         database_down = False
         for position, entry in enumerate(ordered):
             try:
@@ -243,6 +259,9 @@ class JsonlSpool:
                 elif entry.status is not None:
                     await store.record_twilio_status(entry.status)
                     log.info("spool.status_replayed", call_sid=entry.status.call_sid)
+                elif entry.recording is not None:
+                    await store.record_recording_status(entry.recording)
+                    log.info("spool.recording_replayed", call_sid=entry.recording.call_sid)
             except StoreError as exc:
                 log.warning("spool.replay_paused", error=str(exc), waiting=len(ordered) - position)
                 kept.extend(ordered[position:])
@@ -273,6 +292,8 @@ def _parse(lines: list[str]) -> tuple[list[_Entry], list[_Entry]]:
         try:
             entry.status = status_from_json(line)
             if entry.status is None:
+                entry.recording = recording_from_json(line)
+            if entry.status is None and entry.recording is None:
                 entry.record = record_from_json(line)
         except ValueError as exc:
             log.error("spool.unreadable_line", error=str(exc), line=line[:200])

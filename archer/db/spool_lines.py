@@ -16,7 +16,13 @@ from typing import Any
 
 import attrs
 
-from archer.call.records import CallRecord, ToolCallRecord, TurnRecord, TwilioStatusUpdate
+from archer.call.records import (
+    CallRecord,
+    RecordingStatusUpdate,
+    ToolCallRecord,
+    TurnRecord,
+    TwilioStatusUpdate,
+)
 
 
 def record_to_json(record: CallRecord) -> str:
@@ -99,3 +105,42 @@ def status_from_json(line: str) -> TwilioStatusUpdate | None:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a spooled status callback: {exc}") from None
+
+
+#: ``kind`` of a spooled recording status callback line (issue 21).
+RECORDING_KIND = "twilio_recording"
+
+
+def recording_to_json(update: RecordingStatusUpdate) -> str:
+    """One spool line for a recording status callback (no newline)."""
+    return json.dumps({"kind": RECORDING_KIND, **attrs.asdict(update)}, separators=(",", ":"))
+
+
+def recording_from_json(line: str) -> RecordingStatusUpdate | None:
+    """The recording status callback of one spool line; None if the line is not one.
+
+    Raises:
+        ValueError: the line says it is a recording callback but is malformed.
+    """
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or data.get("kind") != RECORDING_KIND:
+        return None
+    try:
+        return RecordingStatusUpdate(
+            call_sid=str(data["call_sid"]),
+            recording_sid=str(data["recording_sid"]),
+            status=str(data["status"]),
+            channels=_optional_int(data["channels"]),
+            duration_s=_optional_int(data["duration_s"]),
+            url=None if data["url"] is None else str(data["url"]),
+            error_code=_optional_int(data["error_code"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a spooled recording callback: {exc}") from None
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(str(value))

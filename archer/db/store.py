@@ -42,12 +42,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from archer.call.records import (
     OPEN_STATUSES,
+    RECORDING_FINAL_STATUSES,
     TWILIO_TERMINAL_STATUSES,
     CallRecord,
     CallStatus,
     ClaimedCall,
     NewCall,
     OpenedCall,
+    RecordingStatusUpdate,
     StreamClaim,
     ToolCallRecord,
     TurnRecord,
@@ -56,7 +58,14 @@ from archer.call.records import (
 from archer.db.clock import db_now
 from archer.db.engine import make_engine, pool_capacity
 from archer.db.leases import carrier_alive, carrier_lease
-from archer.db.tables import CALL_STATUSES, call_turns, calls, customers, tool_calls
+from archer.db.tables import (
+    CALL_STATUSES,
+    call_recordings,
+    call_turns,
+    calls,
+    customers,
+    tool_calls,
+)
 from archer.db.threads import DbObserver, describe_error, run_in_thread
 from archer.errors import StoreError
 
@@ -170,6 +179,16 @@ class SqlCallStore:
             StoreError: the database is unavailable.
         """
         return await self._run("record_twilio_status", self._record_twilio_status_sync, update)
+
+    async def record_recording_status(self, update: RecordingStatusUpdate) -> bool:
+        """Store what Twilio reported about a call's recording (issue 21); safe twice and in any
+        order: a final status (``completed``, ``absent``, ``failed``) is never overwritten, and
+        a callback without a field never erases it. False if no call has the CallSid.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        return await self._run("record_recording", self._record_recording_status_sync, update)
 
     async def check(self) -> None:
         """Round-trip to the database (readiness).
@@ -368,6 +387,45 @@ class SqlCallStore:
             turns=len(record.turns),
             tool_calls=len(record.tool_calls),
         )
+
+    def _record_recording_status_sync(self, update: RecordingStatusUpdate) -> bool:
+        with self._engine.begin() as conn:
+            call_id = conn.execute(
+                sa.select(calls.c.id).where(calls.c.call_sid == update.call_sid)
+            ).scalar_one_or_none()
+            if call_id is None:
+                return False
+            insert = _insert(conn, call_recordings).values(
+                call_id=call_id,
+                recording_sid=update.recording_sid,
+                status=update.status,
+                channels=update.channels,
+                duration_s=update.duration_s,
+                url=update.url,
+                error_code=update.error_code,
+                updated_at=db_now(),
+            )
+            new = insert.excluded
+            final = call_recordings.c.status.in_(sorted(RECORDING_FINAL_STATUSES))
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[call_recordings.c.recording_sid],
+                    set_={
+                        "status": sa.case((final, call_recordings.c.status), else_=new.status),
+                        "channels": sa.func.coalesce(new.channels, call_recordings.c.channels),
+                        "duration_s": sa.func.coalesce(
+                            new.duration_s, call_recordings.c.duration_s
+                        ),
+                        "url": sa.func.coalesce(new.url, call_recordings.c.url),
+                        "error_code": sa.func.coalesce(
+                            new.error_code, call_recordings.c.error_code
+                        ),
+                        "updated_at": new.updated_at,
+                    },
+                )
+            )
+        log.debug("db.recording_status", status=update.status)
+        return True
 
     def _record_twilio_status_sync(self, update: TwilioStatusUpdate) -> str | None:
         with self._engine.begin() as conn:

@@ -30,6 +30,7 @@ __all__ = [
     "UtcDateTime",
     "accounts",
     "api_keys",
+    "call_recordings",
     "call_turns",
     "calls",
     "cards",
@@ -374,4 +375,21 @@ transaction_reviews = sa.Table(
     sa.Column("recognised", sa.Boolean, nullable=False),
     sa.Column("cards_frozen", sa.Text, nullable=False, server_default=sa.text("''")),
     sa.Column("reviewed_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
+)
+
+call_recordings = sa.Table(
+    "call_recordings",
+    metadata,
+    _id(),
+    sa.Column(
+        "call_id", sa.BigInteger, sa.ForeignKey("calls.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("recording_sid", sa.Text, nullable=False, unique=True),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("channels", sa.Integer),
+    sa.Column("duration_s", sa.Integer),
+    sa.Column("url", sa.Text),
+    sa.Column("error_code", sa.Integer),
+    sa.Column("updated_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
+    sa.Index("call_recordings_call_id_idx", "call_id"),
 )

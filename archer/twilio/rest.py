@@ -250,15 +250,53 @@ class TwilioRestControl:
         )
         return str(created.sid)
 
+    async def set_recording(self, call_sid: str, *, paused: bool, pause_behavior: str) -> None:
+        """Pause or resume the call's recording (issue 21): ``POST
+        /2010-04-01/Accounts/{Sid}/Calls/{CallSid}/Recordings/Twilio.CURRENT.json`` with
+        ``Status=paused`` (and ``PauseBehavior``: ``skip`` or ``silence``) or
+        ``Status=in-progress``. ``Twilio.CURRENT`` names the call's recording in progress, so no
+        recording SID is needed.
+
+        Raises:
+            TelephonyError: ``call_sid`` is malformed, or Twilio refused (no recording in
+                progress, the call is over) or could not be reached.
+
+        Cancellation: takes effect once the request returns; the change may have happened.
+        """
+        operation = "pause_recording" if paused else "resume_recording"
+        fields = {"status": "paused", "pause_behavior": pause_behavior} if paused else {}
+        if not paused:
+            fields = {"status": "in-progress"}
+        try:
+            status = await self._update(operation, call_sid, fields, sync=self._recording_sync)
+        except TelephonyError as exc:
+            log.warning(
+                f"twilio.{operation}_failed",
+                call_sid=call_sid,
+                code=exc.code,
+                status=exc.status,
+                error=str(exc),
+            )
+            raise
+        log.info(f"twilio.{operation}", call_sid=call_sid, recording_status=status)
+
     # --- the boundary ---------------------------------------------------------------------
 
-    async def _update(self, operation: str, call_sid: str, fields: Mapping[str, str]) -> str:
-        """POST one call update in a worker thread; Twilio's status for the call after it."""
+    async def _update(
+        self,
+        operation: str,
+        call_sid: str,
+        fields: Mapping[str, str],
+        *,
+        sync: Callable[[str, Mapping[str, str]], str] | None = None,
+    ) -> str:
+        """POST one update in a worker thread (``sync``, by default a call update); the
+        resource's status after it."""
         if not _SID.fullmatch(call_sid):
             raise TelephonyError(f"{operation} refused before sending: malformed call SID")
         try:
             status = await trio.to_thread.run_sync(
-                self._update_sync, call_sid, fields, limiter=self._limiter
+                sync or self._update_sync, call_sid, fields, limiter=self._limiter
             )
         except TwilioRestException as exc:
             self._observe(operation, _refusal(operation, exc.code, exc.status))
@@ -287,6 +325,11 @@ class TwilioRestControl:
         # mutates (urllib3's connection pool is thread-safe; twilio needs no cookies).
         call = self._client.calls(call_sid).update(**fields)
         return str(call.status)
+
+    def _recording_sync(self, call_sid: str, fields: Mapping[str, str]) -> str:
+        # As ``_update_sync``: a worker thread, the client only.
+        recording = self._client.calls(call_sid).recordings("Twilio.CURRENT").update(**fields)
+        return str(recording.status)
 
 
 def _refusal(operation: str, code: int | None, status: int | None) -> str:

@@ -35,12 +35,21 @@ _E164: Final = re.compile(r"\+[1-9][0-9]{1,14}")
 _SIP_URI: Final = re.compile(r"sips?:[^\s<>\"']{1,250}", re.IGNORECASE)
 
 
-def connect_stream(*, stream_url: str, parameters: Mapping[str, str]) -> str:
+def connect_stream(
+    *,
+    stream_url: str,
+    parameters: Mapping[str, str],
+    recording_callback: str | None = None,
+    notice: str = "",
+) -> str:
     """Bridge the call to a bidirectional media stream at ``stream_url``.
 
     ``<Connect><Stream>`` blocks until Archer closes the socket; the ``<Hangup/>`` after it then
     ends the call instead of leaving the caller on a silent line. ``parameters`` reach Archer
     verbatim in the stream's ``start.customParameters``.
+
+    ``recording_callback`` (``RECORDING=dual``): ``<Start><Recording channels="dual">`` first,
+    its status callbacks to that URL; ``notice`` (``RECORDING_NOTICE``) is said before the stream.
 
     Raises:
         ValueError: ``stream_url`` is not an absolute ``wss://`` URL or carries a query string
@@ -53,6 +62,18 @@ def connect_stream(*, stream_url: str, parameters: Mapping[str, str]) -> str:
     if "?" in stream_url or parts.fragment:
         raise ValueError(f"stream URL {stream_url!r} has a query or fragment; use parameters")
     response = VoiceResponse()
+    if recording_callback is not None:
+        # Issue 21: a dual-channel recording from the first moment (before the notice and the
+        # stream), reported to ``recording_callback``; paused and resumed over REST.
+        response.start().recording(
+            channels="dual",
+            track="both",
+            recording_status_callback=recording_callback,
+            recording_status_callback_method="POST",
+            recording_status_callback_event="in-progress completed absent",
+        )
+    if notice:
+        response.say(notice)
     stream = response.connect().stream(url=stream_url)
     for name, value in parameters.items():
         if not name:

@@ -109,6 +109,7 @@ async def _carry(services: Services, call: CallState, twilio: TwilioMediaStream)
             output_format=settings.agent_output_format,
             agent_batch_frames=settings.agent_audio_batch_ms // FRAME_MS,
             store=services.store,
+            dtmf_to_agent=settings.dtmf_to_agent,
         )
     finally:
         # Nothing finished the call: we were cancelled, because Twilio's socket went (quart-trio

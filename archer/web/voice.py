@@ -108,6 +108,12 @@ def voice_blueprint(services: Services) -> Blueprint:
                 "customer_phone": caller_e164 or "",
                 "token": token,
             },
+            recording_callback=(
+                f"{settings.webhook_base_url}/twilio/recording"
+                if settings.recording == "dual"
+                else None
+            ),
+            notice=settings.recording_notice,
         )
         return Response(body, content_type=TWIML_CONTENT_TYPE)
 

@@ -254,6 +254,9 @@ def test_twilio_rest_by_operation_and_outcome(metrics: Metrics) -> None:
     assert value(metrics, name, operation="hang_up", outcome="refused") == 1
     assert value(metrics, name, operation=OTHER, outcome=OTHER) == 1
     assert value(metrics, name, operation="transfer", outcome="error") == 0
+    metrics.twilio_rest("pause_recording", "ok")  # issue 21: recording pauses are counted
+    assert value(metrics, name, operation="pause_recording", outcome="ok") == 1
+    assert value(metrics, name, operation="resume_recording", outcome="ok") == 0
 
 
 def test_db_operation_latency_and_errors(metrics: Metrics) -> None:

@@ -15,6 +15,7 @@ from archer.errors import ConfigError
 REPO = Path(__file__).resolve().parents[2]
 BANK_TOOLS = {
     "verify_caller",
+    "collect_pin",
     "get_account_balance",
     "list_recent_transactions",
     "freeze_card",
@@ -85,3 +86,15 @@ def test_loading_a_broken_file_is_a_config_error(tmp_path: Path) -> None:
     path.write_text('[{"type": "client", "name": "x"}]')
     with pytest.raises(ConfigError, match=r"tools\.json"):
         load_definitions(path)
+
+
+def test_collect_pin_response_timeout_covers_the_entry_and_the_check() -> None:
+    """The agent waits for ``collect_pin`` longer than Archer lets an entry and its check run."""
+    from archer.bank.tools import PIN_CHECK_TIMEOUT
+    from archer.settings import Settings
+
+    (definition,) = [d for d in load_definitions() if d.name == "collect_pin"]
+    defaults = Settings.from_environ({})
+    waits = definition.raw["response_timeout_secs"]
+    assert waits >= defaults.pin_entry_timeout + PIN_CHECK_TIMEOUT
+    assert definition.parameters.get("properties") == {}  # it takes no digits from the agent

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import attrs
@@ -17,9 +17,15 @@ import pytest
 import sqlalchemy as sa
 import trio
 
+from archer.audio.transcoder import Passthrough
 from archer.bank.ports import PinPolicy
 from archer.bank.tools import LOCKED, LOCKED_OUT, bank_tools
 from archer.bank.verification import PinVerifier
+from archer.call.control import CallControl
+from archer.call.items import CallerDtmf, DownlinkItem, UplinkItem
+from archer.call.playback import Playback
+from archer.call.pumps import UPLINK_BUFFER, forward_to_agent
+from archer.call.state import CallState
 from archer.call.tools import CallerVerification, ToolContext
 from archer.db.bank import SqlBankStore
 from archer.db.engine import init_schema
@@ -29,6 +35,7 @@ from archer.db.tables import customers, pin_failures, pin_lockouts
 from archer.errors import ConfigError, ToolError
 from archer.settings import Settings
 from tests.bank.test_tools import SEED, Bank
+from tests.fakes.agent import FakeAgent
 from tests.fakes.telephony import FakeTelephony
 
 DEMO = json.loads(Path(SEED).read_text())
@@ -52,6 +59,7 @@ async def open_bank(url: str, policy: PinPolicy = POLICY) -> Bank:
         FakeTelephony(),
         human_agent_number="+15555550199",
         pin_policy=policy,
+        pin_entry="both",  # verify_caller here; collect_pin shares the count (test_keypad.py)
     )
     return Bank(store, tools, ids)
 
@@ -185,3 +193,77 @@ def test_the_lockout_settings_are_read_and_checked() -> None:
         Settings.from_environ({"PIN_MAX_FAILURES": "0"})
     with pytest.raises(ConfigError, match="PIN_LOCKOUT_SECONDS"):
         Settings.from_environ({"PIN_LOCKOUT_SECONDS": "soon"})
+
+
+async def keyed(bank: Bank, keys: str) -> dict[str, object] | str:
+    """``collect_pin`` as a call runs it: the real forwarder owns the capture and the caller
+    keys ``keys`` on the uplink; a refusal comes back as its text."""
+    assert bank.context is not None
+    agent = FakeAgent()
+    call_state = new_call_state(bank.context.call_sid)
+    uplink_send, uplink_receive = trio.open_memory_channel[UplinkItem](UPLINK_BUFFER)
+    downlink, _ = trio.open_memory_channel[DownlinkItem](1)
+    context = attrs.evolve(
+        bank.context,
+        control=CallControl(
+            call_state, Playback(), downlink, trio.CancelScope(), uplink=uplink_send.clone()
+        ),
+    )
+    tool = bank.tools.get("collect_pin")
+    assert tool is not None
+
+    async def caller_keys() -> None:
+        await trio.sleep(0.05)
+        for key in keys:
+            await uplink_send.send(CallerDtmf(key))
+
+    outcome: dict[str, object] | str
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(forward_to_agent, agent, uplink_receive, Passthrough(), call_state)
+        nursery.start_soon(caller_keys)
+        try:
+            result = await tool.run(context, {})
+        except ToolError as refusal:
+            outcome = str(refusal)
+        else:
+            assert isinstance(result.content, dict)
+            outcome = result.content
+        nursery.cancel_scope.cancel()
+    assert agent.sent("dtmf") == []  # whatever happened, no key reached the agent
+    return outcome
+
+
+def new_call_state(call_sid: str) -> CallState:
+    now = datetime.now(UTC)
+    return CallState(
+        call_sid=call_sid,
+        stream_sid="MZ" + "7" * 32,
+        started_at=now,
+        connected_at=now,
+        connected_clock=0.0,
+    )
+
+
+async def test_keypad_and_spoken_pins_share_one_lock_out(bank: Bank) -> None:
+    """Issue 21, acceptance 3: wrong PINs by ``collect_pin`` and ``verify_caller`` across two
+    calls lock the customer; then both are refused, even with the right PIN."""
+    new_call(bank, 1)
+    assert await keyed(bank, "0000#") == {"verified": False, "attempts_left": 2}
+    assert (await bank.run("verify_caller", {"pin": "1111"}))["attempts_left"] == 1
+    assert await keyed(bank, "2222#") == LOCKED  # the call's third failure
+
+    new_call(bank, 2)
+    assert await keyed(bank, "3333#") == {"verified": False, "attempts_left": 1}
+    assert await keyed(bank, "4444#") == LOCKED_OUT  # the customer's fifth
+
+    new_call(bank, 3)
+    assert await keyed(bank, str(MAYA["pin"]) + "#") == LOCKED_OUT
+    with pytest.raises(ToolError) as spoken:
+        await bank.run("verify_caller", {"pin": MAYA["pin"]})
+    assert str(spoken.value) == LOCKED_OUT
+    assert bank.context is not None
+    assert not bank.context.verification.verified
+
+    failures, locks = audit(bank)
+    assert failures == [f"CA{1:032x}"] * 3 + [f"CA{2:032x}"] * 2
+    assert locks == [(f"CA{2:032x}", 5, timedelta(seconds=900))]

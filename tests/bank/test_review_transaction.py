@@ -43,6 +43,8 @@ async def bank(database_url: str) -> AsyncIterator[Bank]:
         FakeTelephony(),
         human_agent_number="+15555550199",
         reviews=SqlTransactionReviews(store.engine, store.limiter),
+        # These tests verify by a spoken PIN (verify_caller); the default line takes keypad only.
+        pin_entry="both",
     )
     try:
         yield Bank(store, tools, ids)

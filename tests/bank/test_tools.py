@@ -102,7 +102,10 @@ async def bank(database_url: str) -> AsyncIterator[Bank]:
 
     ids = await trio.to_thread.run_sync(prepare)
     tools = bank_tools(
-        SqlBankStore.from_call_store(store), FakeTelephony(), human_agent_number="+15555550199"
+        SqlBankStore.from_call_store(store),
+        FakeTelephony(),
+        human_agent_number="+15555550199",
+        pin_entry="both",  # these tests drive verify_caller; PIN_ENTRY=keypad refuses it
     )
     try:
         yield Bank(store, tools, ids)

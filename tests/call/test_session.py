@@ -109,6 +109,9 @@ class Bridge:
     connector: FakeAgentConnector = attrs.Factory(FakeAgentConnector)
     tools: ToolRegistry = TOOLS
     done: trio.Event = attrs.Factory(trio.Event)
+    #: These tests check that keys are forwarded in order; DTMF_TO_AGENT's default (off) and
+    #: keypad capture are tested in tests/call/test_keypad.py.
+    dtmf_to_agent: bool = True
 
     @property
     def agent(self) -> FakeAgent:
@@ -129,6 +132,7 @@ class Bridge:
                 limits=limits,
                 audio_format=audio_format,
                 agent_batch_frames=agent_batch_frames,
+                dtmf_to_agent=self.dtmf_to_agent,
             )
         finally:
             self.done.set()

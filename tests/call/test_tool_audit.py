@@ -244,6 +244,7 @@ async def _pin_example(folder: Path, shape: str, pin: str) -> None:
             FakeTelephony(),
             human_agent_number="+15555550199",
             pin_policy=PinPolicy(max_failures=1000, lockout_seconds=60),
+            pin_entry="both",  # the agent's verify_caller(pin) is what this test masks
         )
         call = new_call()
         call.customer_id = customer_id

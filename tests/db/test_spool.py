@@ -10,7 +10,13 @@ import attrs
 import pytest
 import trio
 
-from archer.call.records import CallRecord, ToolCallRecord, TurnRecord, TwilioStatusUpdate
+from archer.call.records import (
+    CallRecord,
+    RecordingStatusUpdate,
+    ToolCallRecord,
+    TurnRecord,
+    TwilioStatusUpdate,
+)
 from archer.db.spool import JsonlSpool
 from archer.db.spool_lines import record_from_json, record_to_json
 from tests.fakes.store import FakeCallStore
@@ -203,3 +209,23 @@ def test_one_journal_cannot_be_held_twice(tmp_path: Path) -> None:
     twin = JsonlSpool.for_instance(tmp_path / "calls.jsonl", "pod-a")
     with spool.hold(), pytest.raises(OSError, match="another live process"), twin.hold():
         pass
+
+
+async def test_recording_callbacks_are_spooled_and_replayed_after_the_calls(
+    tmp_path: Path,
+) -> None:
+    """Issue 21: a recording callback the database did not take is kept, then replayed after
+    the call records and status callbacks."""
+    spool = JsonlSpool(tmp_path / "calls.jsonl")
+    update = RecordingStatusUpdate(
+        "CA0001", "RE" + "3" * 32, "completed", channels=2, duration_s=12, url=None, error_code=None
+    )
+    await spool.append_recording(update)
+    await spool.append(full_record())
+    store = FakeCallStore(down=True)
+
+    assert await spool.replay(store) == 2
+    store.down = False
+    assert await spool.replay(store) == 0
+    assert store.writes[0] == ("save_call", "CA0001")
+    assert store.recordings == {update.recording_sid: update}

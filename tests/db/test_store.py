@@ -14,6 +14,7 @@ from archer.call.records import (
     CallRecord,
     ClaimedCall,
     NewCall,
+    RecordingStatusUpdate,
     StreamClaim,
     ToolCallRecord,
     TurnRecord,
@@ -21,7 +22,7 @@ from archer.call.records import (
 )
 from archer.db import tables
 from archer.db.store import SqlCallStore
-from archer.db.tables import customers
+from archer.db.tables import call_recordings, customers
 from archer.errors import StoreError
 
 T0 = datetime(2025, 5, 1, 14, 0, 0, 250000, tzinfo=UTC)
@@ -579,3 +580,41 @@ async def test_open_call_row_has_no_agent_events(sql_store: SqlCallStore) -> Non
     stored = await sql_store.load_call("CA0001")
     assert stored is not None
     assert stored.record.agent_events == ()
+
+
+async def test_recording_callbacks_fill_one_row_per_recording(sql_store: SqlCallStore) -> None:
+    """Issue 21: in-progress then completed fill one row; a repeat and a late in-progress
+    change nothing; a recording of an unknown call is not stored."""
+    await sql_store.open_call(new_call())
+    rec = "RE" + "1" * 32
+    started = RecordingStatusUpdate("CA0001", rec, "in-progress", channels=2)
+    done = RecordingStatusUpdate(
+        "CA0001", rec, "completed", channels=2, duration_s=41, url="https://api.twilio.com/r"
+    )
+    for update in (started, done, done, started):
+        assert await sql_store.record_recording_status(update) is True
+    assert (
+        await sql_store.record_recording_status(
+            RecordingStatusUpdate("CA9999", "RE" + "2" * 32, "completed")
+        )
+        is False
+    )
+
+    def rows() -> list[tuple[object, ...]]:
+        with sql_store.engine.connect() as conn:
+            return [
+                (
+                    row.call_id is not None,
+                    row.recording_sid,
+                    row.status,
+                    row.channels,
+                    row.duration_s,
+                    row.url,
+                    row.error_code,
+                )
+                for row in conn.execute(sa.select(call_recordings))
+            ]
+
+    assert await trio.to_thread.run_sync(rows) == [
+        (True, rec, "completed", 2, 41, "https://api.twilio.com/r", None)
+    ]

@@ -42,6 +42,8 @@ class AgentPeer:
 
     websocket: trio_websocket.WebSocketConnection
     received: list[managed.ClientEvent] = attrs.Factory(list)
+    #: Every message as it came over the socket (searched for secrets, issue 21).
+    raw: list[str] = attrs.Factory(list)
     invalid: list[str] = attrs.Factory(list)
     closed: trio.Event = attrs.Factory(trio.Event)
     _arrived: trio.Event = attrs.Factory(trio.Event)
@@ -51,6 +53,7 @@ class AgentPeer:
             while True:
                 message = await self.websocket.get_message()
                 assert isinstance(message, str)
+                self.raw.append(message)
                 try:
                     validate_cartesia_client_message(message)
                 except (jsonschema.ValidationError, AssertionError) as exc:

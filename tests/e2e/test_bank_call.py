@@ -57,7 +57,7 @@ async def test_verify_then_balance_then_freeze(database_url: str) -> None:
         )
         answers["freeze"] = await call_tool(peer, "t3", "freeze_card", {"last4": "2207"})
 
-    async with running_system(database_url, banking, tools=None) as system:
+    async with running_system(database_url, banking, tools=None, pin_entry="both") as system:
         await seed(system)
         caller = system.caller
         caller.from_number = MAYA["phone_e164"]

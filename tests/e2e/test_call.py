@@ -94,6 +94,8 @@ async def running_system(
     protocol: str = "managed",
     agent_server_url: str | None = None,
     media_listener: bool = False,
+    pin_entry: str = "keypad",
+    dtmf_to_agent: bool = True,
 ) -> AsyncIterator[System]:
     """Archer (with ``tools``; None for the real banking tools) and its agent, on loopback.
 
@@ -121,6 +123,10 @@ async def running_system(
             cartesia_ws_url=agent_url or agent_server_url or agent.url,
             cartesia_protocol=protocol,
             media_port=media_port,
+            pin_entry=pin_entry,
+            # The main scenario checks that keys are forwarded (DTMF_TO_AGENT=true); the keypad
+            # tests (test_keypad_pin.py) turn it off, as it is by default.
+            dtmf_to_agent=dtmf_to_agent,
             # The test caller sends media only when told (Twilio would every 20 ms): a quiet
             # test caller is not a lost stream unless a test sets a short media timeout.
             limits=limits

@@ -119,6 +119,7 @@ class Cluster:
             "INSTANCE_HEARTBEAT_SECONDS": str(HEARTBEAT),
             "REAPER_INTERVAL": str(reaper_interval),
             "LOG_FORMAT": "json",
+            "PIN_ENTRY": "both",  # the agent here verifies with verify_caller(pin)
         }
         log = (self.root / f"{name}.log").open("w")
         process = await trio.lowlevel.open_process(

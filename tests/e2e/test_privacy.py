@@ -48,7 +48,9 @@ async def test_a_whole_call_leaks_no_secret(database_url: str) -> None:
             )
 
     rendered = io.StringIO()
-    async with running_system(database_url, verify_then_balance, tools=None) as system:
+    async with running_system(
+        database_url, verify_then_balance, tools=None, pin_entry="both"
+    ) as system:
         configure_logging(
             "debug",
             "json",

@@ -587,9 +587,11 @@ def test_shipped_scripts_load_with_their_clips(name: str) -> None:
     assert script.clip_names() <= clips.CLIP_NAMES
     tools = [step.name for step in script.steps if isinstance(step, CallTool)]
     last = "end_call" if name == "bank_demo" else "transfer_to_human"
-    assert tools[:2] == ["verify_caller", "get_account_balance"]
+    assert tools[:2] == ["collect_pin", "get_account_balance"]  # the PIN by keypad (issue 21)
     assert tools[-1] == last
     assert Say("agent_balance", interruptible=True) in script.steps
+    [collect] = [s for s in script.steps if isinstance(s, CallTool) and s.name == "collect_pin"]
+    assert (collect.arguments, collect.lead_in) == ({}, "agent_pin_prompt")
     emulator = CartesiaEmulator(api_key=API_KEY, script=script)
     assert emulator.clip("agent_greeting").text == clips.clip_text("agent_greeting")
 

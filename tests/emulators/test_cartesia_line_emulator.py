@@ -403,7 +403,7 @@ def test_shipped_transfer_scripts_load(name: str) -> None:
     script = load_agent_script(name)
     assert script.clip_names() <= clips.CLIP_NAMES
     tools = [step.name for step in script.steps if isinstance(step, CallTool)]
-    assert tools[:2] == ["verify_caller", "get_account_balance"]
+    assert tools[:2] == ["collect_pin", "get_account_balance"]  # the PIN by keypad (issue 21)
     assert script.steps[-2] == Say("agent_transfer", interruptible=False)
     if name.endswith("_line"):
         assert script.steps[-1] == Transfer("+15555550199")

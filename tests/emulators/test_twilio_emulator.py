@@ -486,8 +486,10 @@ def test_the_shipped_demo_scripts_load() -> None:
     assert demo.steps == (
         WaitForAgent(800, 30),
         Say("caller_balance"),
-        WaitForAgent(800, 30),
-        Press("1234", 300),
+        WaitForAgentSpeech(30),  # the PIN prompt, spoken while collect_pin already runs
+        Pause(1.0),
+        Press("1234#", 300),  # keyed during the prompt (issue 21)
+        Pause(2.5),
         WaitForAgentSpeech(30),
         Pause(2.5),
         Say("caller_freeze"),
@@ -496,8 +498,8 @@ def test_the_shipped_demo_scripts_load() -> None:
         WaitForHangup(30),
     )
     transfer = load_caller_script("caller_demo_transfer")
-    assert transfer.steps[:6] == demo.steps[:6]
-    assert transfer.steps[6:] == (Say("caller_human"), WaitForHangup(30))
+    assert transfer.steps[:8] == demo.steps[:8]
+    assert transfer.steps[8:] == (Say("caller_human"), WaitForHangup(30))
     assert set(demo.clips + transfer.clips) <= CLIP_NAMES
 
 

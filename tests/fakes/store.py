@@ -19,6 +19,7 @@ from archer.call.records import (
     ClaimedCall,
     NewCall,
     OpenedCall,
+    RecordingStatusUpdate,
     StreamClaim,
     TwilioStatusUpdate,
 )
@@ -31,6 +32,7 @@ class FakeCallStore:
     tokens: dict[str, tuple[str, object]] = attrs.Factory(dict)
     customers: dict[str, int] = attrs.Factory(dict)
     statuses: dict[str, TwilioStatusUpdate] = attrs.Factory(dict)
+    recordings: dict[str, RecordingStatusUpdate] = attrs.Factory(dict)
     saves: int = 0
     down: bool = False
     #: Every write taken, in order: ("save_call" | "record_twilio_status", call_sid).
@@ -86,6 +88,13 @@ class FakeCallStore:
         self.calls[record.call_sid] = record
         self.writes.append(("save_call", record.call_sid))
 
+    async def record_recording_status(self, update: RecordingStatusUpdate) -> bool:
+        await self._io()
+        if update.call_sid not in self.calls:
+            return False
+        self.recordings[update.recording_sid] = update
+        return True
+
     async def record_twilio_status(self, update: TwilioStatusUpdate) -> str | None:
         await self._io()
         self.statuses[update.call_sid] = update
@@ -123,6 +132,7 @@ class FakeSpool:
 
     records: list[CallRecord] = attrs.Factory(list)
     statuses: list[TwilioStatusUpdate] = attrs.Factory(list)
+    recordings: list[RecordingStatusUpdate] = attrs.Factory(list)
     broken: bool = False
 
     async def append(self, record: CallRecord) -> None:
@@ -130,6 +140,12 @@ class FakeSpool:
         if self.broken:
             raise OSError("No space left on device (fake)")
         self.records.append(record)
+
+    async def append_recording(self, update: RecordingStatusUpdate) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.broken:
+            raise OSError("No space left on device (fake)")
+        self.recordings.append(update)
 
     async def append_status(self, update: TwilioStatusUpdate) -> None:
         await trio.lowlevel.checkpoint()

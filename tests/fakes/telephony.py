@@ -25,3 +25,9 @@ class FakeTelephony:
         if self.failure is not None:
             raise self.failure
         self.requests.append(("hang_up", call_sid, ""))
+
+    async def set_recording(self, call_sid: str, *, paused: bool, pause_behavior: str) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.failure is not None:
+            raise self.failure
+        self.requests.append(("pause" if paused else "resume", call_sid, pause_behavior))

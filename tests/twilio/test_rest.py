@@ -324,3 +324,82 @@ async def test_twilio_edge_and_region_in_the_environment_do_not_move_the_host(
         adapter.close()
     [update] = twilio.state.updates
     assert update.call_sid == CALL_SID
+
+
+# ---- recordings (issue 21) -----------------------------------------------------------------
+
+
+def current_recording_url(twilio: Emulator) -> str:
+    return (
+        f"{twilio.url}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{CALL_SID}"
+        "/Recordings/Twilio.CURRENT.json"
+    )
+
+
+async def test_the_recording_is_paused_and_resumed_through_twilio_current(
+    twilio: Emulator, control: TwilioRestControl
+) -> None:
+    """``Status=paused`` with ``PauseBehavior``, then ``Status=in-progress``, on the call's
+    current recording."""
+    recording = twilio.state.start_recording(CALL_SID)
+    with trio.fail_after(STEP_TIMEOUT):
+        await control.set_recording(CALL_SID, paused=True, pause_behavior="skip")
+        assert recording.status == "paused"
+        await control.set_recording(CALL_SID, paused=False, pause_behavior="skip")
+    assert twilio.state.updates == []  # the call itself was not updated
+    assert [update.fields for update in twilio.state.recording_updates] == [
+        {"Status": "paused", "PauseBehavior": "skip"},
+        {"Status": "in-progress"},
+    ]
+    assert recording.changes == [("paused", "skip"), ("in-progress", "")]
+    assert recording.status == "in-progress"
+
+
+async def test_pausing_a_call_without_a_recording_raises(control: TwilioRestControl) -> None:
+    with trio.fail_after(STEP_TIMEOUT), pytest.raises(TelephonyError) as refused:
+        await control.set_recording(CALL_SID, paused=True, pause_behavior="skip")
+    assert (refused.value.code, refused.value.status) == (20404, 404)
+
+
+async def test_the_emulator_checks_the_recording_fields(twilio: Emulator) -> None:
+    """As Twilio's reference says: Status in-progress, paused or stopped; PauseBehavior skip
+    or silence; a stopped recording is no longer Twilio.CURRENT."""
+    twilio.state.start_recording(CALL_SID)
+    auth = basic_auth(ACCOUNT_SID, AUTH_TOKEN)
+    with trio.fail_after(STEP_TIMEOUT):
+        bad = await post_form(current_recording_url(twilio), {"Status": "muted"}, headers=auth)
+        behaviour = await post_form(
+            current_recording_url(twilio),
+            {"Status": "paused", "PauseBehavior": "hum"},
+            headers=auth,
+        )
+        stop = await post_form(current_recording_url(twilio), {"Status": "stopped"}, headers=auth)
+        gone = await post_form(current_recording_url(twilio), {"Status": "paused"}, headers=auth)
+    assert (bad.status, behaviour.status, stop.status, gone.status) == (400, 400, 200, 404)
+    assert json.loads(stop.body)["status"] == "stopped"
+    assert json.loads(stop.body)["channels"] == 2
+
+
+async def test_recording_pauses_are_observed_for_the_metrics(twilio: Emulator) -> None:
+    """Each pause and resume reaches ``observe`` (``archer_twilio_rest_requests_total``)."""
+    seen: list[tuple[str, str]] = []
+    adapter = TwilioRestControl(
+        account_sid=ACCOUNT_SID,
+        auth_token=AUTH_TOKEN,
+        api_base_url=twilio.url,
+        observe=lambda operation, outcome: seen.append((operation, outcome)),
+    )
+    try:
+        with trio.fail_after(STEP_TIMEOUT):
+            with pytest.raises(TelephonyError):
+                await adapter.set_recording(CALL_SID, paused=True, pause_behavior="silence")
+            twilio.state.start_recording(CALL_SID)
+            await adapter.set_recording(CALL_SID, paused=True, pause_behavior="silence")
+            await adapter.set_recording(CALL_SID, paused=False, pause_behavior="silence")
+    finally:
+        adapter.close()
+    assert seen == [
+        ("pause_recording", "refused"),
+        ("pause_recording", "ok"),
+        ("resume_recording", "ok"),
+    ]

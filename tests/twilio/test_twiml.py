@@ -146,3 +146,27 @@ def test_empty_response() -> None:
     assert root.tag == "Response"
     assert list(root) == []
     assert root.attrib == {}
+
+
+def test_connect_stream_with_a_dual_recording_and_a_notice() -> None:
+    """RECORDING=dual (issue 21): <Start><Recording channels="dual"> first, then the notice,
+    then the stream; the recording's status callbacks go to the given URL."""
+    root = _parse(
+        twiml.connect_stream(
+            stream_url=STREAM_URL,
+            parameters={"call_sid": "CA123"},
+            recording_callback="https://archer.example/twilio/recording",
+            notice="This call is recorded.",
+        )
+    )
+    assert [child.tag for child in root] == ["Start", "Say", "Connect", "Hangup"]
+    [recording] = root[0]
+    assert recording.tag == "Recording"
+    assert recording.attrib == {
+        "channels": "dual",
+        "track": "both",
+        "recordingStatusCallback": "https://archer.example/twilio/recording",
+        "recordingStatusCallbackMethod": "POST",
+        "recordingStatusCallbackEvent": "in-progress completed absent",
+    }
+    assert root[1].text == "This call is recorded."

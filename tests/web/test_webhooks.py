@@ -221,3 +221,69 @@ async def test_draining_refuses_new_calls_politely_and_is_not_ready(harness: Har
     response = await harness.app.test_client().get("/readyz")
     assert response.status_code == 503
     assert "draining" in await response.get_data(as_text=True)
+
+
+RECORDING_SID = "RE" + "ef" * 16
+
+
+def recording_fields(status: str, **extra: str) -> dict[str, str]:
+    return {
+        "AccountSid": FIELDS["AccountSid"],
+        "CallSid": CALL_SID,
+        "RecordingSid": RECORDING_SID,
+        "RecordingStatus": status,
+        "RecordingChannels": "2",
+        **extra,
+    }
+
+
+async def test_recording_callback_is_stored_signed_and_idempotent(harness: Harness) -> None:
+    """Issue 21: the recording's SID, status, channels, duration and URL land; never audio."""
+    await harness.post("/twilio/voice", FIELDS)  # the call row
+    fields = recording_fields(
+        "completed",
+        RecordingDuration="41",
+        RecordingUrl="https://api.twilio.com/2010-04-01/Accounts/AC/Recordings/RE",
+    )
+    for _ in range(2):
+        status, body = await harness.post("/twilio/recording", fields)
+        assert status == 200
+        assert ET.fromstring(body).tag == "Response"
+    stored = harness.store.recordings[RECORDING_SID]
+    assert (stored.status, stored.channels, stored.duration_s) == ("completed", 2, 41)
+    assert (await harness.post("/twilio/recording", fields, signature="forged"))[0] == 403
+    assert (await harness.post("/twilio/recording", {**fields, "RecordingSid": ""}))[0] == 400
+
+
+async def test_recording_callback_with_the_database_down_is_spooled(harness: Harness) -> None:
+    harness.store.down = True
+    status, _ = await harness.post("/twilio/recording", recording_fields("in-progress"))
+    assert status == 200
+    spool = harness.app_services.spool
+    assert isinstance(spool, FakeSpool)
+    [update] = spool.recordings
+    assert (update.call_sid, update.recording_sid, update.status) == (
+        CALL_SID,
+        RECORDING_SID,
+        "in-progress",
+    )
+    spool.broken = True
+    assert (await harness.post("/twilio/recording", recording_fields("completed")))[0] == 503
+
+
+async def test_dual_recording_starts_before_the_stream(harness: Harness) -> None:
+    """``RECORDING=dual``: the webhook's TwiML records the call, reported to /twilio/recording."""
+    services = attrs.evolve(
+        harness.app_services,
+        settings=attrs.evolve(harness.app_services.settings, recording="dual"),
+    )
+    status, body = await Harness(create_app(services), harness.store, services).post(
+        "/twilio/voice", FIELDS
+    )
+    assert status == 200
+    root = ET.fromstring(body)
+    assert [child.tag for child in root] == ["Start", "Connect", "Hangup"]
+    recording = root.find("./Start/Recording")
+    assert recording is not None
+    assert recording.attrib["channels"] == "dual"
+    assert recording.attrib["recordingStatusCallback"] == BASE_URL + "/twilio/recording"

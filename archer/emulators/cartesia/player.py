@@ -375,6 +375,8 @@ class ScriptedCall(abc.ABC):
         self.open_tool_calls.add(tool_call_id)
         self.emulator.report(f"agent calls {step.name}")
         await self._send_tool_call(tool_call_id, step.name, parameters)
+        if step.lead_in is not None:
+            await self._say(Say(step.lead_in, interruptible=False))
         with trio.move_on_after(step.timeout) as waiting:
             await self._wait_until(lambda: tool_call_id in self.session.tool_results)
         if waiting.cancelled_caught:

@@ -16,7 +16,9 @@ Rules: a script is data, not code. The file is a JSON object ``{"description": "
 - ``{"collect_dtmf": {"digits": 4, "into": "pin", "timeout": 30}}``: collect keyed digits.
 - ``{"tool": {"name": "...", "arguments": {...}, "timeout": 30, "into": "result"}}``: call a
   client tool; ``{var}`` in any string argument is replaced by a variable an earlier step stored
-  with ``into``.
+  with ``into``. ``"lead_in": "<clip>"`` speaks a clip (not interruptible) right after sending the
+  call and before waiting for its result, as an agent asks for a keypad PIN while
+  ``collect_pin`` already runs.
 - ``{"dtmf": "5"}``: press keys; ``{"pause": 0.5}``: wait; ``{"hang_up": {"reason": "..."}}``.
 - ``{"transfer": {"number": "+15555550199"}}`` or ``{"transfer": {"sip_uri": "sip:desk@pbx"}}``:
   ask the client to transfer the call (Line's ``transfer_call`` event), optionally with
@@ -121,6 +123,8 @@ class CallTool:
     arguments: Mapping[str, object]
     into: str | None = None
     timeout: float = DEFAULT_TOOL_TIMEOUT
+    #: A clip spoken after the call is sent, while its result is awaited.
+    lead_in: str | None = None
 
 
 @attrs.frozen(slots=True)
@@ -170,7 +174,9 @@ class AgentScript:
 
     def clip_names(self) -> frozenset[str]:
         """Every clip a ``say`` step speaks."""
-        return frozenset(step.clip for step in self.steps if isinstance(step, Say))
+        said = {step.clip for step in self.steps if isinstance(step, Say)}
+        led = {s.lead_in for s in self.steps if isinstance(s, CallTool) and s.lead_in is not None}
+        return frozenset(said | led)
 
     def line_only(self) -> bool:
         """Whether a step needs the Line protocol (``transfer``), so managed sessions fail."""
@@ -348,7 +354,7 @@ def _parse_transfer(value: object, where: str) -> Transfer:
 
 
 def _parse_tool(value: object, where: str) -> CallTool:
-    fields = _fields(value, {"name", "arguments", "timeout", "into"}, where)
+    fields = _fields(value, {"name", "arguments", "timeout", "into", "lead_in"}, where)
     name = fields.get("name")
     if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
         raise AgentScriptError(f"{where}: 'name' must be 1-64 of [A-Za-z0-9_-]")
@@ -356,7 +362,11 @@ def _parse_tool(value: object, where: str) -> CallTool:
     if not isinstance(arguments, dict):
         raise AgentScriptError(f"{where}: 'arguments' must be an object")
     into = fields.get("into")
+    lead_in = fields.get("lead_in")
+    if lead_in is not None:
+        lead_in = _nonempty_text(lead_in, "'lead_in'", where)
     return CallTool(
+        lead_in=lead_in,
         name=name,
         arguments=arguments,
         into=None if into is None else _variable(into, where),

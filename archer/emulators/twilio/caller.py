@@ -21,10 +21,13 @@ is to end or transfer calls over REST, the REST emulator's ``TwilioRestState``
 
 from __future__ import annotations
 
+import secrets
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Final
+from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -128,6 +131,14 @@ class EmulatedCaller:
         else:
             twiml = response.text
             answer = read_voice_answer(response)
+        recording = recording_callback_path(twiml) if isinstance(answer, StreamPlan) else None
+        if recording is not None:
+            # <Start><Recording> runs before <Connect>: a recording is in progress (issue 21).
+            recording_sid = "RE" + secrets.token_hex(16)
+            if self.rest is not None:
+                recording_sid = self.rest.start_recording(self.call_sid).sid
+            self._tell("Twilio starts recording the call (two channels)")
+            await self._post_recording(recording, recording_sid, "in-progress", None)
         if isinstance(answer, StreamPlan):
             self._tell("Archer answers; the caller is connected to the agent")
             ended_by, detail = await leg.connect_and_run(answer)
@@ -137,6 +148,8 @@ class EmulatedCaller:
         duration = trio.current_time() - started
         if self.rest is not None:
             self.rest.end_call(self.call_sid)
+        if recording is not None:
+            await self._post_recording(recording, recording_sid, "completed", round(duration))
         callback_status = await self._post_status(duration)
         return CallOutcome(
             call_sid=self.call_sid,
@@ -171,6 +184,34 @@ class EmulatedCaller:
             self.archer_url.rstrip("/") + path, fields, headers={"X-Twilio-Signature": signature}
         )
 
+    async def _post_recording(
+        self, path: str, recording_sid: str, status: str, duration: int | None
+    ) -> None:
+        """Twilio's recording status callback (``in-progress``, then ``completed``), signed."""
+        fields = {
+            "AccountSid": self.account_sid,
+            "CallSid": self.call_sid,
+            "RecordingSid": recording_sid,
+            "RecordingStatus": status,
+            "RecordingChannels": "2",
+            "RecordingSource": "StartCallRecordingTwiML",
+            "RecordingStartTime": format_datetime(datetime.now(UTC)),
+            "RecordingTrack": "both",
+        }
+        if duration is not None:
+            fields["RecordingDuration"] = str(duration)
+            fields["RecordingUrl"] = (
+                f"https://api.twilio.com/2010-04-01/Accounts/{self.account_sid}"
+                f"/Recordings/{recording_sid}"
+            )
+        try:
+            response = await self._post(path, fields)
+        except (OSError, trio.TooSlowError) as exc:
+            self._tell(f"the recording callback failed: {reason(exc)}")
+            return
+        if response.status != 200:
+            self._tell(f"the recording callback was answered HTTP {response.status}")
+
     async def _post_status(self, duration: float) -> int | None:
         """Twilio's call status callback after the call (reference §1.4); its HTTP status."""
         fields = {
@@ -187,3 +228,15 @@ class EmulatedCaller:
             self._tell(f"the status callback failed: {reason(exc)}")
             return None
         return response.status
+
+
+def recording_callback_path(twiml: str) -> str | None:
+    """The path of ``<Start><Recording recordingStatusCallback>`` in ``twiml``, if it records."""
+    try:
+        root = ET.fromstring(twiml)
+    except ET.ParseError:
+        return None
+    recording = root.find("./Start/Recording")
+    if recording is None:
+        return None
+    return urlsplit(recording.attrib.get("recordingStatusCallback", "")).path or None

@@ -19,6 +19,9 @@ Behaviour, in the order it is checked (reference §5.1; codes Twilio documents):
   ``<Dial>`` records ``transferred_to`` (the call stays in progress, as a dialled transfer
   does), and the answer is the call resource as JSON with every key twilio-python reads.
 
+The Call Recording update (issue 21) has a blueprint of its own (``_recordings_blueprint``):
+the pause and resume Archer makes during a keypad PIN entry.
+
 Adding an endpoint (creating calls, recordings): a route in a blueprint of its own, registered in
 ``twilio_rest_app``, that answers ``_unauthenticated(state)`` first and records what it was sent
 on ``TwilioRestState`` for the test to inspect.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import secrets
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -46,6 +50,7 @@ from archer.twilio.twiml import MAX_INLINE_TWIML_CHARS
 __all__ = [
     "CallUpdate",
     "EmulatedCall",
+    "EmulatedRecording",
     "TwilioRestState",
     "serve_twilio_rest",
     "twilio_rest_app",
@@ -81,6 +86,22 @@ class EmulatedCall:
     updated_at: datetime | None = None
     #: The number of the last ``<Dial>`` sent in a ``Twiml`` update, if any.
     transferred_to: str | None = None
+    #: The call's recording, once one was started (``TwilioRestState.start_recording``).
+    recording: EmulatedRecording | None = None
+
+
+@attrs.define
+class EmulatedRecording:
+    """A call recording (Twilio's Recording resource): ``in-progress``, ``paused``, ``stopped``.
+
+    ``changes`` lists every accepted status change as ``(status, PauseBehavior or "")``.
+    """
+
+    sid: str
+    started_at: datetime
+    channels: int = 2
+    status: str = IN_PROGRESS
+    changes: list[tuple[str, str]] = attrs.Factory(list)
 
 
 @attrs.define
@@ -91,6 +112,8 @@ class TwilioRestState:
     auth_token: str = attrs.field(repr=False)
     calls: dict[str, EmulatedCall] = attrs.Factory(dict)
     updates: list[CallUpdate] = attrs.Factory(list)
+    #: Recording updates (pause, resume, stop), as posted; not call updates.
+    recording_updates: list[CallUpdate] = attrs.Factory(list)
     _arrived: trio.Event = attrs.field(factory=trio.Event, repr=False)
 
     def add_call(
@@ -100,6 +123,13 @@ class TwilioRestState:
         call = EmulatedCall(call_sid, from_number, to_number, started_at=_now())
         self.calls[call_sid] = call
         return call
+
+    def start_recording(self, call_sid: str, *, channels: int = 2) -> EmulatedRecording:
+        """The call's ``<Start><Recording>`` ran: a recording is in progress (``KeyError`` if
+        the call was never added)."""
+        recording = EmulatedRecording("RE" + secrets.token_hex(16), _now(), channels)
+        self.calls[call_sid].recording = recording
+        return recording
 
     def end_call(self, call_sid: str) -> None:
         """The caller hung up: the call is over (``KeyError`` if it was never added)."""
@@ -126,6 +156,7 @@ def twilio_rest_app(state: TwilioRestState) -> QuartTrio:
     app = QuartTrio("archer-twilio-rest-emulator")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.register_blueprint(_calls_blueprint(state))
+    app.register_blueprint(_recordings_blueprint(state))
     return app
 
 
@@ -193,6 +224,77 @@ def _calls_blueprint(state: TwilioRestState) -> Blueprint:
         return jsonify(_call_resource(state.account_sid, call))
 
     return blueprint
+
+
+#: ``Status`` values the Recording resource's update accepts, and ``PauseBehavior`` values.
+_RECORDING_STATUSES: Final = frozenset({"in-progress", "paused", "stopped"})
+_PAUSE_BEHAVIORS: Final = frozenset({"skip", "silence"})
+
+
+def _recordings_blueprint(state: TwilioRestState) -> Blueprint:
+    """``POST …/Calls/{CallSid}/Recordings/{Sid}.json`` as Twilio's API reference describes the
+    Call Recording update: ``Sid`` is the recording's SID or ``Twilio.CURRENT`` (the call's
+    recording in progress or paused); ``Status`` is ``in-progress``, ``paused`` or ``stopped``;
+    ``PauseBehavior`` (``skip`` or ``silence``, default ``silence``) goes with a pause. A call
+    with no such recording answers 404 (code 20404); a bad field 400 (code 21220 for a call or
+    recording that is over is not claimed: none is invented)."""
+    blueprint = Blueprint("twilio_rest_recordings", __name__)
+
+    @blueprint.post(
+        f"/{API_VERSION}/Accounts/<account_sid>/Calls/<call_sid>/Recordings/<recording_sid>.json"
+    )
+    async def update_recording(account_sid: str, call_sid: str, recording_sid: str) -> Response:
+        refused = _unauthenticated(state)
+        if refused is not None:
+            return refused
+        # The whole request is read first, so a refusal leaves the kept-alive connection clean.
+        fields = {name: value for name, value in (await request.form).items()}
+        call = state.calls.get(call_sid)
+        recording = None if call is None else call.recording
+        if (
+            account_sid != state.account_sid
+            or recording is None
+            or recording.status == "stopped"
+            or recording_sid not in ("Twilio.CURRENT", recording.sid)
+        ):
+            return _error(404, 20404, f"The requested resource {request.path} was not found")
+        status = fields.get("Status", "")
+        behavior = fields.get("PauseBehavior", "")
+        if status not in _RECORDING_STATUSES or (behavior and behavior not in _PAUSE_BEHAVIORS):
+            return _error(400, None, f"Invalid Status or PauseBehavior: {status!r} {behavior!r}")
+        # Kept apart from call updates: a recording change does not move the call.
+        state.recording_updates.append(CallUpdate(call_sid, fields, received_at=_now()))
+        recording.status = status
+        recording.changes.append((status, behavior))
+        return jsonify(_recording_resource(state.account_sid, call_sid, recording))
+
+    return blueprint
+
+
+def _recording_resource(
+    account_sid: str, call_sid: str, recording: EmulatedRecording
+) -> dict[str, Any]:
+    return {
+        "account_sid": account_sid,
+        "api_version": API_VERSION,
+        "call_sid": call_sid,
+        "conference_sid": None,
+        "date_created": _rfc2822(recording.started_at),
+        "date_updated": _rfc2822(_now()),
+        "start_time": _rfc2822(recording.started_at),
+        "duration": None,
+        "sid": recording.sid,
+        "price": None,
+        "price_unit": "USD",
+        "status": recording.status,
+        "channels": recording.channels,
+        "source": "StartCallRecordingTwiML",
+        "error_code": None,
+        "track": "both",
+        "encryption_details": None,
+        "uri": f"/{API_VERSION}/Accounts/{account_sid}/Calls/{call_sid}/Recordings/"
+        f"{recording.sid}.json",
+    }
 
 
 def _unauthenticated(state: TwilioRestState) -> Response | None:
