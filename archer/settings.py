@@ -96,7 +96,9 @@ GROUPS: Final[Mapping[str, frozenset[str]]] = {
             "CARTESIA_API_KEY",
             "CARTESIA_AGENT_ID",
             "CARTESIA_WS_URL",
-            "CARTESIA_VERSION",
+            "CARTESIA_MANAGED_VERSION",
+            "CARTESIA_LINE_VERSION",
+            "CARTESIA_VERSION",  # retired: a one-line error names the two above
             "CARTESIA_PROTOCOL",
             "CARTESIA_AUDIO_FORMAT",
             "CARTESIA_VOICE_ID",
@@ -107,6 +109,9 @@ GROUPS: Final[Mapping[str, frozenset[str]]] = {
             "AGENT_AUDIO_BATCH_MS",
             "AGENT_READY_TIMEOUT",
             "AGENT_PING_INTERVAL",
+            # --- reconnect (issue 16): archer.call.reconnect ---
+            "AGENT_RECONNECT_ATTEMPTS",
+            "AGENT_RECONNECT_WINDOW",
         }
     ),
     "calls": frozenset(
@@ -176,7 +181,10 @@ class Settings:
     cartesia_api_key: str = attrs.field(default="", repr=False)
     cartesia_agent_id: str = ""
     cartesia_ws_url: str = "wss://api.cartesia.ai"
-    cartesia_version: str = "2026-08-14"
+    #: The API version each protocol is pinned to (Cartesia's docs, ../shared/reference
+    #: cartesia-agents.md §1.3): Managed Agents and the Line Calls API date theirs apart.
+    cartesia_managed_version: str = "2026-08-14"
+    cartesia_line_version: str = "2026-03-01"
     cartesia_protocol: str = "managed"
     cartesia_audio_format: str = "mulaw_8000"
     cartesia_voice_id: str = ""
@@ -222,6 +230,12 @@ class Settings:
     spool_path: str = "spool/calls.jsonl"
     spool_replay_interval: float = 30.0
     limits: CallLimits = attrs.Factory(CallLimits)
+    # --- reconnect (issue 16): archer.call.reconnect ---
+    #: New agent sessions a call may open after its agent failed (or its first connect did);
+    #: 0 turns reconnecting off (a failure ends the call as before, e.g. ``agent_error``).
+    agent_reconnect_attempts: int = 3
+    #: ...all within this many seconds of the failure; then the caller goes to a person.
+    agent_reconnect_window: float = 15.0
     # --- instances: leases and the reaper (archer.db.instances) ---
     #: This process's name in the ``instances`` table, on its calls and in its spool file name.
     instance_id: str = attrs.Factory(lambda: default_instance_id())
@@ -274,7 +288,8 @@ class Settings:
             cartesia_ws_url=env.text(
                 "CARTESIA_WS_URL", "wss://api.cartesia.ai", check=_ws_url
             ).rstrip("/"),
-            cartesia_version=env.text("CARTESIA_VERSION", "2026-08-14"),
+            cartesia_managed_version=env.text("CARTESIA_MANAGED_VERSION", "2026-08-14"),
+            cartesia_line_version=env.text("CARTESIA_LINE_VERSION", "2026-03-01"),
             cartesia_protocol=env.choice("CARTESIA_PROTOCOL", "managed", PROTOCOLS),
             cartesia_audio_format=env.choice("CARTESIA_AUDIO_FORMAT", "mulaw_8000", AUDIO_FORMATS),
             cartesia_voice_id=env.text("CARTESIA_VOICE_ID", ""),
@@ -306,12 +321,23 @@ class Settings:
             spool_path=env.text("SPOOL_PATH", "spool/calls.jsonl"),
             spool_replay_interval=env.number("SPOOL_REPLAY_INTERVAL", 30.0),
             limits=limits,
+            # --- reconnect ---
+            agent_reconnect_attempts=env.integer("AGENT_RECONNECT_ATTEMPTS", 3, minimum=0),
+            agent_reconnect_window=env.number("AGENT_RECONNECT_WINDOW", 15.0),
             # --- instances: leases and the reaper ---
             instance_id=env.text("INSTANCE_ID", "", check=_instance_id) or default_instance_id(),
             instance_lease_seconds=env.number("INSTANCE_LEASE_SECONDS", 15.0),
             instance_heartbeat_seconds=env.number("INSTANCE_HEARTBEAT_SECONDS", 5.0),
             reaper_interval=env.number("REAPER_INTERVAL", 10.0),
         )
+        if "CARTESIA_VERSION" in environ:
+            # One date cannot be right for both protocols: guessing which one it meant would
+            # pin the other to a version it may not speak, so the operator chooses.
+            env.problems.setdefault(
+                "CARTESIA_VERSION",
+                "CARTESIA_VERSION is retired: set CARTESIA_MANAGED_VERSION (Managed Agents) or"
+                " CARTESIA_LINE_VERSION (Line) instead, or remove it to use their defaults",
+            )
         checked = None if groups is None else frozenset().union(*(GROUPS[g] for g in groups))
         problems = [
             problem

@@ -94,10 +94,14 @@ async def running_system(
     protocol: str = "managed",
     agent_server_url: str | None = None,
     media_listener: bool = False,
+    reconnect_attempts: int = 0,
+    reconnect_window: float = 15.0,
 ) -> AsyncIterator[System]:
     """Archer (with ``tools``; None for the real banking tools) and its agent, on loopback.
 
     ``media_listener``: media streams go to the dedicated listener (``MEDIA_PORT``).
+    ``reconnect_attempts``: 0 (off) unless a test is about reconnecting, so the fault tests
+    see each failure's own end reason (issue 16).
     """
     media_port = closed_port() if media_listener else 0
     spool_dir = Path(tempfile.mkdtemp(prefix="archer-spool-"))
@@ -121,6 +125,8 @@ async def running_system(
             cartesia_ws_url=agent_url or agent_server_url or agent.url,
             cartesia_protocol=protocol,
             media_port=media_port,
+            agent_reconnect_attempts=reconnect_attempts,
+            agent_reconnect_window=reconnect_window,
             # The test caller sends media only when told (Twilio would every 20 ms): a quiet
             # test caller is not a lost stream unless a test sets a short media timeout.
             limits=limits
