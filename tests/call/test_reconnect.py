@@ -16,9 +16,9 @@ import trio
 import trio.testing
 
 from archer.audio.hold import hold_frames
+from archer.call.events import TurnStarted
 from archer.call.ports import AgentSession
 from archer.call.reconnect import ReconnectPolicy, is_retryable
-from archer.call.events import TurnStarted
 from archer.call.session import bridge_call
 from archer.call.state import CallState
 from archer.call.tools import Tool, ToolContext, ToolRegistry, ToolResult
@@ -150,7 +150,7 @@ async def test_a_1011_mid_turn_is_replaced_by_a_new_session(
             twilio.stop()
 
         nursery.start_soon(caller)
-        connector, call = await run([first, second], twilio)
+        _connector, call = await run([first, second], twilio)
     media = twilio.sent("media")
     hold = set(hold_frames())
     first_hold = next(i for i, payload in enumerate(media) if payload in hold)
@@ -165,8 +165,10 @@ async def test_a_1011_mid_turn_is_replaced_by_a_new_session(
     record = call.snapshot()
     assert (record.agent_reconnects, record.agent_call_ids) == (1, ("ac_first", "ac_second"))
     [tool] = record.tool_calls
-    assert tool.finished_at is not None and "10" in (tool.result or "")
-    assert first.sent("tool_result") == [] and second.sent("tool_result") == []
+    assert tool.finished_at is not None
+    assert "10" in (tool.result or "")
+    assert first.sent("tool_result") == []
+    assert second.sent("tool_result") == []
     # The new session's turn is numbered after the dead session's turns.
     assert [turn.turn for turn in record.turns] == [1, 2, 3]
     assert audio(50) not in second.sent("audio")
@@ -216,7 +218,7 @@ async def test_without_a_number_the_caller_hears_the_apology_and_is_hung_up_on(
         dying.emit(AgentFatalError("agent_failed", "agent process died"))
         plan = [dying, REFUSED]
     twilio = FakeTwilio()
-    connector, call = await run(plan, twilio)
+    _connector, call = await run(plan, twilio)
     assert (call.status, call.end_reason) == ("failed", "agent_lost")
     assert call.agent_reconnects == 0
     assert len(twilio.sent("media")) > 100
