@@ -98,7 +98,6 @@ GROUPS: Final[Mapping[str, frozenset[str]]] = {
             "CARTESIA_WS_URL",
             "CARTESIA_MANAGED_VERSION",
             "CARTESIA_LINE_VERSION",
-            "CARTESIA_VERSION",  # retired: a one-line error names the two above
             "CARTESIA_PROTOCOL",
             "CARTESIA_AUDIO_FORMAT",
             "CARTESIA_VOICE_ID",
@@ -330,14 +329,6 @@ class Settings:
             instance_heartbeat_seconds=env.number("INSTANCE_HEARTBEAT_SECONDS", 5.0),
             reaper_interval=env.number("REAPER_INTERVAL", 10.0),
         )
-        if "CARTESIA_VERSION" in environ:
-            # One date cannot be right for both protocols: guessing which one it meant would
-            # pin the other to a version it may not speak, so the operator chooses.
-            env.problems.setdefault(
-                "CARTESIA_VERSION",
-                "CARTESIA_VERSION is retired: set CARTESIA_MANAGED_VERSION (Managed Agents) or"
-                " CARTESIA_LINE_VERSION (Line) instead, or remove it to use their defaults",
-            )
         checked = None if groups is None else frozenset().union(*(GROUPS[g] for g in groups))
         problems = [
             problem
@@ -345,6 +336,13 @@ class Settings:
             if checked is None or name in checked or name in requires
         ]
         problems += env.requirement_problems(requires)
+        if "CARTESIA_VERSION" in environ and (groups is None or "cartesia" in groups):
+            # Retired (issue 16). One date cannot be right for both protocols: guessing which
+            # one it meant would pin the other to a version it may not speak.
+            problems.append(
+                "CARTESIA_VERSION is retired: set CARTESIA_MANAGED_VERSION (Managed Agents) or"
+                " CARTESIA_LINE_VERSION (Line) instead, or remove it to use their defaults"
+            )
         if problems:
             raise SettingsError(problems)
         return settings
