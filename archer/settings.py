@@ -111,6 +111,7 @@ GROUPS: Final[Mapping[str, frozenset[str]]] = {
             # --- reconnect (issue 16): archer.call.reconnect ---
             "AGENT_RECONNECT_ATTEMPTS",
             "AGENT_RECONNECT_WINDOW",
+            "AGENT_RESUME_VARIABLES",
         }
     ),
     "calls": frozenset(
@@ -130,6 +131,7 @@ GROUPS: Final[Mapping[str, frozenset[str]]] = {
 _T = TypeVar("_T")
 #: Instance ids name spool files and label log lines: a short, path-safe word.
 _INSTANCE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_VARIABLE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
 _SIP_URI: Final = re.compile(r"sips?:[^\s<>\"',]{1,250}", re.IGNORECASE)
 _ACCOUNT_SID: Final = re.compile(r"AC[0-9a-fA-F]{32}")
@@ -235,6 +237,9 @@ class Settings:
     agent_reconnect_attempts: int = 3
     #: ...all within this many seconds of the failure; then the caller goes to a person.
     agent_reconnect_window: float = 15.0
+    #: Extra dynamic variables (Line: start metadata) sent to a session that replaces a failed
+    #: one, so its prompt can say it resumes; empty by default, as the agent must declare them.
+    agent_resume_variables: Mapping[str, str] = attrs.field(factory=dict)
     # --- instances: leases and the reaper (archer.db.instances) ---
     #: This process's name in the ``instances`` table, on its calls and in its spool file name.
     instance_id: str = attrs.Factory(lambda: default_instance_id())
@@ -323,6 +328,7 @@ class Settings:
             # --- reconnect ---
             agent_reconnect_attempts=env.integer("AGENT_RECONNECT_ATTEMPTS", 3, minimum=0),
             agent_reconnect_window=env.number("AGENT_RECONNECT_WINDOW", 15.0),
+            agent_resume_variables=env.variables("AGENT_RESUME_VARIABLES"),
             # --- instances: leases and the reaper ---
             instance_id=env.text("INSTANCE_ID", "", check=_instance_id) or default_instance_id(),
             instance_lease_seconds=env.number("INSTANCE_LEASE_SECONDS", 15.0),
@@ -529,6 +535,18 @@ class _Reader:
                 {},
             )
         return found
+
+    def variables(self, name: str) -> dict[str, str]:
+        """Comma-separated ``name=value`` pairs, each name a dynamic variable's (a word)."""
+        value = self._get(name)
+        if value is None:
+            return {}
+        pairs = [part.strip().partition("=") for part in value.split(",") if part.strip()]
+        if any(not sep or not _VARIABLE_NAME.fullmatch(key.strip()) for key, sep, _ in pairs):
+            return self._problem(
+                name, f"{name} must be comma-separated name=value pairs (names are words)", {}
+            )
+        return {key.strip(): text.strip() for key, _, text in pairs}
 
     def boolean(self, name: str, default: bool) -> bool:
         return self._parse(name, default, _boolean, "true or false")

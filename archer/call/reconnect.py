@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import random
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -74,6 +75,9 @@ class ReconnectPolicy:
     max_delay: float = 2.0
     #: Where the caller goes when the budget is spent ("" : an apology and a hang-up).
     human_agent_number: str = ""
+    #: Dynamic variables a replacing session is given besides the call's own (the resume
+    #: hint, ``AGENT_RESUME_VARIABLES``; empty: the new session is opened like the first).
+    resume_variables: Mapping[str, str] = attrs.field(factory=dict)
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait before attempt ``attempt`` (1, 2, ...): full jitter."""

@@ -503,7 +503,12 @@ async def bridge_call(
     )
     replacement = None
     if reconnect is not None and reconnect.attempts > 0:
-        replacement = AgentReplacement(agents=agents, session=session, policy=reconnect)
+        replacement = AgentReplacement(
+            agents=agents,
+            # A replacing session may be told it resumes (off unless configured).
+            session=attrs.evolve(session, extra_variables={**reconnect.resume_variables}),
+            policy=reconnect,
+        )
     connecting = trio.current_time()
     try:
         async with contextlib.AsyncExitStack() as first_session:

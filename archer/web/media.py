@@ -114,6 +114,7 @@ async def _carry(services: Services, call: CallState, twilio: TwilioMediaStream)
                 attempts=settings.agent_reconnect_attempts,
                 window=settings.agent_reconnect_window,
                 human_agent_number=settings.human_agent_number,
+                resume_variables=settings.agent_resume_variables,
             ),
         )
     finally:

@@ -205,3 +205,13 @@ def test_the_reconnect_budget_is_read_and_checked() -> None:
         Settings.from_environ({**SERVING, "AGENT_RECONNECT_ATTEMPTS": "-1"})
     with pytest.raises(ConfigError, match="AGENT_RECONNECT_WINDOW"):
         Settings.from_environ({**SERVING, "AGENT_RECONNECT_WINDOW": "0"})
+
+
+def test_resume_variables_are_name_value_pairs() -> None:
+    assert Settings.from_environ(SERVING).agent_resume_variables == {}
+    settings = Settings.from_environ(
+        {**SERVING, "AGENT_RESUME_VARIABLES": "resumed=true, resume_note=we were cut off"}
+    )
+    assert settings.agent_resume_variables == {"resumed": "true", "resume_note": "we were cut off"}
+    with pytest.raises(ConfigError, match="AGENT_RESUME_VARIABLES"):
+        Settings.from_environ({**SERVING, "AGENT_RESUME_VARIABLES": "not a pair"})

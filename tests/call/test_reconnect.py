@@ -50,12 +50,14 @@ class FakeAgentSequence:
     #: Seconds every connect after the first takes (a handshake over a real network).
     reconnect_delay: float = 0.3
     opened: int = 0
+    sessions: list[AgentSession] = attrs.Factory(list)
 
     @asynccontextmanager
     async def open_session(self, session: AgentSession) -> AsyncIterator[FakeAgent]:
         await trio.sleep(self.reconnect_delay if self.opened else 0)
         step = self.plan[min(self.opened, len(self.plan) - 1)]
         self.opened += 1
+        self.sessions.append(session)
         if isinstance(step, AgentUnavailableError):
             raise step
         yield step
@@ -251,3 +253,20 @@ async def test_an_agent_that_dies_at_once_every_time_spends_one_budget(
     assert call.end_reason == "agent_lost"
     assert connector.opened == 1 + POLICY.attempts
     assert call.agent_reconnects == POLICY.attempts
+
+
+async def test_a_replacing_session_is_told_it_resumes_only_when_configured(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """AGENT_RESUME_VARIABLES reach the new session, never the first (off by default)."""
+    for resume, expected in (({}, {}), ({"resumed": "true"}, {"resumed": "true"})):
+        dying, second = FakeAgent(), FakeAgent(agent_call_id="ac_second")
+        dying.emit(AgentClosedError(1011, "internal error"))
+        second.hang_up()
+        connector, call = await run(
+            [dying, second], FakeTwilio(), policy=attrs.evolve(POLICY, resume_variables=resume)
+        )
+        first_session, second_session = connector.sessions
+        assert first_session.extra_variables == {}
+        assert second_session.extra_variables == expected
+        assert call.end_reason == "agent_hangup"
