@@ -317,73 +317,85 @@ async def run_agent_sessions(
 async def _run_with_replacement(
     first: AgentStream | None, replacement: AgentReplacement, parts: AgentSideParts
 ) -> None:
+    # The hold tone runs in a nursery of its own beside the sessions, so it starts the moment
+    # one fails, before the dead one is closed.
+    async with trio.open_nursery() as background:
+        await _replace_until_done(first, replacement, parts, background)
+        background.cancel_scope.cancel(reason="the agent side is over")
+
+
+async def _replace_until_done(
+    first: AgentStream | None,
+    replacement: AgentReplacement,
+    parts: AgentSideParts,
+    background: trio.Nursery,
+) -> None:
     call, playback, policy = parts.call, parts.playback, replacement.policy
     rng = random.Random()
     agent = first
     outage = None if first is not None else _Outage(trio.current_time())
-    async with trio.open_nursery() as background:
-        hold = trio.CancelScope()
-        if agent is None:
-            hold = await _start_hold(background, parts)
-        while True:
-            async with contextlib.AsyncExitStack() as sessions:
+    hold = trio.CancelScope()
+    if agent is None:
+        hold = await _start_hold(background, parts)
+    while True:
+        async with contextlib.AsyncExitStack() as sessions:
+            if agent is None:
+                assert outage is not None
+                agent = await _open_replacement(sessions, replacement, outage, call, rng)
+                hold.cancel()
                 if agent is None:
-                    assert outage is not None
-                    agent = await _open_replacement(sessions, replacement, outage, call, rng)
-                    hold.cancel()
-                    if agent is None:
-                        log.error("agent.reconnect_gave_up", attempts=outage.attempts_used)
-                        await fall_back(
-                            parts.downlink, playback, parts.tools, parts.control, policy
-                        )
-                        return
-                    await stop_hold(parts.downlink, playback)
-                    playback.gate_after_clear = agent.reports_turns
-                    parts.tools.agent = agent
-                    log.info(
-                        "agent.reconnected",
-                        agent_call_id=agent.agent_call_id,
-                        attempts=outage.attempts_used,
-                    )
-                    agent = _numbered_after(agent, call.last_turn)
-                opened_at = trio.current_time()
-                try:
-                    await parts.run_session(agent)
+                    log.error("agent.reconnect_gave_up", attempts=outage.attempts_used)
+                    await fall_back(parts.downlink, playback, parts.tools, parts.control, policy)
                     return
-                except BaseExceptionGroup as group:
-                    _, rest = group.split(is_retryable)
-                    if rest is not None:
-                        raise
-                    error = "; ".join(str(exc) for exc in _leaves(group))
-                # The dead session: nothing it sent more is played, and no result goes to it.
-                parts.tools.agent = None
-                playback.interrupt()
-                parts.transcoder.interrupted()
-                hold = await _start_hold(background, parts)
-                now = trio.current_time()
-                if outage is None or now - opened_at > policy.window:
-                    outage = _Outage(now)  # a session that lived its window earned a new budget
-                log.warning(
-                    "agent.session_lost",
-                    error=error,
-                    attempts_left=policy.attempts - outage.attempts_used,
+                await stop_hold(parts.downlink, playback)
+                playback.gate_after_clear = agent.reports_turns
+                parts.tools.agent = agent
+                log.info(
+                    "agent.reconnected",
+                    agent_call_id=agent.agent_call_id,
+                    attempts=outage.attempts_used,
                 )
-                agent = None
+                agent = _numbered_after(agent, call.last_turn)
+            opened_at = trio.current_time()
+            try:
+                await parts.run_session(agent)
+                return
+            except BaseExceptionGroup as group:
+                _, rest = group.split(is_retryable)
+                if rest is not None:
+                    raise
+                error = "; ".join(str(exc) for exc in _leaves(group))
+            # The dead session: nothing it sent more is played, and no result goes to it.
+            parts.tools.agent = None
+            playback.interrupt()
+            parts.transcoder.interrupted()
+            hold = await _start_hold(background, parts)
+            now = trio.current_time()
+            if outage is None or now - opened_at > policy.window:
+                outage = _Outage(now)  # a session that lived its window earned a new budget
+            log.warning(
+                "agent.session_lost",
+                error=error,
+                attempts_left=policy.attempts - outage.attempts_used,
+            )
+            agent = None
 
 
 async def _start_hold(background: trio.Nursery, parts: AgentSideParts) -> trio.CancelScope:
     """Start the hold tone and the caller-audio drain; cancel the scope returned to stop both."""
 
-    async def hold(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
+    scope = trio.CancelScope()
+
+    async def hold() -> None:
+        # A scope cancelled before this task enters it cancels at once: nothing plays.
+        with scope:
             async with trio.open_nursery() as holding:
                 holding.start_soon(play_hold, parts.downlink, parts.playback)
                 holding.start_soon(drop_caller_audio, parts.uplink.clone(), parts.call)
 
     # First the clear (what Twilio still holds of a dead session), then the tone behind it.
     await parts.downlink.send(CLEAR_PLAYBACK)
-    scope: trio.CancelScope = await background.start(hold)
+    background.start_soon(hold)
     return scope
 
 
