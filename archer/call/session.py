@@ -8,7 +8,9 @@ Rules (../shared/ARCHITECTURE.md §3):
   ``bridge_call``) and outlives every child. Inside it, the Twilio side (reader, writer, stall
   watch, recorder) runs directly, and the agent side (reader, forwarder, tools, keepalive) in a
   nursery of its own (``run_agent_side``) on clones of the channel ends, so the agent half can
-  end, and one day be replaced (issue 16), while the Twilio half and its channels stay up.
+  end and be replaced while the Twilio half and its channels stay up: ``run_agent_sessions``
+  opens a new session when one fails (issue 16; the rules are in ``archer.call.reconnect``).
+  The tool supervisor belongs to the call, so a tool outlives the session that asked for it.
 - The Twilio reader runs in the nursery body and is the call's lifeline: a ``stop`` or a closed
   socket ends the call normally and cancels the siblings; a stream that sends nothing for
   ``TWILIO_MEDIA_TIMEOUT`` ends it as ``twilio_lost``. The agent hanging up cleanly does the
