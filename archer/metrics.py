@@ -100,6 +100,9 @@ DB_OPERATIONS: Final = (
 
 #: What a call that found the process at MAX_ACTIVE_CALLS got: the apology, or OVERFLOW_NUMBER.
 OVERFLOW_OUTCOMES: Final = ("apology", "redirected")
+#: ``archer_agent_reconnects_total``: a new agent session opened, an attempt failed, an
+#: outage's budget spent (the caller went to a person or was hung up on; issue 16).
+RECONNECT_OUTCOMES: Final = ("reconnected", "failed", "gave_up")
 
 #: Routes that check ``X-Twilio-Signature``.
 SIGNED_ROUTES: Final = ("/twilio/voice", "/twilio/status", "/ws/cartesia", "/twilio/recording")
@@ -191,6 +194,7 @@ class Metrics:
     calls_overflowed: Counter = attrs.field(init=False)
     calls_capacity: Gauge = attrs.field(init=False)
     calls_reaped: Counter = attrs.field(init=False)
+    agent_reconnects: Counter = attrs.field(init=False)
     _latency_by_direction: dict[str, Histogram] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -306,6 +310,16 @@ class Metrics:
             self.calls_capacity.set(self.max_active_calls)
         for outcome in OVERFLOW_OUTCOMES:
             self.calls_overflowed.labels(outcome)
+        # Agent sessions replaced mid-call (issue 16), by outcome: a new session opened
+        # (reconnected), an attempt failed (failed), an outage's budget spent (gave_up).
+        self.agent_reconnects = Counter(
+            "archer_agent_reconnects_total",
+            "Agent session reconnects, by outcome (reconnected, failed, gave_up).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in RECONNECT_OUTCOMES:
+            self.agent_reconnects.labels(outcome)
         # Calls another party finished because their instance died or overran (archer.db.instances).
         self.calls_reaped = Counter(
             "archer_calls_reaped_total",
@@ -361,6 +375,13 @@ class Metrics:
         if record.duration_ms is not None:
             self.call_duration.observe(record.duration_ms / 1000)
         self._count_frames(summary, record)
+        for outcome, n in (
+            ("reconnected", _count(summary.get("agent_reconnects"))),
+            ("failed", _count(summary.get("agent_reconnect_failures"))),
+            ("gave_up", int(record.end_reason in ("agent_lost", "agent_lost_transferred"))),
+        ):
+            if n:
+                self.agent_reconnects.labels(outcome).inc(n)
         barge_ins = _count(summary.get("barge_ins"))
         if barge_ins:
             self.barge_ins.inc(barge_ins)

@@ -157,7 +157,7 @@ def agent_connector(settings: Settings) -> AgentConnector:
             ws_url=settings.cartesia_ws_url,
             agent_id=settings.cartesia_agent_id,
             api_key=settings.cartesia_api_key,
-            version=settings.cartesia_version,
+            version=settings.cartesia_line_version,
             ready_timeout=limits.agent_ready_timeout,
             max_message_bytes=limits.max_message_bytes,
             output_format=settings.agent_output_format,
@@ -169,7 +169,7 @@ def agent_connector(settings: Settings) -> AgentConnector:
         ws_url=settings.cartesia_ws_url,
         agent_id=settings.cartesia_agent_id,
         api_key=settings.cartesia_api_key,
-        version=settings.cartesia_version,
+        version=settings.cartesia_managed_version,
         ready_timeout=limits.agent_ready_timeout,
         max_message_bytes=limits.max_message_bytes,
     )

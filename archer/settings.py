@@ -103,7 +103,8 @@ GROUPS: Final[Mapping[str, frozenset[str]]] = {
             "CARTESIA_API_KEY",
             "CARTESIA_AGENT_ID",
             "CARTESIA_WS_URL",
-            "CARTESIA_VERSION",
+            "CARTESIA_MANAGED_VERSION",
+            "CARTESIA_LINE_VERSION",
             "CARTESIA_PROTOCOL",
             "CARTESIA_AUDIO_FORMAT",
             "CARTESIA_VOICE_ID",
@@ -114,6 +115,10 @@ GROUPS: Final[Mapping[str, frozenset[str]]] = {
             "AGENT_AUDIO_BATCH_MS",
             "AGENT_READY_TIMEOUT",
             "AGENT_PING_INTERVAL",
+            # --- reconnect (issue 16): archer.call.reconnect ---
+            "AGENT_RECONNECT_ATTEMPTS",
+            "AGENT_RECONNECT_WINDOW",
+            "AGENT_RESUME_VARIABLES",
         }
     ),
     "calls": frozenset(
@@ -157,6 +162,7 @@ GROUPS: Final[Mapping[str, frozenset[str]]] = {
 _T = TypeVar("_T")
 #: Instance ids name spool files and label log lines: a short, path-safe word.
 _INSTANCE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_VARIABLE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
 _SIP_URI: Final = re.compile(r"sips?:[^\s<>\"',]{1,250}", re.IGNORECASE)
 _ACCOUNT_SID: Final = re.compile(r"AC[0-9a-fA-F]{32}")
@@ -207,7 +213,10 @@ class Settings:
     cartesia_api_key: str = attrs.field(default="", repr=False)
     cartesia_agent_id: str = ""
     cartesia_ws_url: str = "wss://api.cartesia.ai"
-    cartesia_version: str = "2026-08-14"
+    #: The API version each protocol is pinned to (Cartesia's docs, ../shared/reference
+    #: cartesia-agents.md §1.3): Managed Agents and the Line Calls API date theirs apart.
+    cartesia_managed_version: str = "2026-08-14"
+    cartesia_line_version: str = "2026-03-01"
     cartesia_protocol: str = "managed"
     cartesia_audio_format: str = "mulaw_8000"
     cartesia_voice_id: str = ""
@@ -274,6 +283,15 @@ class Settings:
     spool_path: str = "spool/calls.jsonl"
     spool_replay_interval: float = 30.0
     limits: CallLimits = attrs.Factory(CallLimits)
+    # --- reconnect (issue 16): archer.call.reconnect ---
+    #: New agent sessions a call may open after its agent failed (or its first connect did);
+    #: 0 turns reconnecting off (a failure ends the call as before, e.g. ``agent_error``).
+    agent_reconnect_attempts: int = 3
+    #: ...all within this many seconds of the failure; then the caller goes to a person.
+    agent_reconnect_window: float = 15.0
+    #: Extra dynamic variables (Line: start metadata) sent to a session that replaces a failed
+    #: one, so its prompt can say it resumes; empty by default, as the agent must declare them.
+    agent_resume_variables: Mapping[str, str] = attrs.field(factory=dict)
     # --- instances: leases and the reaper (archer.db.instances) ---
     #: This process's name in the ``instances`` table, on its calls and in its spool file name.
     instance_id: str = attrs.Factory(lambda: default_instance_id())
@@ -348,7 +366,8 @@ class Settings:
             cartesia_ws_url=env.text(
                 "CARTESIA_WS_URL", "wss://api.cartesia.ai", check=_ws_url
             ).rstrip("/"),
-            cartesia_version=env.text("CARTESIA_VERSION", "2026-08-14"),
+            cartesia_managed_version=env.text("CARTESIA_MANAGED_VERSION", "2026-08-14"),
+            cartesia_line_version=env.text("CARTESIA_LINE_VERSION", "2026-03-01"),
             cartesia_protocol=env.choice("CARTESIA_PROTOCOL", "managed", PROTOCOLS),
             cartesia_audio_format=env.choice("CARTESIA_AUDIO_FORMAT", "mulaw_8000", AUDIO_FORMATS),
             cartesia_voice_id=env.text("CARTESIA_VOICE_ID", ""),
@@ -390,6 +409,10 @@ class Settings:
             spool_path=env.text("SPOOL_PATH", "spool/calls.jsonl"),
             spool_replay_interval=env.number("SPOOL_REPLAY_INTERVAL", 30.0),
             limits=limits,
+            # --- reconnect ---
+            agent_reconnect_attempts=env.integer("AGENT_RECONNECT_ATTEMPTS", 3, minimum=0),
+            agent_reconnect_window=env.number("AGENT_RECONNECT_WINDOW", 15.0),
+            agent_resume_variables=env.variables("AGENT_RESUME_VARIABLES"),
             # --- instances: leases and the reaper ---
             instance_id=env.text("INSTANCE_ID", "", check=_instance_id) or default_instance_id(),
             instance_lease_seconds=env.number("INSTANCE_LEASE_SECONDS", 15.0),
@@ -415,6 +438,13 @@ class Settings:
             if checked is None or name in checked or name in requires
         ]
         problems += env.requirement_problems(requires)
+        if "CARTESIA_VERSION" in environ and (groups is None or "cartesia" in groups):
+            # Retired (issue 16). One date cannot be right for both protocols: guessing which
+            # one it meant would pin the other to a version it may not speak.
+            problems.append(
+                "CARTESIA_VERSION is retired: set CARTESIA_MANAGED_VERSION (Managed Agents) or"
+                " CARTESIA_LINE_VERSION (Line) instead, or remove it to use their defaults"
+            )
         if problems:
             raise SettingsError(problems)
         return settings
@@ -601,6 +631,18 @@ class _Reader:
                 {},
             )
         return found
+
+    def variables(self, name: str) -> dict[str, str]:
+        """Comma-separated ``name=value`` pairs, each name a dynamic variable's (a word)."""
+        value = self._get(name)
+        if value is None:
+            return {}
+        pairs = [part.strip().partition("=") for part in value.split(",") if part.strip()]
+        if any(not sep or not _VARIABLE_NAME.fullmatch(key.strip()) for key, sep, _ in pairs):
+            return self._problem(
+                name, f"{name} must be comma-separated name=value pairs (names are words)", {}
+            )
+        return {key.strip(): text.strip() for key, _, text in pairs}
 
     def boolean(self, name: str, default: bool) -> bool:
         return self._parse(name, default, _boolean, "true or false")

@@ -37,6 +37,8 @@ agent agent_freeze_confirm "Of course. I'm freezing your card ending in two two 
 agent agent_frozen "Done. Your card is frozen. Is there anything else I can help you with?"
 agent agent_goodbye "Thank you for calling Archer Bank. Goodbye."
 agent agent_transfer "I understand. Let me transfer you to a colleague who can help."
+agent agent_lost_transfer "I'm sorry, I'm having technical trouble. Let me put you through to a colleague."
+agent agent_lost_goodbye "I'm sorry, I'm having technical trouble. Please call us again in a few minutes. Goodbye."
 caller caller_balance "Hi, I'd like to check my balance, please."
 caller caller_freeze "Sorry to interrupt. I think I lost my card. Can you freeze the one ending in two two zero seven?"
 caller caller_thanks "No, that's all. Thank you, bye."

@@ -36,6 +36,13 @@ _TEXTS: Final[dict[str, str]] = {
     "agent_frozen": "Done. Your card is frozen. Is there anything else I can help you with?",
     "agent_goodbye": "Thank you for calling Archer Bank. Goodbye.",
     "agent_transfer": "I understand. Let me transfer you to a colleague who can help.",
+    # Archer's own apologies when the agent is lost and no new session came (issue 16).
+    "agent_lost_transfer": (
+        "I'm sorry, I'm having technical trouble. Let me put you through to a colleague."
+    ),
+    "agent_lost_goodbye": (
+        "I'm sorry, I'm having technical trouble. Please call us again in a few minutes. Goodbye."
+    ),
     "caller_balance": "Hi, I'd like to check my balance, please.",
     "caller_freeze": (
         "Sorry to interrupt. I think I lost my card."

@@ -10,6 +10,7 @@ back; the call state then records the expected outcome rather than ``caller_hang
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import attrs
@@ -41,10 +42,17 @@ class CallControl:
     _uplink: trio.MemorySendChannel[UplinkItem] | None = None
     #: The playback epoch when the agent made the request this control serves.
     _requested_in_epoch: int = 0
+    #: End reasons this control records under another name (Archer's own fall-back transfer
+    #: is ``agent_lost_transferred``, not ``transferred``; issue 16).
+    _end_reasons: Mapping[str, str] = attrs.field(factory=dict)
 
     def for_request(self, epoch: int) -> CallControl:
         """The controls for one tool request the agent made during playback epoch ``epoch``."""
         return attrs.evolve(self, requested_in_epoch=epoch)
+
+    def renaming(self, end_reasons: Mapping[str, str]) -> CallControl:
+        """The same controls, recording each end reason in ``end_reasons`` under its value."""
+        return attrs.evolve(self, end_reasons=end_reasons)
 
     async def wait_until_heard(self) -> bool:
         """Wait until the agent's queued speech has played.
@@ -80,7 +88,7 @@ class CallControl:
 
     def expect(self, status: CallStatus, end_reason: str) -> None:
         """Announce how the call is about to end, before asking Twilio to end it."""
-        self._call.expect(status, end_reason)
+        self._call.expect(status, self._end_reasons.get(end_reason, end_reason))
 
     def withdraw(self) -> None:
         """Twilio refused: the call goes on and ends however it ends."""
@@ -88,6 +96,7 @@ class CallControl:
 
     def end(self, status: CallStatus, end_reason: str) -> None:
         """End the call now: record how, and cancel the call's tasks (this one included)."""
+        end_reason = self._end_reasons.get(end_reason, end_reason)
         self._call.finish(status, end_reason)
         self._scope.cancel(reason=f"a tool ended the call ({end_reason})")
 

@@ -12,6 +12,7 @@ peer is an event, not an exception.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol
 
@@ -172,6 +173,9 @@ class AgentSession:
     caller_number: str
     customer_id: int | None
     audio_format: str
+    #: More dynamic variables (Line: start metadata), e.g. the resume hint a session that
+    #: replaces a failed one is given (``AGENT_RESUME_VARIABLES``; issue 16).
+    extra_variables: Mapping[str, str] = attrs.field(factory=dict)
 
 
 class AgentConnector(Protocol):

@@ -32,6 +32,9 @@ END_REASONS: Final = frozenset(
         "agent_error",  # the agent closed abnormally or reported a fatal error
         "agent_unresponsive",  # keepalive pings went unanswered
         "agent_idle_timeout",  # the agent closed the session for inactivity
+        # The agent failed and no new session came within AGENT_RECONNECT_ATTEMPTS/_WINDOW:
+        "agent_lost_transferred",  # ...the caller heard an apology and went to HUMAN_AGENT_NUMBER
+        "agent_lost",  # ...the caller heard an apology and was hung up on (no number, or refused)
         "protocol_error",  # a peer sent something we could not understand
         "stream_rejected",  # the media stream's one-time token was missing, used or expired
         "max_duration",  # the call hit the maximum call length
@@ -111,6 +114,10 @@ class CallRecord:
     #: Custom events the agent sent (Line agents), in order, as received (bounded by the call
     #: state).
     agent_events: tuple[Mapping[str, object], ...] = ()
+    #: Agent sessions opened after the first because the agent failed (issue 16)...
+    agent_reconnects: int = 0
+    #: ...and every agent session's call id, in order (``agent_call_id`` is the last).
+    agent_call_ids: tuple[str, ...] = ()
 
 
 @attrs.frozen(slots=True)

@@ -8,7 +8,9 @@ Rules (../shared/ARCHITECTURE.md §3):
   ``bridge_call``) and outlives every child. Inside it, the Twilio side (reader, writer, stall
   watch, recorder) runs directly, and the agent side (reader, forwarder, tools, keepalive) in a
   nursery of its own (``run_agent_side``) on clones of the channel ends, so the agent half can
-  end, and one day be replaced (issue 16), while the Twilio half and its channels stay up.
+  end and be replaced while the Twilio half and its channels stay up: ``run_agent_sessions``
+  opens a new session when one fails (issue 16; the rules are in ``archer.call.reconnect``).
+  The tool supervisor belongs to the call, so a tool outlives the session that asked for it.
 - The Twilio reader runs in the nursery body and is the call's lifeline: a ``stop`` or a closed
   socket ends the call normally and cancels the siblings; a stream that sends nothing for
   ``TWILIO_MEDIA_TIMEOUT`` ends it as ``twilio_lost``. The agent hanging up cleanly does the
@@ -17,18 +19,23 @@ Rules (../shared/ARCHITECTURE.md §3):
   it into ``status=failed`` and an ``end_reason`` with ``except*`` and never re-raises, so the
   route's ``finally`` always has a finished call to flush.
 - ``flush_call_record`` runs shielded and time-boxed, so a cancelled call is still recorded.
+
+The agent's half, and the sessions that replace one another in it, are in
+``archer.call.agent_side``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import structlog
 import trio
 
 from archer.audio.transcoder import transcoder_for
+from archer.call.agent_side import AgentReplacement, AgentSideParts, leaves, run_agent_sessions
 from archer.call.control import CallControl
 from archer.call.items import DownlinkItem, UplinkItem
 from archer.call.playback import Playback
@@ -37,11 +44,12 @@ from archer.call.pumps import (
     DOWNLINK_BUFFER,
     UPLINK_BUFFER,
     fill_inbound_gaps,
-    forward_to_agent,
-    keep_agent_alive,
     play_to_caller,
-    receive_from_agent,
     receive_from_twilio,
+)
+from archer.call.reconnect import (
+    ReconnectPolicy,
+    is_retryable,
 )
 from archer.call.recorder import CallRecorder
 from archer.call.tools import CallerVerification, ToolContext, ToolRunner
@@ -57,8 +65,6 @@ from archer.errors import (
 from archer.logs import mask_phone
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from archer.audio.transcoder import Transcoder
     from archer.call.ports import (
         AgentConnector,
@@ -74,8 +80,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-_E = TypeVar("_E", bound=BaseException)
-
 #: Writing a record to the local spool is a small fsynced append; this bounds a sick disk.
 SPOOL_TIMEOUT: Final = 5.0
 
@@ -83,7 +87,7 @@ SPOOL_TIMEOUT: Final = 5.0
 async def run_call(
     call: CallState,
     twilio: TwilioStream,
-    agent: AgentStream,
+    agent: AgentStream | None,
     tools: ToolRegistry,
     *,
     limits: CallLimits,
@@ -91,11 +95,14 @@ async def run_call(
     agent_batch_frames: int = 1,
     recorder: CallRecorder | None = None,
     dtmf_to_agent: bool = False,
+    replacement: AgentReplacement | None = None,
 ) -> None:
     """Bridge one call until either side hangs up or the call reaches its maximum length.
 
     ``recorder``, if given, writes the record while the call runs (``archer.call.recorder``).
     ``dtmf_to_agent`` (``DTMF_TO_AGENT``): keys outside a keypad capture reach the agent.
+    ``replacement``, if given, opens new agent sessions when one fails (issue 16); ``agent``
+    may then be None (the first connect failed: the call starts by reconnecting).
 
     On a normal end ``call`` is finished with ``status=completed`` and the reason. Any task's
     failure cancels the others and propagates as an exception group (``call`` not finished).
@@ -103,9 +110,11 @@ async def run_call(
     Cancellation: every child is cancelled and has exited before this returns or raises;
     ``call`` keeps whatever it had recorded.
     """
+    if agent is None and replacement is None:
+        raise ValueError("a call without an agent session needs a way to open one")
     uplink_send, uplink_receive = trio.open_memory_channel[UplinkItem](UPLINK_BUFFER)
     downlink_send, downlink_receive = trio.open_memory_channel[DownlinkItem](DOWNLINK_BUFFER)
-    playback = Playback(gate_after_clear=agent.reports_turns)
+    playback = Playback(gate_after_clear=agent.reports_turns if agent is not None else True)
     verification = CallerVerification()
 
     # The call keeps the first ends of both channels open while it runs: whatever happens to
@@ -116,6 +125,14 @@ async def run_call(
         trio.move_on_after(limits.max_call_seconds) as call_deadline,
     ):
         async with trio.open_nursery() as nursery:
+            control = CallControl(
+                call,
+                playback,
+                downlink_send.clone(),
+                nursery.cancel_scope,
+                # Keypad captures start and stop on the uplink (``archer.call.keypad``).
+                uplink=uplink_send.clone(),
+            )
             tool_runner = ToolRunner(
                 registry=tools,
                 context=ToolContext(
@@ -124,14 +141,7 @@ async def run_call(
                     caller_number=call.from_number,
                     verification=verification,
                     # Tools place marks on the downlink too, so they hold a clone of its end.
-                    control=CallControl(
-                        call,
-                        playback,
-                        downlink_send.clone(),
-                        nursery.cancel_scope,
-                        # Keypad captures start and stop on the uplink (``archer.call.keypad``).
-                        uplink=uplink_send.clone(),
-                    ),
+                    control=control,
                 ),
                 call=call,
                 agent=agent,
@@ -141,6 +151,9 @@ async def run_call(
             if recorder is not None:
                 call.on_turn_ended = recorder.turn_ended
                 nursery.start_soon(recorder.run)
+            # Tools outlive an agent session: one in flight when its session dies is finished
+            # and recorded (issue 16).
+            nursery.start_soon(tool_runner.run)
             # The Twilio side: the writer to Twilio, the stall watch and (in the body) the
             # reader. The agent side runs in a nursery of its own on clones of the channel ends,
             # so it can end without closing the channels the Twilio side holds.
@@ -162,18 +175,22 @@ async def run_call(
 
             nursery.start_soon(
                 partial(
-                    run_agent_side,
+                    run_agent_sessions,
                     agent,
-                    uplink_receive.clone(),
-                    downlink_send.clone(),
-                    call,
-                    playback,
-                    transcoder,
-                    tool_runner,
-                    ping_interval=limits.agent_ping_interval,
-                    batch_frames=agent_batch_frames,
-                    on_hangup=agent_hung_up,
-                    dtmf_to_agent=dtmf_to_agent,
+                    replacement,
+                    AgentSideParts(
+                        uplink=uplink_receive.clone(),
+                        downlink=downlink_send.clone(),
+                        call=call,
+                        playback=playback,
+                        transcoder=transcoder,
+                        tools=tool_runner,
+                        control=control,
+                        ping_interval=limits.agent_ping_interval,
+                        batch_frames=agent_batch_frames,
+                        on_hangup=agent_hung_up,
+                        dtmf_to_agent=dtmf_to_agent,
+                    ),
                 )
             )
             end_reason = await receive_from_twilio(twilio, uplink_send, call, playback)
@@ -182,56 +199,6 @@ async def run_call(
     if call_deadline.cancelled_caught:
         log.warning("call.max_duration", seconds=limits.max_call_seconds)
         call.finish("completed", "max_duration")
-
-
-async def run_agent_side(
-    agent: AgentStream,
-    uplink: trio.MemoryReceiveChannel[UplinkItem],
-    downlink: trio.MemorySendChannel[DownlinkItem],
-    call: CallState,
-    playback: Playback,
-    transcoder: Transcoder,
-    tools: ToolRunner,
-    *,
-    ping_interval: float,
-    batch_frames: int = 1,
-    on_hangup: Callable[[], None] = lambda: None,
-    dtmf_to_agent: bool = False,
-) -> None:
-    """The agent's half of one call, in a nursery of its own; returns when the agent hangs up.
-
-    ``on_hangup`` runs the moment the agent hangs up, before this half is torn down (the call
-    uses it to record the end before anything else can). ``dtmf_to_agent``: keys outside a
-    keypad capture reach the agent (``DTMF_TO_AGENT``).
-
-    Four tasks: the agent reader (in the body), the caller-audio forwarder, the tool supervisor
-    and the keepalive. They hold their own ends of the call's channels (``uplink`` and
-    ``downlink`` are clones), so when this half ends the Twilio half still has its channels:
-    one agent session can give way to another without the caller's stream noticing.
-
-    Raises whatever an agent-side task raises (as an exception group), after cancelling the
-    other three.
-
-    Cancellation: every agent-side task is cancelled and has exited before this returns;
-    requests still queued for tools are dropped with the tool supervisor.
-    """
-    async with trio.open_nursery() as agent_side:
-        agent_side.start_soon(
-            partial(
-                forward_to_agent,
-                agent,
-                uplink,
-                transcoder,
-                call,
-                batch_frames=batch_frames,
-                dtmf_to_agent=dtmf_to_agent,
-            )
-        )
-        agent_side.start_soon(tools.run)
-        agent_side.start_soon(keep_agent_alive, agent, ping_interval)
-        await receive_from_agent(agent, downlink, call, playback, transcoder, tools)
-        on_hangup()
-        agent_side.cancel_scope.cancel(reason="the agent hung up")
 
 
 async def bridge_call(
@@ -247,10 +214,13 @@ async def bridge_call(
     agent_batch_frames: int = 1,
     store: CallStore | None = None,
     dtmf_to_agent: bool = False,
+    reconnect: ReconnectPolicy | None = None,
 ) -> None:
     """Open the agent session and run the call; every failure is recorded on ``call``.
 
     ``store``, if given, receives the record while the call runs, not only at its end.
+    ``reconnect``, if given with attempts, replaces a failed agent session (and retries a
+    failed first connect) within its budget, then falls back to a person (issue 16).
 
     Never raises ``Exception``: the outcome is in ``call.status``/``end_reason``/``error`` and
     the traceback of anything unexpected is logged once, with the call's context.
@@ -264,12 +234,30 @@ async def bridge_call(
         customer_id=call.customer_id,
         audio_format=audio_format,
     )
+    replacement = None
+    if reconnect is not None and reconnect.attempts > 0:
+        replacement = AgentReplacement(
+            agents=agents,
+            # A replacing session may be told it resumes (off unless configured).
+            session=attrs.evolve(session, extra_variables={**reconnect.resume_variables}),
+            policy=reconnect,
+        )
     connecting = trio.current_time()
     try:
-        async with agents.open_session(session) as agent:
-            call.agent_call_id = agent.agent_call_id
-            call.agent_setup_seconds = trio.current_time() - connecting
-            log.info("agent.ready", agent_call_id=agent.agent_call_id)
+        async with contextlib.AsyncExitStack() as first_session:
+            agent: AgentStream | None = None
+            try:
+                agent = await first_session.enter_async_context(agents.open_session(session))
+            except (AgentUnavailableError, BaseExceptionGroup) as exc:
+                if replacement is None or not _only_retryable(exc):
+                    raise
+                call.agent_reconnect_failures += 1
+                log.warning("agent.first_connect_failed", error=str(exc))
+            if agent is not None:
+                call.agent_call_id = agent.agent_call_id
+                call.agent_call_ids.append(agent.agent_call_id)
+                call.agent_setup_seconds = trio.current_time() - connecting
+                log.info("agent.ready", agent_call_id=agent.agent_call_id)
             await run_call(
                 call,
                 twilio,
@@ -282,10 +270,11 @@ async def bridge_call(
                 agent_batch_frames=agent_batch_frames,
                 recorder=CallRecorder(call, store) if store is not None else None,
                 dtmf_to_agent=dtmf_to_agent,
+                replacement=replacement,
             )
     # Handlers in order of precedence: the first one to finish the call names its end.
     except* AgentUnavailableError as group:
-        _fail(call, _leaves(group)[0].end_reason, group)
+        _fail(call, leaves(group)[0].end_reason, group)
     except* AgentUnresponsiveError as group:
         _fail(call, "agent_unresponsive", group)
     except* AgentIdleError as group:
@@ -301,19 +290,15 @@ async def bridge_call(
         _fail(call, "internal_error", group)
 
 
-def _leaves(group: BaseExceptionGroup[_E]) -> list[_E]:
-    """The exceptions of a (possibly nested) group, flattened."""
-    leaves: list[_E] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            leaves.extend(_leaves(exc))
-        else:
-            leaves.append(exc)
-    return leaves
+def _only_retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or every exception of its group) is a failure a new session may cure."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(is_retryable)[1] is None
+    return is_retryable(exc)
 
 
 def _fail(call: CallState, end_reason: str, group: BaseExceptionGroup[BaseException]) -> None:
-    error = "; ".join(str(exc) for exc in _leaves(group))
+    error = "; ".join(str(exc) for exc in leaves(group))
     if call.finish("failed", end_reason, error):
         log.warning("call.failed", end_reason=end_reason, error=error)
     else:

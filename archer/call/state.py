@@ -60,6 +60,14 @@ class CallState:
     from_number: str | None = None
     to_number: str | None = None
     agent_call_id: str | None = None
+    #: Every agent session's call id, in order (issue 16: a failed agent is replaced).
+    agent_call_ids: list[str] = attrs.Factory(list)
+    #: Agent sessions opened after the first because the agent failed.
+    agent_reconnects: int = 0
+    #: New agent sessions that failed to open (refused, unreachable, not ready in time).
+    agent_reconnect_failures: int = 0
+    #: Caller frames dropped while no agent session was there to hear them (a reconnect).
+    frames_dropped_in_reconnect: int = 0
     #: From opening the agent's socket to its ``session_ready``.
     agent_setup_seconds: float | None = None
     frames_in: int = 0
@@ -191,6 +199,11 @@ class CallState:
             draft.heard_ms = max(draft.heard_ms or 0, milliseconds)
 
     @property
+    def last_turn(self) -> int:
+        """The highest turn number seen so far (0 before any): a new agent session counts on."""
+        return max(self._turns, default=0)
+
+    @property
     def turn_count(self) -> int:
         return len(self._turns)
 
@@ -269,6 +282,8 @@ class CallState:
             turns=turns,
             tool_calls=tuple(self._tool_calls.values()),
             agent_events=tuple(self._agent_events),
+            agent_reconnects=self.agent_reconnects,
+            agent_call_ids=tuple(self.agent_call_ids),
         )
 
     def summary(self) -> dict[str, object]:
@@ -291,6 +306,9 @@ class CallState:
             "tool_calls": self.tool_call_count,
             "agent_events": len(self._agent_events),
             "agent_call_id": self.agent_call_id,
+            "agent_reconnects": self.agent_reconnects,
+            "agent_reconnect_failures": self.agent_reconnect_failures,
+            "frames_dropped_in_reconnect": self.frames_dropped_in_reconnect,
             "db_writes": self.db_writes,
             "db_write_failures": self.db_write_failures,
             "error": self.error,

@@ -198,6 +198,8 @@ def cap_result(text: str) -> str:
 class _Submitted:
     request: ToolCallRequest
     playback_epoch: int
+    #: The agent session that asked: its result goes to it alone (issue 16).
+    agent: AgentStream | None
 
 
 @attrs.define
@@ -212,7 +214,9 @@ class ToolRunner:
     registry: ToolRegistry
     context: ToolContext
     call: CallState
-    agent: AgentStream
+    #: The agent session now serving the call (None while it is being replaced; issue 16).
+    #: A result is sent only to the session that asked for it, never to its successor.
+    agent: AgentStream | None
     timeout: float
     #: Writes the record while the call runs; side-effecting tools need it before they act.
     recorder: CallRecorder | None = None
@@ -243,7 +247,7 @@ class ToolRunner:
             # Executing it again would run a side effect twice and overwrite the first audit
             # row; the agent is told, and the first invocation's record stays as it was.
             log.warning("tool.duplicate_id", tool=request.name, tool_call_id=request.tool_call_id)
-            if request.expects_response:
+            if request.expects_response and self.agent is not None:
                 await self.agent.send_tool_result(request.tool_call_id, DUPLICATE_ID, is_error=True)
             return
         self._seen_ids.add(request.tool_call_id)
@@ -251,7 +255,7 @@ class ToolRunner:
         # argument and result too.
         self._secrets |= self.registry.secret_values(request.name, request.arguments)
         try:
-            self._requests_in.send_nowait(_Submitted(request, playback_epoch))
+            self._requests_in.send_nowait(_Submitted(request, playback_epoch, self.agent))
         except trio.WouldBlock:
             log.warning("tool.busy", tool=request.name, tool_call_id=request.tool_call_id)
             self.call.tool_started(
@@ -260,7 +264,9 @@ class ToolRunner:
                 self.registry.masked(request.name, request.arguments, self._secrets),
                 now=utc_now(),
             )
-            await self._answer(request, ToolResult("too many tool calls at once; try again", True))
+            await self._answer(
+                request, ToolResult("too many tool calls at once; try again", True), self.agent
+            )
 
     async def run(self) -> None:
         """Supervise tool tasks until the call ends; it never returns on its own.
@@ -281,11 +287,37 @@ class ToolRunner:
 
     async def _run_one(self, submitted: _Submitted, slots: trio.Semaphore) -> None:
         try:
-            await self._invoke_and_answer(submitted.request, submitted.playback_epoch)
+            await self._invoke_and_answer(
+                submitted.request, submitted.playback_epoch, submitted.agent
+            )
         finally:
             slots.release()
 
-    async def _invoke_and_answer(self, request: ToolCallRequest, playback_epoch: int) -> None:
+    async def run_for_archer(
+        self,
+        request: ToolCallRequest,
+        *,
+        playback_epoch: int,
+        end_reasons: Mapping[str, str],
+    ) -> None:
+        """Run a tool Archer itself needs (the fall-back transfer), here and now.
+
+        Recorded like any tool call; its result goes to no agent. ``end_reasons`` renames the
+        end the tool records (``archer.call.control.CallControl.renaming``).
+
+        Cancellation: as for any tool: the invocation stays recorded as started.
+        """
+        self._seen_ids.add(request.tool_call_id)
+        await self._invoke_and_answer(request, playback_epoch, None, end_reasons=end_reasons)
+
+    async def _invoke_and_answer(
+        self,
+        request: ToolCallRequest,
+        playback_epoch: int,
+        agent: AgentStream | None,
+        *,
+        end_reasons: Mapping[str, str] | None = None,
+    ) -> None:
         tool = self.registry.get(request.name)
         self.call.tool_started(
             request.tool_call_id,
@@ -302,15 +334,16 @@ class ToolRunner:
             result = ToolResult(f"{tool.name} was not done: {_NOT_AUDITED}", is_error=True)
         else:
             timeout = tool.timeout if tool.timeout is not None else self.timeout
-            context = attrs.evolve(
-                self.context, control=self.context.control.for_request(playback_epoch)
-            )
+            control = self.context.control.for_request(playback_epoch)
+            if end_reasons:
+                control = control.renaming(end_reasons)
+            context = attrs.evolve(self.context, control=control)
             with trio.move_on_after(timeout) as deadline:
                 result = await self._invoke(tool, context, request)
             if deadline.cancelled_caught:
                 log.warning("tool.timed_out", tool=tool.name, timeout=timeout)
                 result = ToolResult(f"{tool.name} timed out after {timeout:g} s", is_error=True)
-        await self._answer(request, result)
+        await self._answer(request, result, agent)
         if tool is not None and tool.side_effect and self.recorder is not None:
             await self.recorder.write_now()  # the audit row completed (or the flush does it)
 
@@ -336,7 +369,9 @@ class ToolRunner:
             )
             return ToolResult(f"{tool.name} failed", is_error=True)
 
-    async def _answer(self, request: ToolCallRequest, result: ToolResult) -> None:
+    async def _answer(
+        self, request: ToolCallRequest, result: ToolResult, agent: AgentStream | None
+    ) -> None:
         text = result.text()
         # The agent gets the result as is (it sent the PIN itself); the record never holds it,
         # not even echoed by a validation error.
@@ -347,5 +382,11 @@ class ToolRunner:
             now=utc_now(),
         )
         log.info("tool.finished", tool=request.name, is_error=result.is_error)
-        if request.expects_response:
-            await self.agent.send_tool_result(request.tool_call_id, text, is_error=result.is_error)
+        if not request.expects_response or agent is None:
+            return
+        if agent is not self.agent:
+            # The session that asked has died and another took over (issue 16): it never
+            # asked, so it is not told; the record keeps the result.
+            log.warning("tool.result_not_sent", tool=request.name, reason="agent replaced")
+            return
+        await agent.send_tool_result(request.tool_call_id, text, is_error=result.is_error)

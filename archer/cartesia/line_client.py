@@ -103,6 +103,7 @@ class CartesiaLineConnector:
                         "from": session.caller_number,
                         "call_sid": session.call_sid,
                         "customer_id": customer,
+                        **session.extra_variables,
                     },
                     voice_id=self.voice_id or None,
                     introduction=self.introduction or None,

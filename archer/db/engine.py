@@ -175,3 +175,11 @@ def _add_missing_sqlite_columns(conn: sa.Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE calls ADD COLUMN agent_events JSON NOT NULL DEFAULT '[]'")
     if "instance_id" not in columns:
         conn.exec_driver_sql("ALTER TABLE calls ADD COLUMN instance_id TEXT")
+    if "agent_reconnects" not in columns:
+        conn.exec_driver_sql(
+            "ALTER TABLE calls ADD COLUMN agent_reconnects INTEGER NOT NULL DEFAULT 0"
+        )
+    if "agent_call_ids" not in columns:
+        conn.exec_driver_sql(
+            "ALTER TABLE calls ADD COLUMN agent_call_ids JSON NOT NULL DEFAULT '[]'"
+        )

@@ -109,6 +109,10 @@ ALTER TABLE calls ADD COLUMN IF NOT EXISTS agent_events jsonb NOT NULL DEFAULT '
 -- The instance (instances.id) whose process carries the call's media stream, set when the
 -- stream claims the call; a reaper finishes open calls whose instance's lease lapsed.
 ALTER TABLE calls ADD COLUMN IF NOT EXISTS instance_id text;
+-- Agent sessions after the first that the call opened because its agent failed (issue 16),
+-- and every agent session's call id in order (agent_call_id is the last one).
+ALTER TABLE calls ADD COLUMN IF NOT EXISTS agent_reconnects integer NOT NULL DEFAULT 0;
+ALTER TABLE calls ADD COLUMN IF NOT EXISTS agent_call_ids jsonb NOT NULL DEFAULT '[]'::jsonb;
 
 CREATE INDEX IF NOT EXISTS calls_customer_id_idx ON calls (customer_id);
 -- Ops and reports list recent calls.

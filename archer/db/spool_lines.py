@@ -57,6 +57,8 @@ def record_from_json(line: str) -> CallRecord:
                 ),
                 # Absent from lines spooled before agent events were recorded.
                 "agent_events": tuple(dict(event) for event in data.get("agent_events", ())),
+                # Absent from lines spooled before reconnects were recorded (issue 16).
+                "agent_call_ids": tuple(data.get("agent_call_ids", ())),
             }
         )
     except (KeyError, TypeError, AttributeError) as exc:

@@ -579,6 +579,8 @@ def _call_row(record: CallRecord) -> dict[str, object]:
         "error": record.error,
         # Read-only Mappings in the record; the JSON serialiser wants plain dicts.
         "agent_events": [dict(event) for event in record.agent_events],
+        "agent_reconnects": record.agent_reconnects,
+        "agent_call_ids": list(record.agent_call_ids),
     }
 
 
@@ -629,6 +631,8 @@ def _record_from_rows(
         frames_out=call.frames_out,
         frames_dropped=call.frames_dropped,
         agent_events=tuple(dict(event) for event in call.agent_events),
+        agent_reconnects=call.agent_reconnects,
+        agent_call_ids=tuple(call.agent_call_ids),
         error=call.error,
         turns=tuple(
             TurnRecord(

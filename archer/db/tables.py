@@ -196,6 +196,9 @@ calls = sa.Table(
     sa.Column("agent_events", _Json, nullable=False, server_default=sa.text("'[]'")),
     # The instance carrying the stream (instances.id); no foreign key, see schema.sql.
     sa.Column("instance_id", sa.Text),
+    # Agent sessions opened after a failure, and every session's call id in order (issue 16).
+    sa.Column("agent_reconnects", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("agent_call_ids", _Json, nullable=False, server_default=sa.text("'[]'")),
     _check("status", "status IN (" + ", ".join(f"'{s}'" for s in CALL_STATUSES) + ")"),
     sa.Index("calls_customer_id_idx", "customer_id"),
     sa.Index("calls_started_at_idx", "started_at"),

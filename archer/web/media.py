@@ -24,6 +24,7 @@ import trio
 from quart import Blueprint, websocket
 
 from archer.audio.transcoder import FRAME_MS
+from archer.call.reconnect import ReconnectPolicy
 from archer.call.records import CallRecord, StreamClaim
 from archer.call.session import bridge_call, flush_call_record
 from archer.call.state import CallState, utc_now
@@ -110,6 +111,12 @@ async def _carry(services: Services, call: CallState, twilio: TwilioMediaStream)
             agent_batch_frames=settings.agent_audio_batch_ms // FRAME_MS,
             store=services.store,
             dtmf_to_agent=settings.dtmf_to_agent,
+            reconnect=ReconnectPolicy(
+                attempts=settings.agent_reconnect_attempts,
+                window=settings.agent_reconnect_window,
+                human_agent_number=settings.human_agent_number,
+                resume_variables=settings.agent_resume_variables,
+            ),
         )
     finally:
         # Nothing finished the call: we were cancelled, because Twilio's socket went (quart-trio

@@ -210,3 +210,45 @@ def test_the_outbound_settings_are_checked_one_line_each() -> None:
         assert name in named
     assert "24-hour" in named
     assert "IANA" in named
+
+
+def test_each_cartesia_protocol_has_its_own_api_version() -> None:
+    """Issue 16: Managed Agents and Line are dated apart; the old single setting is retired."""
+    from archer.server import agent_connector
+
+    defaults = Settings.from_environ(SERVING)
+    assert (defaults.cartesia_managed_version, defaults.cartesia_line_version) == (
+        "2026-08-14",
+        "2026-03-01",
+    )
+    chosen = Settings.from_environ(
+        {**SERVING, "CARTESIA_MANAGED_VERSION": "2027-01-01", "CARTESIA_LINE_VERSION": "2027-02-02"}
+    )
+    assert getattr(agent_connector(chosen), "version", None) == "2027-01-01"
+    line = Settings.from_environ({**SERVING, "CARTESIA_PROTOCOL": "line"})
+    assert getattr(agent_connector(line), "version", None) == "2026-03-01"
+    with pytest.raises(
+        ConfigError, match="CARTESIA_VERSION is retired: set CARTESIA_MANAGED_VERSION"
+    ):
+        Settings.from_environ({**SERVING, "CARTESIA_VERSION": "2026-08-14"})
+
+
+def test_the_reconnect_budget_is_read_and_checked() -> None:
+    settings = Settings.from_environ(SERVING)
+    assert (settings.agent_reconnect_attempts, settings.agent_reconnect_window) == (3, 15.0)
+    off = Settings.from_environ({**SERVING, "AGENT_RECONNECT_ATTEMPTS": "0"})
+    assert off.agent_reconnect_attempts == 0
+    with pytest.raises(ConfigError, match="AGENT_RECONNECT_ATTEMPTS"):
+        Settings.from_environ({**SERVING, "AGENT_RECONNECT_ATTEMPTS": "-1"})
+    with pytest.raises(ConfigError, match="AGENT_RECONNECT_WINDOW"):
+        Settings.from_environ({**SERVING, "AGENT_RECONNECT_WINDOW": "0"})
+
+
+def test_resume_variables_are_name_value_pairs() -> None:
+    assert Settings.from_environ(SERVING).agent_resume_variables == {}
+    settings = Settings.from_environ(
+        {**SERVING, "AGENT_RESUME_VARIABLES": "resumed=true, resume_note=we were cut off"}
+    )
+    assert settings.agent_resume_variables == {"resumed": "true", "resume_note": "we were cut off"}
+    with pytest.raises(ConfigError, match="AGENT_RESUME_VARIABLES"):
+        Settings.from_environ({**SERVING, "AGENT_RESUME_VARIABLES": "not a pair"})

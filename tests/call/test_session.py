@@ -20,13 +20,14 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from archer.audio.transcoder import transcoder_for
+from archer.call.agent_side import run_agent_side
 from archer.call.control import CallControl
 from archer.call.events import TurnStarted
 from archer.call.items import CLEAR_PLAYBACK, AgentChunk, DownlinkItem, UplinkItem
 from archer.call.playback import Playback
 from archer.call.pumps import DOWNLINK_BUFFER
 from archer.call.records import CallRecord
-from archer.call.session import bridge_call, flush_call_record, run_agent_side
+from archer.call.session import bridge_call, flush_call_record
 from archer.call.state import CallState
 from archer.call.tools import (
     MAX_RESULT_BYTES,

@@ -96,10 +96,14 @@ async def running_system(
     media_listener: bool = False,
     pin_entry: str = "keypad",
     dtmf_to_agent: bool = True,
+    reconnect_attempts: int = 0,
+    reconnect_window: float = 15.0,
 ) -> AsyncIterator[System]:
     """Archer (with ``tools``; None for the real banking tools) and its agent, on loopback.
 
     ``media_listener``: media streams go to the dedicated listener (``MEDIA_PORT``).
+    ``reconnect_attempts``: 0 (off) unless a test is about reconnecting, so the fault tests
+    see each failure's own end reason (issue 16).
     """
     media_port = closed_port() if media_listener else 0
     spool_dir = Path(tempfile.mkdtemp(prefix="archer-spool-"))
@@ -127,6 +131,8 @@ async def running_system(
             # The main scenario checks that keys are forwarded (DTMF_TO_AGENT=true); the keypad
             # tests (test_keypad_pin.py) turn it off, as it is by default.
             dtmf_to_agent=dtmf_to_agent,
+            agent_reconnect_attempts=reconnect_attempts,
+            agent_reconnect_window=reconnect_window,
             # The test caller sends media only when told (Twilio would every 20 ms): a quiet
             # test caller is not a lost stream unless a test sets a short media timeout.
             limits=limits

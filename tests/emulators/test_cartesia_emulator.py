@@ -634,3 +634,29 @@ def test_unknown_script_name_and_clip_are_refused() -> None:
     script = parse_agent_script({"steps": [{"say": "agent_mumble"}]}, name="bad")
     with pytest.raises(AgentScriptError, match="agent_mumble"):
         CartesiaEmulator(api_key=API_KEY, script=script)
+
+
+async def test_fail_mid_turn_closes_1011_halfway_then_the_next_session_is_whole() -> None:
+    """Issue 16's fault: the first session closes 1011 in the middle of its first turn."""
+    async with running([{"say": "second"}], fail_mid_turn=1) as agent:
+        async with connect(agent) as client:
+            await client.start()
+            with trio.fail_after(STEP_TIMEOUT):
+                close = await client.wait_closed()
+            assert close.code == 1011
+            assert 0 < len(client.of(managed.AudioOutput)) < 50
+            assert client.of(managed.TurnEnded) == []
+        async with connect(agent) as client:
+            await client.start()
+            await client.wait_for(lambda events: bool(client.of(managed.TurnEnded)))
+            assert len(client.of(managed.AudioOutput)) == 50
+    assert "agent fails mid-turn (closes 1011)" in agent.lines
+
+
+async def test_sessions_beyond_accept_sessions_are_refused_with_503() -> None:
+    async with running([{"say": "short"}], accept_sessions=1) as agent:
+        async with connect(agent) as client:
+            await client.start()
+        headers = [(b"X-API-Key", API_KEY.encode())]
+        assert await rejected_status(agent.url + PATH, headers) == 503
+    assert len(agent.emulator.sessions) == 1

@@ -327,6 +327,11 @@ class ScriptedCall(abc.ABC):
                 self.emulator.report("agent hears the caller (barge-in)")
                 await self._send_clear()
                 return False
+            if self.session.fail_mid_turn and index == len(chunks) // 2:
+                self.session.fail_mid_turn = False  # once: the session is over anyway
+                self.emulator.report("agent fails mid-turn (closes 1011)")
+                await self._close(1011, "agent failed")
+                return False
             if on_chunk is not None:
                 await on_chunk(index)
             if paced:

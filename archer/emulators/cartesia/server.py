@@ -72,6 +72,12 @@ class CartesiaEmulator:
     #: Line only: a session with no client message for this long closes 1000
     #: ``connection idle timeout``.
     idle_timeout: float = 180.0
+    #: Faults for reconnect tests (issue 16). Connections after this many accepted ones are
+    #: refused with HTTP 503, as a restarting server does (None: every one is accepted)...
+    accept_sessions: int | None = None
+    #: ...and the first this many accepted sessions close 1011 halfway through their first
+    #: spoken turn, as an agent that failed does (cartesia-agents.md: 1011 "agent failed").
+    fail_mid_turn: int = 0
     #: Called with one human-readable line per notable step.
     progress: Callable[[str], None] | None = None
     clips: ClipSource = bundled_clip
@@ -144,6 +150,10 @@ class CartesiaEmulator:
             self.report(f"refused a connection: no agent at {parts.path[:80]} (404)")
             await request.reject(404, body=b"agent not found")
             return
+        if self.accept_sessions is not None and len(self.sessions) >= self.accept_sessions:
+            self.report("refused a connection: the agent is unavailable (503)")
+            await request.reject(503, body=b"service unavailable")
+            return
         # On Cartesia's WebSockets the query parameter wins over the header.
         version = parse_qs(parts.query).get("cartesia_version", [None])[0]
         session = EmulatedSession(
@@ -152,6 +162,7 @@ class CartesiaEmulator:
             cartesia_version=version or headers.get("cartesia-version"),
             protocol=protocol,
             agent_id=agent_id,
+            fail_mid_turn=len(self.sessions) < self.fail_mid_turn,
         )
         self.sessions.append(session)
         try:

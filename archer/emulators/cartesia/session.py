@@ -98,6 +98,9 @@ class EmulatedSession:
     caller_audio: bytearray = attrs.Factory(bytearray)
     #: Managed ``error`` events sent (Line has no error event: it closes 1008 instead).
     errors_sent: list[managed.Error] = attrs.Factory(list)
+    #: This session closes 1011 ("agent failed", cartesia-agents.md §5) halfway through its
+    #: first spoken turn (``CartesiaEmulator.fail_mid_turn``; issue 16).
+    fail_mid_turn: bool = False
     ended_by: Literal["agent", "client"] | None = None
     close_code: int | None = None
     close_reason: str | None = None
