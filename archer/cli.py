@@ -5,6 +5,10 @@ uses), configures logging, and hands over. Every mistake a user can make at star
 missing setting, a missing or malformed file, a port in use, an unreachable database) is one
 line on standard error that names the setting or file and the fix, never a traceback: exit
 status 2 for configuration, 1 for the rest.
+
+Size (over 400 lines, on purpose): the parser of every command and the one place that turns
+start-up failures into one line each; every command's work lives in its own module, and what
+stays here is the table of commands, options and their help, read together.
 """
 
 from __future__ import annotations

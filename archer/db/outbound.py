@@ -23,6 +23,12 @@ Rules:
   Twilio placed it is unknown, so ``abandon_lost`` ends it (``outcome=instance_lost``) and fails
   the request, and the bank decides. A bank alert rung twice is worse than one not rung.
 - Nothing here reads a host's clock (``archer.db.clock``).
+
+Size (over 400 lines, on purpose): one class implements the outbound ports, and the claim
+transaction above reads and writes every one of these tables (the pace, the requests, the
+attempts, what is in progress) under one lock; the keys, the requests' API answers and the
+callbacks' updates share its row shapes and its rules. Split apart, the exactly-once argument
+would have to be read across files.
 """
 
 from __future__ import annotations

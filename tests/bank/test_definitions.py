@@ -90,7 +90,7 @@ def test_loading_a_broken_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_collect_pin_response_timeout_covers_the_entry_and_the_check() -> None:
     """The agent waits for ``collect_pin`` longer than Archer lets an entry and its check run."""
-    from archer.bank.tools import PIN_CHECK_TIMEOUT
+    from archer.bank.pin_tools import PIN_CHECK_TIMEOUT
     from archer.settings import Settings
 
     (definition,) = [d for d in load_definitions() if d.name == "collect_pin"]

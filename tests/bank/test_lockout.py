@@ -18,8 +18,9 @@ import sqlalchemy as sa
 import trio
 
 from archer.audio.transcoder import Passthrough
+from archer.bank.pin_tools import LOCKED, LOCKED_OUT
 from archer.bank.ports import PinPolicy
-from archer.bank.tools import LOCKED, LOCKED_OUT, bank_tools
+from archer.bank.tools import bank_tools
 from archer.bank.verification import PinVerifier
 from archer.call.control import CallControl
 from archer.call.items import CallerDtmf, DownlinkItem, UplinkItem

@@ -16,7 +16,8 @@ import pytest
 import sqlalchemy as sa
 import trio
 
-from archer.bank.tools import LOCKED, NO_CUSTOMER, NOT_VERIFIED, bank_tools
+from archer.bank.pin_tools import LOCKED
+from archer.bank.tools import NO_CUSTOMER, NOT_VERIFIED, bank_tools
 from archer.call.control import CallControl
 from archer.call.items import DownlinkItem
 from archer.call.playback import Playback

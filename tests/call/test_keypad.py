@@ -16,17 +16,17 @@ import pytest
 import trio
 import trio.testing
 
-from archer.bank.pins import hash_pin
-from archer.bank.ports import PinLock, PinPolicy
-from archer.bank.tools import (
+from archer.bank.pin_tools import (
     CAPTURE_BUSY_TEXT,
     ENTRY_INTERRUPTED,
     ENTRY_TIMED_OUT,
     KEYPAD_OFF,
     KEYPAD_ONLY,
     RECORDING_NOT_PAUSED,
-    bank_tools,
 )
+from archer.bank.pins import hash_pin
+from archer.bank.ports import PinLock, PinPolicy
+from archer.bank.tools import bank_tools
 from archer.call.keypad import EntryRules
 from archer.call.tools import ToolRegistry
 from archer.errors import TelephonyError

@@ -1,0 +1,185 @@
+"""The PIN tools: ``verify_caller`` (a spoken PIN) and ``collect_pin`` (keyed, withheld).
+
+Layer: domain (bank), beside ``archer.bank.tools``, which registers these with the others.
+
+Rules: one mechanism checks every PIN (``_check_pin``: the call's three attempts, then the
+customer's lock-out across calls and instances through ``PinVerifier``); the agent hears only
+the outcome, never a digit or how many were keyed. ``collect_pin`` reads the keys Archer
+withholds from the agent (``archer.call.keypad``) and, when the call is recorded, pauses the
+recording first and refuses if it cannot: a PIN is never keyed onto a recording.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Final
+
+import structlog
+import trio
+
+from archer.call.keypad import EntryRules, read_entry
+from archer.call.state import utc_now
+from archer.call.tools import ToolContext, ToolFunction, ToolResult
+from archer.errors import TelephonyError, ToolError
+
+if TYPE_CHECKING:
+    from archer.bank.verification import PinVerifier
+    from archer.call.ports import TelephonyControl
+
+log = structlog.get_logger(__name__)
+
+LOCKED: Final = (
+    "Verification is locked for this call after three failed attempts. "
+    "Offer to transfer the caller to a colleague."
+)
+LOCKED_OUT: Final = (
+    "Verification is locked for this customer after too many failed attempts across calls; "
+    "no PIN can be checked now, not even the right one. Tell the caller to try again later, "
+    "or offer to transfer them to a colleague."
+)
+#: What a keypad PIN check may take after the entry ends (PBKDF2 in a thread, the failure row).
+PIN_CHECK_TIMEOUT: Final = 10.0
+KEYPAD_ONLY: Final = (
+    "PINs are taken on the keypad on this line: call collect_pin (and ask the caller to key "
+    "their PIN, then hash). Never ask for a PIN aloud."
+)
+KEYPAD_OFF: Final = "Keypad PIN entry is not enabled on this line; use verify_caller."
+CAPTURE_BUSY_TEXT: Final = "A PIN entry is already running in this call; wait for its result."
+ENTRY_TIMED_OUT: Final = (
+    "No PIN was entered in time; nothing was checked. Ask whether they want to try again."
+)
+ENTRY_INTERRUPTED: Final = (
+    "The PIN entry was interrupted; nothing was checked. Ask the caller to key it again."
+)
+ENTRY_INVALID: Final = (
+    "What was keyed is not a PIN (4 to 8 digits); nothing was checked. Ask the caller to key "
+    "their PIN again, then hash."
+)
+ENTRY_ENDED: Final = "The PIN entry ended with the call's audio; nothing was checked."
+RECORDING_NOT_PAUSED: Final = (
+    "The PIN cannot be taken safely now: the call's recording could not be paused, and a PIN "
+    "is never keyed onto a recording. Nothing was collected; offer to try again later or to "
+    "transfer the caller to a colleague."
+)
+#: Resuming the recording after an entry, even a cancelled one (shielded), at most this long.
+RESUME_TIMEOUT: Final = 10.0
+
+
+def verify_caller_tool(verifier: PinVerifier, *, allowed: bool = True) -> ToolFunction:
+    async def verify_caller(context: ToolContext, arguments: Mapping[str, object]) -> ToolResult:
+        if not allowed:
+            raise ToolError(KEYPAD_ONLY)
+        pin = str(arguments["pin"]).strip()
+        settled = context.verification.verified or context.verification.locked
+        if not settled and not (pin.isdigit() and 4 <= len(pin) <= 8):
+            raise ToolError("The PIN must be 4 to 8 digits; ask the caller to repeat it.")
+        return await _check_pin(verifier, context, pin)
+
+    return verify_caller
+
+
+def collect_pin_tool(
+    verifier: PinVerifier,
+    rules: EntryRules,
+    *,
+    allowed: bool,
+    telephony: TelephonyControl,
+    recording_pause: str | None,
+) -> ToolFunction:
+    async def collect_pin(context: ToolContext, arguments: Mapping[str, object]) -> ToolResult:
+        if not allowed:
+            raise ToolError(KEYPAD_OFF)
+        verification = context.verification
+        if verification.verified:
+            return ToolResult({"verified": True})
+        if verification.locked:
+            raise ToolError(LOCKED)
+        async with context.control.keypad_capture() as digits:
+            if digits is None:
+                raise ToolError(CAPTURE_BUSY_TEXT)
+            # Keys are withheld (and buffered) from here; none is read before the pause lands.
+            if recording_pause is None:
+                return await _read_and_check(verifier, rules, context, digits)
+            return await _paused_for(
+                telephony,
+                recording_pause,
+                context.call_sid,
+                partial(_read_and_check, verifier, rules, context, digits),
+            )
+
+    return collect_pin
+
+
+async def _paused_for(
+    telephony: TelephonyControl,
+    pause_behavior: str,
+    call_sid: str,
+    entry: Callable[[], Awaitable[ToolResult]],
+) -> ToolResult:
+    """Run ``entry`` with the call's recording paused; refuse (never run it) if it cannot be.
+
+    Cancellation: the recording is resumed (shielded, at most ``RESUME_TIMEOUT``).
+    """
+    try:
+        await telephony.set_recording(call_sid, paused=True, pause_behavior=pause_behavior)
+    except TelephonyError as exc:
+        log.error("bank.recording_pause_failed", error=str(exc))
+        raise ToolError(RECORDING_NOT_PAUSED) from exc  # nothing read: no PIN onto a recording
+    log.info("bank.recording_paused", at=utc_now().isoformat())
+    try:
+        return await entry()
+    finally:
+        with trio.move_on_after(RESUME_TIMEOUT, shield=True):
+            try:
+                await telephony.set_recording(call_sid, paused=False, pause_behavior=pause_behavior)
+            except TelephonyError as exc:
+                log.error("bank.recording_resume_failed", error=str(exc))
+            else:
+                log.info("bank.recording_resumed", at=utc_now().isoformat())
+
+
+async def _read_and_check(
+    verifier: PinVerifier,
+    rules: EntryRules,
+    context: ToolContext,
+    digits: trio.MemoryReceiveChannel[str],
+) -> ToolResult:
+    """Read one keypad entry from the running capture, then check it."""
+    entry = await read_entry(digits, rules, context.control.interrupted)
+    log.info("bank.pin_entry", outcome=entry.outcome)  # the outcome only, never digits
+    if entry.outcome == "timed_out":
+        raise ToolError(ENTRY_TIMED_OUT)
+    if entry.outcome == "interrupted":
+        raise ToolError(ENTRY_INTERRUPTED)
+    if entry.outcome != "entered":
+        raise ToolError(ENTRY_ENDED)
+    if not (entry.digits.isdigit() and 4 <= len(entry.digits) <= 8):
+        raise ToolError(ENTRY_INVALID)
+    # Checked while still capturing: a key pressed during the check stays withheld.
+    return await _check_pin(verifier, context, entry.digits)
+
+
+async def _check_pin(verifier: PinVerifier, context: ToolContext, pin: str) -> ToolResult:
+    """Check ``pin`` for the caller: one mechanism for ``verify_caller`` and ``collect_pin``
+    (the call's three attempts, the customer's lock-out across calls)."""
+    verification = context.verification
+    if verification.verified:
+        return ToolResult({"verified": True})
+    if verification.locked:
+        raise ToolError(LOCKED)
+    check = await verifier.check(context.customer_id, context.call_sid, pin)
+    if check.locked_out:
+        raise ToolError(LOCKED_OUT)
+    if check.verified:
+        verification.verified = True
+        log.info("bank.caller_verified")
+        return ToolResult({"verified": True})
+    verification.failures += 1
+    attempts_left = max(0, verification.MAX_FAILURES - verification.failures)
+    if check.attempts_left is not None:
+        attempts_left = min(attempts_left, check.attempts_left)
+    log.warning("bank.verification_failed", attempts_left=attempts_left)
+    if verification.locked:
+        raise ToolError(LOCKED)
+    return ToolResult({"verified": False, "attempts_left": attempts_left})
