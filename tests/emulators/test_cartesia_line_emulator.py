@@ -21,7 +21,7 @@ import trio_websocket
 
 from archer.audio import clips, g711
 from archer.cartesia import line, managed
-from archer.emulators.cartesia.line import transfer_call_message
+from archer.emulators.cartesia.line_wire import transfer_call
 from archer.emulators.cartesia.script import (
     AgentScriptError,
     CallTool,
@@ -478,5 +478,5 @@ def test_transfer_steps_are_sent_in_the_shape_they_name(
     """The emulator writes transfer_call itself: the Line SDK's shape by default, or another."""
     [transfer] = parse_agent_script({"steps": [{"transfer": step}]}, name="t").steps
     assert isinstance(transfer, Transfer)
-    message = json.loads(transfer_call_message("sid_1", transfer))
+    message = json.loads(transfer_call("sid_1", transfer))
     assert message == {"event": "transfer_call", "stream_id": "sid_1", **wire}

@@ -6,7 +6,7 @@ Layer: emulator. Each module has one role and imports only the ones listed befor
 - ``session``: the record of one connection (``EmulatedSession``) and the agent's clips.
 - ``player``: the protocol-neutral script player (``ScriptedCall``).
 - ``managed``: the Managed Agents session (``ManagedCall``).
-- ``line``: the Line session (``LineCall``, ``transfer_call_message``).
+- ``line``: the Line session (``LineCall``); ``line_wire``: what it sends, written by hand.
 - ``server``: the upgrade and the server (``CartesiaEmulator``, ``serve_cartesia_emulator``).
 
 Nothing is re-exported here: import from the room that holds the name.

@@ -3,9 +3,9 @@
 Layer: emulator. ``CartesiaEmulator`` (``archer.emulators.cartesia.server``) checks the upgrade
 and hands a Line connection to ``LineCall``, which plays the same ``AgentScript`` as a Managed
 session through the shared ``ScriptedCall`` (``archer.emulators.cartesia.player``); only the
-wire differs. Messages are parsed and
-built by ``archer.cartesia.line``, except ``transfer_call``, which is written here by hand in the
-shapes real agents send (``transfer_call_message``).
+wire differs. Client messages are parsed by ``archer.cartesia.line``; every message the agent
+sends is written by hand in ``archer.emulators.cartesia.line_wire``, from Cartesia's documents
+and the Line SDK's wire models, never by Archer's codec.
 
 Protocol rules followed (reference ../shared/reference/cartesia-agents.md §2.A, §4, §5.1, §8;
 where Cartesia's behaviour is unknown the emulator is strict, to catch client bugs):
@@ -33,7 +33,6 @@ where Cartesia's behaviour is unknown the emulator is strict, to catch client bu
 from __future__ import annotations
 
 import binascii
-import json
 import secrets
 from base64 import b64encode
 from collections.abc import Mapping
@@ -43,6 +42,7 @@ import attrs
 import trio
 
 from archer.cartesia import line, managed
+from archer.emulators.cartesia import line_wire
 from archer.emulators.cartesia.player import ScriptedCall, shorten
 from archer.emulators.cartesia.script import Say, Transfer
 from archer.errors import CartesiaProtocolError
@@ -99,7 +99,7 @@ class LineCall(ScriptedCall):
             )
             if value is not None
         }
-        await self.websocket.send_message(line.ack(self.stream_id, config, agent or None))
+        await self.websocket.send_message(line_wire.ack(self.stream_id, config, agent))
         self.emulator.report(f"stream started: {self.stream_id} ({self.input_format})")
         return True
 
@@ -165,40 +165,22 @@ class LineCall(ScriptedCall):
 
     async def _send_audio(self, chunk: bytes) -> None:
         payload = b64encode(chunk).decode("ascii")
-        await self.websocket.send_message(line.media_output(self.stream_id, payload))
+        await self.websocket.send_message(line_wire.media_output(self.stream_id, payload))
 
     async def _send_clear(self) -> None:
-        await self.websocket.send_message(line.clear(self.stream_id))
+        await self.websocket.send_message(line_wire.clear(self.stream_id))
 
     async def _send_dtmf(self, digit: str) -> None:
-        await self.websocket.send_message(line.dtmf(self.stream_id, digit))
+        await self.websocket.send_message(line_wire.dtmf(self.stream_id, digit))
 
     async def _send_tool_call(
         self, tool_call_id: str, name: str, parameters: Mapping[str, object]
     ) -> None:
         await self.websocket.send_message(
-            line.tool_call(self.stream_id, tool_call_id, name, parameters)
+            line_wire.tool_call(self.stream_id, tool_call_id, name, parameters)
         )
 
     async def _transfer(self, step: Transfer) -> None:
         self.emulator.report(f"agent asks to transfer to {step.target}")
         self.session.transfers.append(step.target)
-        await self.websocket.send_message(transfer_call_message(self.stream_id, step))
-
-
-def transfer_call_message(stream_id: str, step: Transfer) -> str:
-    """A ``transfer_call`` as agents send it, written here rather than by Archer's codec.
-
-    ``destination`` is the shape of the Line SDK's wire models (``cartesia-line`` 0.2.19,
-    ``TransferOutput.transfer_destination``); ``nested`` is the shape of the Calls API reference
-    (``transfer.target_phone_number``); ``flat`` is what some agents send. Written by hand so
-    that a test notices when Archer's parser and the peers disagree.
-    """
-    message: dict[str, object] = {"event": "transfer_call", "stream_id": stream_id}
-    if step.shape == "destination":
-        message["transfer_destination"] = {"type": step.kind, "value": step.target}
-    elif step.shape == "nested":
-        message["transfer"] = {"target_phone_number": step.target}
-    else:
-        message["target_phone_number"] = step.target
-    return json.dumps(message)
+        await self.websocket.send_message(line_wire.transfer_call(self.stream_id, step))
