@@ -248,7 +248,29 @@ class CallStore(Protocol):
         ...
 
 
-class OutboundQueue(Protocol):
+class AttemptOutcomes(Protocol):
+    """How an outbound attempt ended: written by the callbacks and by the dispatcher alike."""
+
+    async def attempt_ended(
+        self,
+        request_id: int,
+        attempt: int,
+        outcome: str,
+        *,
+        retry_delay: float,
+        max_attempts: int,
+        answered_by: str | None = None,
+        end_reason: str | None = None,
+    ) -> str:
+        """Record how the attempt ended (retrying a miss later); the request's new status.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+
+class OutboundQueue(AttemptOutcomes, Protocol):
     """The outbound queue as ``POST /calls`` and ``GET /calls/{id}`` use it (issue 22).
 
     The SQL adapter is ``archer.db.outbound.SqlOutbound``.
@@ -297,24 +319,6 @@ class OutboundQueue(Protocol):
         """
         ...
 
-    async def attempt_ended(
-        self,
-        request_id: int,
-        attempt: int,
-        outcome: str,
-        *,
-        retry_delay: float,
-        max_attempts: int,
-        answered_by: str | None = None,
-        end_reason: str | None = None,
-    ) -> str:
-        """Record how the attempt ended (retrying a miss later); the request's new status.
-
-        Raises:
-            StoreError: the database is unavailable.
-        """
-        ...
-
 
 class CallPlacer(Protocol):
     """Rings a number through the telephony provider (``TwilioRestControl.place_call``)."""
@@ -328,7 +332,7 @@ class CallPlacer(Protocol):
         ...
 
 
-class OutboundDispatchQueue(Protocol):
+class OutboundDispatchQueue(AttemptOutcomes, Protocol):
     """The outbound queue as the dispatcher uses it (``archer.db.outbound.SqlOutbound``)."""
 
     async def abandon_lost(self, lease_seconds: float) -> list[int]:
@@ -351,24 +355,6 @@ class OutboundDispatchQueue(Protocol):
 
     async def attempt_placed(self, request_id: int, attempt: int, call_sid: str) -> None:
         """Record the CallSid Twilio gave the attempt.
-
-        Raises:
-            StoreError: the database is unavailable.
-        """
-        ...
-
-    async def attempt_ended(
-        self,
-        request_id: int,
-        attempt: int,
-        outcome: str,
-        *,
-        retry_delay: float,
-        max_attempts: int,
-        answered_by: str | None = None,
-        end_reason: str | None = None,
-    ) -> str:
-        """Record how the attempt ended (retrying a miss later); the request's new status.
 
         Raises:
             StoreError: the database is unavailable.
