@@ -295,8 +295,9 @@ class OutboundQueue(AttemptOutcomes, Protocol):
         """
         ...
 
-    async def view(self, request_id: int) -> RequestView | None:
-        """The request with its attempts; None if there is no such request.
+    async def view(self, request_id: int, *, api_key_id: int | None = None) -> RequestView | None:
+        """The request with its attempts; None if there is no such request, or if ``api_key_id``
+        is given and another key placed it.
 
         Raises:
             StoreError: the database is unavailable.

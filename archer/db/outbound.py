@@ -274,8 +274,11 @@ class SqlOutbound:
             limiter=self.limiter,
         )
 
-    def view_sync(self, request_id: int) -> RequestView | None:
+    def view_sync(self, request_id: int, *, api_key_id: int | None = None) -> RequestView | None:
         """The request and its attempts; None if there is none with that id.
+
+        ``api_key_id``: only a request placed with that key is seen (None if another key placed
+        it, exactly as if it did not exist); without it, any request (operators, the demo).
 
         Raises:
             sqlalchemy.exc.SQLAlchemyError: the database failed.
@@ -285,7 +288,10 @@ class SqlOutbound:
             row = conn.execute(
                 sa.select(
                     r.id, r.status, r.purpose, r.answered_by, r.end_reason, r.call_id, r.created_at
-                ).where(r.id == request_id)
+                ).where(
+                    r.id == request_id,
+                    sa.true() if api_key_id is None else r.api_key_id == api_key_id,
+                )
             ).one_or_none()
             if row is None:
                 return None
@@ -306,7 +312,7 @@ class SqlOutbound:
             attempts=tuple(Attempt(*attempt) for attempt in attempts),
         )
 
-    async def view(self, request_id: int) -> RequestView | None:
+    async def view(self, request_id: int, *, api_key_id: int | None = None) -> RequestView | None:
         """As ``view_sync``, in a worker thread.
 
         Raises:
@@ -314,7 +320,9 @@ class SqlOutbound:
 
         Cancellation: the read finishes in its thread; nothing is written.
         """
-        return await self._run("outbound_view", self.view_sync, request_id)
+        return await self._run(
+            "outbound_view", lambda: self.view_sync(request_id, api_key_id=api_key_id)
+        )
 
     # --- the dispatcher's statements ---
 

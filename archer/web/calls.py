@@ -8,6 +8,8 @@ Rules:
 - Every route here needs ``Authorization: Bearer <key>`` of a live key (``archer keys
   create``); a missing, wrong or revoked key is 401 before anything is read or written. The key
   is never logged; a key's database id is.
+- A key sees only the calls it placed: another key's call is a 404, as if it did not exist,
+  so one system's key cannot read whom another system rang.
 - Bad input is a 4xx with one line of text saying what is wrong, and nothing is written.
 - ``Idempotency-Key``: the same key again (from the same API key) answers the first request's
   body and queues nothing (the database's unique index decides, so it holds across instances).
@@ -114,9 +116,10 @@ def calls_blueprint(services: Services) -> Blueprint:
         if queue is None:
             return _text("outbound calls are not enabled on this instance", 503)
         try:
-            if await authorised(queue) is None:
+            key_id = await authorised(queue)
+            if key_id is None:
                 return unauthorised()
-            view = await queue.view(request_id)
+            view = await queue.view(request_id, api_key_id=key_id)
         except StoreError as exc:
             log.warning("outbound.store_unavailable", error=str(exc))
             return _text("database unavailable", 503)

@@ -116,6 +116,16 @@ async def test_a_call_is_queued_and_its_state_can_be_read(harness: Harness) -> N
     assert (await harness.get(answer["id"] + 1000, key=harness.key))[0] == 404
 
 
+async def test_a_key_sees_only_the_calls_it_placed(harness: Harness) -> None:
+    status, text = await harness.post(harness.body(), key=harness.key)
+    assert status == 202
+    request_id = json.loads(text)["id"]
+    other_key = harness.queue.create_key("statements-service")
+    status, text = await harness.get(request_id, key=other_key)
+    assert (status, text) == (404, f"no outbound call with id {request_id}\n")
+    assert (await harness.get(request_id, key=harness.key))[0] == 200
+
+
 async def test_no_key_a_wrong_key_and_a_revoked_key_are_401_and_write_nothing(
     harness: Harness,
 ) -> None:
