@@ -1,6 +1,7 @@
 """Hostile input for the four wire parsers: an event, or exactly their protocol error, never more.
 
-``parse_frame`` and ``parse_outbound`` may only raise ``TwilioProtocolError``;
+``parse_frame`` may only raise ``TwilioProtocolError``, and the Twilio emulator's reader of what
+a server sends (``read_server_message``) only ``ServerMessageError``;
 ``parse_server_event`` and ``parse_client_event`` may only raise ``CartesiaProtocolError``. A
 ``KeyError``, ``TypeError``, ``RecursionError`` or ``ValueError`` escaping one of them would end
 a live call as ``internal_error`` instead of skipping a frame, so hypothesis feeds them arbitrary
@@ -25,21 +26,24 @@ from hypothesis import strategies as st
 
 from archer.cartesia import managed
 from archer.cartesia.managed import ClientEvent, ServerEvent, parse_client_event, parse_server_event
+from archer.emulators.twilio.server_messages import (
+    ServerClear,
+    ServerMark,
+    ServerMedia,
+    ServerMessage,
+    ServerMessageError,
+    read_server_message,
+)
 from archer.errors import CartesiaProtocolError, ProtocolError, TwilioProtocolError
 from archer.twilio.frames import (
     Dtmf,
     Mark,
     Media,
-    OutboundClear,
-    OutboundEvent,
     OutboundFrames,
-    OutboundMark,
-    OutboundMedia,
     Start,
     Stop,
     TwilioFrame,
     parse_frame,
-    parse_outbound,
 )
 
 BUDGET: Final = settings(
@@ -54,14 +58,14 @@ PAYLOAD: Final = base64.b64encode(bytes(range(160))).decode()
 MEGABYTE: Final = 1024 * 1024
 
 
-def _parse_outbound(message: str | bytes) -> object:
-    return parse_outbound(message, stream_sid=SID)
+def _read_server_message(message: str | bytes) -> object:
+    return read_server_message(message, stream_sid=SID)
 
 
 #: Each parser with the one exception it may raise and the union of what it may return.
 PARSERS: Final = {
     "parse_frame": (parse_frame, TwilioProtocolError, TwilioFrame),
-    "parse_outbound": (_parse_outbound, TwilioProtocolError, OutboundEvent),
+    "read_server_message": (_read_server_message, ServerMessageError, ServerMessage),
     "parse_server_event": (parse_server_event, CartesiaProtocolError, ServerEvent),
     "parse_client_event": (parse_client_event, CartesiaProtocolError, ClientEvent),
 }
@@ -340,7 +344,7 @@ def _cartesia_client() -> list[dict[str, Any]]:
 OUTBOUND: Final = OutboundFrames(SID)
 VALID: Final = {
     "parse_frame": _twilio_inbound,
-    "parse_outbound": _twilio_outbound,
+    "read_server_message": _twilio_outbound,
     "parse_server_event": _cartesia_server,
     "parse_client_event": _cartesia_client,
 }
@@ -513,11 +517,13 @@ variable_values = st.text() | st.integers() | finite | st.booleans()
 @BUDGET
 @given(stream_sid=any_text, payload=payloads, name=any_text)
 def test_outbound_frames_round_trip(stream_sid: str, payload: str, name: str) -> None:
-    """``OutboundFrames`` messages for any stream id and mark name parse back exactly."""
+    """``OutboundFrames`` messages for any stream id and mark name read back exactly."""
     frames = OutboundFrames(stream_sid)
-    assert parse_outbound(frames.media(payload), stream_sid=stream_sid) == OutboundMedia(payload)
-    assert parse_outbound(frames.mark(name), stream_sid=stream_sid) == OutboundMark(name)
-    assert parse_outbound(frames.clear, stream_sid=stream_sid) == OutboundClear()
+    audio = base64.b64decode(payload)
+    read = read_server_message
+    assert read(frames.media(payload), stream_sid=stream_sid) == ServerMedia(audio)
+    assert read(frames.mark(name), stream_sid=stream_sid) == ServerMark(name)
+    assert read(frames.clear, stream_sid=stream_sid) == ServerClear()
 
 
 @BUDGET

@@ -430,9 +430,9 @@ async def test_bad_messages_are_noted_once_and_the_call_goes_on() -> None:
         outcome = await _place(caller)
 
     assert outcome.invalid == [
-        "31951: clear: unexpected extra",
-        f"31951: clear.streamSid 'MZ{'0' * 32}' is not this stream's",
-        "31951: binary frame; Twilio reads text frames only",
+        "31951: clear: undeclared extra",
+        f"31951: clear: streamSid 'MZ{'0' * 32}' is another stream's",
+        "31951: a binary frame: Twilio reads JSON text frames only",
     ]
     assert (outcome.media_frames_received, outcome.clears_received) == (1, 0)
     assert outcome.marks_echoed == ["end"]

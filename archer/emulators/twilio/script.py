@@ -22,7 +22,9 @@ from typing import Final
 import attrs
 
 from archer.audio.clips import CLIP_NAMES, clip_text
-from archer.twilio.frames import DTMF_DIGITS
+
+#: The keys a caller can press, as Twilio's ``dtmf`` message reports them (reference §3.2).
+KEYPAD: Final = frozenset("0123456789*#")
 
 __all__ = [
     "CallerScript",
@@ -210,7 +212,7 @@ def _parse_step(index: int, raw: object) -> ScriptStep:
     options = {key: item for key, item in raw.items() if key != kind}
     if kind == "press":
         _only_keys(options, {"gap_ms"}, where)
-        if not isinstance(value, str) or not value or not set(value) <= DTMF_DIGITS:
+        if not isinstance(value, str) or not value or not set(value) <= KEYPAD:
             raise ScriptError(f"{where}: digits must be a non-empty string of 0-9, * and #")
         return Press(value, _whole(options.get("gap_ms", 300), "gap_ms", where))
     _only_keys(options, set(), where)

@@ -14,8 +14,9 @@ What one ``StreamLeg.connect_and_run()`` does (../shared/reference/twilio-media-
   the caller's real-time timeline, and echoes marks as the drain passes them. Every message is
   built by ``CallerFrames`` (``archer.emulators.twilio.frames``) and numbered under the send
   lock, so the numbers go out in order.
-- Checks every message Archer sends as Twilio does (``archer.twilio.frames.parse_outbound``);
-  a bad one is noted once in ``invalid`` (warning 31951) and ignored, and the call goes on.
+- Checks every message Archer sends as Twilio does
+  (``archer.emulators.twilio.server_messages``, written from Twilio's documents); a bad one
+  is noted once in ``invalid`` (warning 31951) and ignored, and the call goes on.
 - Ends when the script does (``stop``, then close), when Archer closes the socket, or when
   Archer updates the call over REST (Twilio abandons the stream: ``stop``, close).
 
@@ -53,9 +54,14 @@ from archer.emulators.twilio.script import (
     describe,
     step_kind,
 )
+from archer.emulators.twilio.server_messages import (
+    ServerClear,
+    ServerMark,
+    ServerMedia,
+    ServerMessageError,
+    read_server_message,
+)
 from archer.emulators.twilio.twiml import StreamPlan, dialled_number, local_stream_url
-from archer.errors import TwilioProtocolError
-from archer.twilio.frames import OutboundClear, OutboundMark, OutboundMedia, parse_outbound
 from archer.twilio.signature import SignatureChecker
 from archer.websocket_client import open_websocket_client
 
@@ -227,19 +233,19 @@ class StreamLeg:
     def _receive(self, message: str | bytes) -> list[str]:
         """Apply one message from Archer; the marks a ``clear`` hands back for echoing."""
         try:
-            event = parse_outbound(message, stream_sid=self.stream_sid)
-        except TwilioProtocolError as exc:
+            event = read_server_message(message, stream_sid=self.stream_sid)
+        except ServerMessageError as exc:
             problem = f"31951: {exc}"
             if problem not in self.invalid:
                 self.invalid.append(problem)
             return []
         match event:
-            case OutboundMedia(payload=payload):
+            case ServerMedia(audio=audio):
                 self.media_frames_received += 1
-                self._playout.append(base64.b64decode(payload))
-            case OutboundMark(name=name):
+                self._playout.append(audio)
+            case ServerMark(name=name):
                 self._playout.mark(name)
-            case OutboundClear():
+            case ServerClear():
                 self.clears_received += 1
                 if self._playout.playing:
                     self.tell("Archer clears the agent's audio (barge-in)")
