@@ -13,9 +13,10 @@ Rules:
 - A frame carries a tone when, as in ``archer.audio.dtmf.detect_digits``, its strongest row and
   column tones are each well above the other three of their group, within the allowed twist of
   each other, loud enough, and most of the frame's energy. Unlike ``detect_digits`` the check
-  decides from one frame (it cannot wait for the next without delaying every frame), and every
-  threshold is at least as lenient as ``detect_digits``'s: a miss leaks a tone, a false alarm
-  only costs the agent 20 ms of the caller's speech.
+  decides from one frame (it cannot wait for the next without delaying every frame), and each
+  threshold is ``detect_digits``'s or a more lenient one (a test checks that any frame
+  ``detect_digits`` would take, this takes): a miss leaks a tone, a false alarm only costs the
+  agent 20 ms of the caller's speech.
 - The power at each DTMF frequency is the largest of three probes, at the nominal frequency and
   ``PROBE_SPREAD`` either side, so a keypad off by the 1.5 % ITU-T Q.24 allows still counts:
   one 20 ms block's response falls off within ±25 Hz of its frequency.
@@ -57,7 +58,7 @@ PROBE_SPREAD: Final = 0.012
 #: The coverage (samples of a 160-sample frame) from which every tone the tests try is caught.
 FULL_DETECTION_SAMPLES: Final = 148
 
-# Thresholds, each at least as lenient as detect_digits's (archer.audio.dtmf).
+# Thresholds: detect_digits's (archer.audio.dtmf) or more lenient ones.
 # Dominance: a pure tone leaks 13 dB into the neighbouring row/column frequency; 6 dB leaves room.
 _DOMINANCE: Final = 10 ** (6 / 10)
 # Twist: 10 dB either way (detect_digits allows 8; keypads send the column tone a few dB louder).
@@ -71,7 +72,8 @@ _TONE_SHARE: Final = 0.65
 
 _KEYPAD: Final = ("123A", "456B", "789C", "*0#D")
 _FREQUENCIES: Final = np.array(ROWS + COLUMNS, dtype=np.float64)
-_PROBES: Final = len((-PROBE_SPREAD, 0.0, PROBE_SPREAD))
+_SPREADS: Final = (-PROBE_SPREAD, 0.0, PROBE_SPREAD)
+_PROBES: Final = len(_SPREADS)
 _TONES: Final = len(_FREQUENCIES)
 #: μ-law byte → linear sample, as float64, so a frame is decoded by one ``take``.
 _DECODE: Final = g711.decode_samples(bytes(range(256))).astype(np.float64)
@@ -82,9 +84,7 @@ def _basis(samples: int) -> npt.NDArray[np.float64]:
     """Cosine rows, then sine rows, for every probe of every DTMF frequency over ``samples``
     samples: ``basis @ block`` gives the real and imaginary DFT terms (what Goertzel computes)
     at once. Rows, not columns: a contiguous (48, n) matrix times a vector is the quicker form."""
-    probes = np.concatenate(
-        [_FREQUENCIES * (1 + spread) for spread in (-PROBE_SPREAD, 0.0, PROBE_SPREAD)]
-    )
+    probes = np.concatenate([_FREQUENCIES * (1 + spread) for spread in _SPREADS])
     phase = 2 * np.pi * np.outer(probes, np.arange(samples)) / _SAMPLE_RATE
     basis: npt.NDArray[np.float64] = np.ascontiguousarray(
         np.concatenate([np.cos(phase), np.sin(phase)], axis=0)
@@ -96,8 +96,8 @@ def frame_tone(ulaw: bytes) -> str | None:
     """The keypad digit whose tone the μ-law ``ulaw`` carries, or None.
 
     ``ulaw`` is one frame: Twilio's are 160 bytes (20 ms). A payload of another length is
-    checked as one block of that length (its basis is built once and cached); under about
-    100 samples the row frequencies are no longer told apart and nothing is found.
+    checked as one block of that length (its basis is built once and cached); a much shorter
+    block tells neighbouring DTMF frequencies apart less well, so finds fewer tones.
     """
     samples = len(ulaw)
     if samples == 0:
