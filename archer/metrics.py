@@ -104,6 +104,10 @@ OVERFLOW_OUTCOMES: Final = ("apology", "redirected")
 #: outage's budget spent (the caller went to a person or was hung up on; issue 16).
 RECONNECT_OUTCOMES: Final = ("reconnected", "failed", "gave_up")
 
+#: Why caller frames reached the agent as silence (issue 21): a keypad capture was running, or
+#: the frame carried a keypad tone while keys are withheld (``CallState.frames_silenced_for_*``).
+SILENCE_REASONS: Final = ("pin_capture", "keypad_tone")
+
 #: Routes that check ``X-Twilio-Signature``.
 SIGNED_ROUTES: Final = ("/twilio/voice", "/twilio/status", "/ws/cartesia", "/twilio/recording")
 
@@ -183,6 +187,7 @@ class Metrics:
     frames: Counter = attrs.field(init=False)
     frame_latency_seconds: Histogram = attrs.field(init=False)
     barge_ins: Counter = attrs.field(init=False)
+    frames_silenced: Counter = attrs.field(init=False)
     tool_calls: Counter = attrs.field(init=False)
     tool_latency: Histogram = attrs.field(init=False)
     twilio_rest_requests: Counter = attrs.field(init=False)
@@ -244,6 +249,16 @@ class Metrics:
         self.barge_ins = Counter(
             "archer_barge_ins_total", "Times callers interrupted the agent.", registry=registry
         )
+        self.frames_silenced = Counter(
+            "archer_caller_frames_silenced_total",
+            "Caller frames of finished calls sent to the agent as silence, by reason: a keypad"
+            " capture ran (pin_capture), or the frame carried a keypad tone while keys are"
+            " withheld from the agent (keypad_tone).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in SILENCE_REASONS:
+            self.frames_silenced.labels(reason)
         self.tool_calls = Counter(
             "archer_tool_calls_total",
             "Client tool invocations, by tool and outcome.",
@@ -359,11 +374,12 @@ class Metrics:
     def call_finished(self, summary: Mapping[str, object], record: CallRecord) -> None:
         """A call started with ``call_started`` is over and flushed (or spooled).
 
-        Reads status, end reason, duration, frames and tool calls from ``record`` and the
-        barge-ins from ``summary`` (``CallState.summary()``). Frames: ``to_agent`` counts
-        Twilio media frames received (``frames_in``) less those dropped on the way to the
-        agent; ``to_caller`` counts frames sent to Twilio (``frames_out``). Audio of an
-        interrupted turn discarded at a barge-in is neither sent nor dropped. If ``summary`` has
+        Reads status, end reason, duration, frames and tool calls from ``record``, and the
+        barge-ins and silenced caller frames from ``summary`` (``CallState.summary()``).
+        Frames: ``to_agent`` counts Twilio media frames received (``frames_in``) less those
+        dropped on the way to the agent; ``to_caller`` counts frames sent to Twilio
+        (``frames_out``). Audio of an interrupted turn discarded at a barge-in is neither sent
+        nor dropped. If ``summary`` has
         ``frames_dropped_to_agent`` and ``frames_dropped_to_caller`` the drops are attributed;
         otherwise ``frames_dropped`` is counted under ``direction="either"``.
         """
@@ -385,6 +401,12 @@ class Metrics:
         barge_ins = _count(summary.get("barge_ins"))
         if barge_ins:
             self.barge_ins.inc(barge_ins)
+        for reason, n in (
+            ("pin_capture", _count(summary.get("frames_silenced_for_pin"))),
+            ("keypad_tone", _count(summary.get("frames_silenced_for_tones"))),
+        ):
+            if n:
+                self.frames_silenced.labels(reason).inc(n)
         for tool_call in record.tool_calls:
             tool = _bounded(tool_call.name, self.tool_names)
             if tool_call.finished_at is None:

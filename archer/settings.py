@@ -244,7 +244,8 @@ class Settings:
     #: ``verify_caller(pin)``) or ``both``.
     pin_entry: str = "keypad"
     #: Keypad keys outside a keypad capture reach the agent; off (the default), they are
-    #: dropped and counted, so no key the caller presses ever reaches the agent.
+    #: dropped and counted, so no key the caller presses ever reaches the agent, and caller
+    #: frames carrying a keypad tone reach it as silence (``archer.audio.tone_gate``).
     dtmf_to_agent: bool = False
     #: A keypad entry ends at this many digits...
     pin_max_digits: int = 8

@@ -27,6 +27,7 @@ import structlog
 import trio
 
 from archer.audio.dtmf import dtmf_tone_frames
+from archer.audio.tone_gate import ToneGate
 from archer.call.control import transfer_request
 from archer.call.events import (
     AgentAudio,
@@ -157,7 +158,9 @@ async def forward_to_agent(
     to the capture and each caller frame is replaced by as much silence (counted in
     ``call.frames_silenced_for_pin``). Outside a capture a key reaches the agent only with
     ``dtmf_to_agent`` (``DTMF_TO_AGENT``); otherwise it is dropped and counted in
-    ``call.dtmf_dropped``.
+    ``call.dtmf_dropped``, and so is its tone if the caller's audio carries it: a frame holding
+    a keypad tone (and the ``HANGOVER_FRAMES`` after it) is replaced by as much silence,
+    counted in ``call.frames_silenced_for_tones`` (``archer.audio.tone_gate``).
 
     Cancellation: whatever is still in the uplink (or held for a batch) is dropped with the call.
     """
@@ -175,23 +178,18 @@ async def forward_to_agent(
 
     #: Where the running keypad capture's keys go; None when no capture runs.
     capture: trio.MemorySendChannel[str] | None = None
+    #: Keys withheld from the agent may also be tones in the audio (archer.audio.tone_gate);
+    #: with DTMF_TO_AGENT the agent gets the keys anyway, so no frame is checked at all.
+    gate = None if dtmf_to_agent else ToneGate()
+    payload: str
+    received_at: float | None
     converted: str | None
     async with uplink:
         async for item in uplink:
             if type(item) is str:
-                if capture is not None:
-                    call.frames_silenced_for_pin += 1
-                    converted = transcoder.silence_for_agent(_ulaw_ms(item))
-                else:
-                    converted = transcoder.to_agent(item)
-                received_at = None
+                payload, received_at = item, None
             elif type(item) is SampledAudio:
-                if capture is not None:
-                    call.frames_silenced_for_pin += 1
-                    converted = transcoder.silence_for_agent(_ulaw_ms(item.payload))
-                else:
-                    converted = transcoder.to_agent(item.payload)
-                received_at = item.received_at
+                payload, received_at = item.payload, item.received_at
             elif type(item) is CallerDtmf:
                 if capture is not None:
                     try:
@@ -223,6 +221,18 @@ async def forward_to_agent(
                 await send_held()
                 await agent.send_audio(transcoder.silence_for_agent(item.milliseconds))
                 continue
+            if capture is not None:
+                call.frames_silenced_for_pin += 1
+                converted = transcoder.silence_for_agent(_ulaw_ms(payload))
+                if gate is not None:
+                    # Only to keep the gate's hangover current: the entry's last key may still
+                    # be sounding when the capture ends, and its tail must not follow it.
+                    gate.blocks(payload)
+            elif gate is not None and gate.blocks(payload):
+                call.frames_silenced_for_tones += 1
+                converted = transcoder.silence_for_agent(_ulaw_ms(payload))
+            else:
+                converted = transcoder.to_agent(payload)
             if converted is None:
                 continue
             if batch_frames > 1:

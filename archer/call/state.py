@@ -85,6 +85,10 @@ class CallState:
     #: Caller frames replaced by silence towards the agent during keypad captures (the
     #: forwarder's; ``archer.call.keypad``).
     frames_silenced_for_pin: int = 0
+    #: Caller frames replaced by silence towards the agent outside a capture because they
+    #: carried a keypad tone (or followed one) while keys are withheld (``DTMF_TO_AGENT`` off;
+    #: ``archer.audio.tone_gate``).
+    frames_silenced_for_tones: int = 0
     #: Keypad keys that reached neither the agent nor a capture (``DTMF_TO_AGENT`` off, or a
     #: capture's buffer full).
     dtmf_dropped: int = 0
@@ -301,6 +305,7 @@ class CallState:
             "barge_ins": self.barge_ins,
             "inbound_gap_ms": self.inbound_gap_ms,
             "frames_silenced_for_pin": self.frames_silenced_for_pin,
+            "frames_silenced_for_tones": self.frames_silenced_for_tones,
             "dtmf_dropped": self.dtmf_dropped,
             "turns": self.turn_count,
             "tool_calls": self.tool_call_count,

@@ -25,6 +25,7 @@ from archer.metrics import (
     OVERFLOW_OUTCOMES,
     RECONNECT_OUTCOMES,
     SIGNED_ROUTES,
+    SILENCE_REASONS,
     TOOL_OUTCOMES,
     TWILIO_OPERATIONS,
     TWILIO_OUTCOMES,
@@ -134,6 +135,25 @@ def test_drops_are_attributed_when_the_summary_splits_them(metrics: Metrics) -> 
     assert value(metrics, "archer_frames_total", direction="to_caller", outcome="sent") == 1500
     assert value(metrics, "archer_frames_total", direction="to_caller", outcome="dropped") == 1
     assert value(metrics, "archer_frames_total", direction=EITHER_DIRECTION, outcome="dropped") == 0
+
+
+def test_silenced_caller_frames_are_counted_by_reason(metrics: Metrics) -> None:
+    """Issue 21: frames a keypad capture silenced, and frames carrying a withheld key's tone."""
+    call = CallState(
+        call_sid=CALL_SID,
+        stream_sid=STREAM_SID,
+        started_at=T0,
+        connected_at=T0,
+        connected_clock=0.0,
+        from_number=CALLER,
+    )
+    call.frames_silenced_for_pin, call.frames_silenced_for_tones = 150, 7
+    call.close(now=T0 + timedelta(seconds=3), clock=3.0)
+    assert value(metrics, "archer_caller_frames_silenced_total", reason="keypad_tone") == 0
+    metrics.call_started()
+    metrics.call_finished(call.summary(), call.snapshot())
+    assert value(metrics, "archer_caller_frames_silenced_total", reason="pin_capture") == 150
+    assert value(metrics, "archer_caller_frames_silenced_total", reason="keypad_tone") == 7
 
 
 def test_call_finished_with_a_real_call_state_summary(metrics: Metrics) -> None:
@@ -343,6 +363,7 @@ def test_no_label_is_ever_a_call_sid_or_a_phone_number(metrics: Metrics) -> None
         "tool": {*metrics.tool_names, OTHER},
         "operation": {*TWILIO_OPERATIONS, *DB_OPERATIONS, OTHER},
         "route": {*SIGNED_ROUTES, OTHER},
+        "reason": set(SILENCE_REASONS),
     }
     seen = 0
     for family in text_string_to_metric_families(text):

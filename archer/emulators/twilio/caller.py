@@ -73,6 +73,9 @@ class EmulatedCaller:
     clips: ClipSource = speech_clip
     #: Called with every text message the caller sends on the stream (tests check them).
     on_send: Callable[[str], None] | None = None
+    #: Each key the script presses is also its tone in the caller's audio, as from a phone
+    #: that sends keys in band (Twilio's documents do not say whether its audio keeps them).
+    in_band_tones: bool = False
 
     def webhook_fields(self) -> dict[str, str]:
         """The voice webhook's form fields (reference §1.2), as for a first, ringing request."""
@@ -120,6 +123,7 @@ class EmulatedCaller:
             tell=self._tell,
             on_send=self.on_send,
             rest_seen=len(self.rest.updates) if self.rest is not None else 0,
+            in_band_tones=self.in_band_tones,
         )
         self._tell(f"caller {self.from_number} dials {self.to_number}")
         twiml = ""

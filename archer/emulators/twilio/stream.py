@@ -17,6 +17,8 @@ What one ``StreamLeg.connect_and_run()`` does (../shared/reference/twilio-media-
 - Checks every message Archer sends as Twilio does
   (``archer.emulators.twilio.server_messages``, written from Twilio's documents); a bad one
   is noted once in ``invalid`` (warning 31951) and ignored, and the call goes on.
+- A key pressed is a ``dtmf`` message; with ``in_band_tones`` its tone is also put in the
+  caller's audio (``archer.emulators.twilio.keypad_tones``), as a phone sending keys in band does.
 - Ends when the script does (``stop``, then close), when Archer closes the socket, or when
   Archer updates the call over REST (Twilio abandons the stream: ``stop``, close).
 
@@ -38,6 +40,7 @@ import trio_websocket
 
 from archer.audio.g711 import SILENCE
 from archer.emulators.twilio.frames import FRAME_MS, CallerFrames
+from archer.emulators.twilio.keypad_tones import keypad_tone
 from archer.emulators.twilio.outcome import EndedBy, first_leaf, reason
 from archer.emulators.twilio.playout import BYTES_PER_MS, PlayoutBuffer
 from archer.emulators.twilio.rest import TwilioRestState
@@ -97,6 +100,8 @@ class StreamLeg:
     on_send: Callable[[str], None] | None = None
     #: How many REST updates the emulator had before this call; later ones may be ours.
     rest_seen: int
+    #: Each key pressed is also its tone in the caller's audio (``keypad_tones``).
+    in_band_tones: bool = False
     opened: bool = False
     heard: bytearray = attrs.Factory(bytearray)
     marks_echoed: list[str] = attrs.Factory(list)
@@ -361,6 +366,9 @@ class StreamLeg:
                     if position:
                         await trio.sleep(gap_ms / 1000)
                     self.dtmf_sent += digit
+                    if self.in_band_tones:
+                        # The tone goes out with the next ticks' media, straddling frames.
+                        self._mouth += keypad_tone(digit)
                     await self._send(partial(self._frames.dtmf, digit))
             case Pause(seconds=seconds):
                 await trio.sleep(seconds)
