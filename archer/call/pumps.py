@@ -176,7 +176,9 @@ async def forward_to_agent(
     #: Where the running keypad capture's keys go; None when no capture runs.
     capture: trio.MemorySendChannel[str] | None = None
     converted: str | None
-    async with uplink:
+    # Each capture served is closed when this forwarder ends (its agent session failed, or the
+    # call ended), so a tool still reading one sees the end instead of waiting for keys.
+    async with uplink, contextlib.AsyncExitStack() as captures_served:
         async for item in uplink:
             if type(item) is str:
                 if capture is not None:
@@ -211,7 +213,7 @@ async def forward_to_agent(
                     item.digits.send_nowait(CAPTURE_BUSY)
                     item.digits.close()
                 else:
-                    capture = item.digits
+                    capture = captures_served.enter_context(item.digits)
                     capture.send_nowait(CAPTURE_ACCEPTED)
                 continue
             elif type(item) is StopCapture:
