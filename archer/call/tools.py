@@ -14,6 +14,10 @@ seen before in the call is refused as a duplicate and never runs, so the first i
 audit row cannot be overwritten. At most ``MAX_CONCURRENT_TOOLS`` run at once; a request
 beyond the queue is answered at once with an ``is_error`` "busy" result so the agent's reader
 never waits on a tool.
+
+Size (over 400 lines, on purpose): the runner, the registry and the result types share the
+rules above (masking, the size cap, the audit before a side effect, the duplicate-id refusal,
+a tool cut off by the call's end); each piece is small and they are read together.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ types, nullability, defaults, keys and constraint names (``tests/db/test_schema.
 the applied SQL and compares). The same tables run on the embedded SQLite default, so checks use
 only functions both databases have, ids become SQLite's rowid there, and ``UtcDateTime`` makes
 every timestamp a timezone-aware UTC ``datetime`` in Python whichever database stored it.
+
+Size (over 400 lines, on purpose): one table per block, in schema.sql's order, so the two files
+are read side by side; splitting the tables would split the one mirror the schema test checks.
 """
 
 from __future__ import annotations
