@@ -290,7 +290,8 @@ class ToolRunner:
         until the call's nursery is cancelled), so the loop ends only by cancellation.
 
         Cancellation: running tools are cancelled with the call; their invocations stay in the
-        call state as started but unfinished.
+        call state as started but unfinished, unless the tool says how such an end is recorded
+        (``Tool.cancelled_outcome``: ``collect_pin``).
         """
         slots = trio.Semaphore(MAX_CONCURRENT_TOOLS)
         async with trio.open_nursery() as nursery, self._requests_out:
@@ -426,7 +427,10 @@ class ToolRunner:
         log.info(
             "tool.finished", tool=request.name, is_error=result.is_error, outcome=result.outcome
         )
-        if not request.expects_response or agent is None or not result.to_agent:
+        if not result.to_agent:
+            log.warning("tool.result_not_sent", tool=request.name, reason="asking session gone")
+            return
+        if not request.expects_response or agent is None:
             return
         if agent is not self.agent:
             # The session that asked has died and another took over (issue 16): it never
