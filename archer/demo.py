@@ -132,6 +132,13 @@ async def run_demo(
         problems.append(f"the recording was not paused and resumed once for the PIN: {changes}")
     if recordings != [("completed", 2)]:
         problems.append(f"call_recordings holds {recordings}, want one completed two-channel")
+    events = stored.record.recording_events if stored is not None else ()
+    recording_sid = emulated.recording.sid if emulated and emulated.recording else None
+    if [(e.action, e.accepted, e.recording_sid) for e in events] != [
+        ("pause", True, recording_sid),
+        ("resume", True, recording_sid),
+    ]:
+        problems.append(f"the record's recording pauses are {events}, want one pause and resume")
     return DemoResult(stored, outcome, card_status, tuple(problems))
 
 
@@ -252,9 +259,17 @@ def format_record(result: DemoResult) -> str:
             if tool.finished_at
             else "unfinished"
         )
-        outcome = "error" if tool.is_error else "ok"
+        outcome = ("error" if tool.is_error else "ok") + (
+            f", {tool.outcome}" if tool.outcome else ""
+        )
         arguments = json.dumps(dict(tool.arguments))
         lines.append(f"  {tool.name}({arguments}) → {tool.result}  ({outcome}, {took})")
+    if record.recording_events:
+        lines.append("recording:")
+    for event in record.recording_events:
+        since = (event.requested_at - (record.connected_at or record.started_at)).total_seconds()
+        answer = "accepted" if event.accepted else f"refused ({event.error_code})"
+        lines.append(f"  {event.action} at +{since:.2f} s → {answer}")
     lines.append(f"card {FROZEN_CARD}: {result.card_status}")
     return "\n".join(lines)
 

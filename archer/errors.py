@@ -89,7 +89,14 @@ class TelephonyError(UpstreamError):
 
 
 class ToolError(ArcherError):
-    """A tool refused or failed in a way the agent should hear about (its message is the result)."""
+    """A tool refused or failed in a way the agent should hear about (its message is the result).
+
+    ``outcome``, if given, names the refusal in the record (``tool_calls.outcome``).
+    """
+
+    def __init__(self, message: str, *, outcome: str | None = None):
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class StoreError(ArcherError):

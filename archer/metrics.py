@@ -43,7 +43,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from archer.call.records import END_REASONS, CallStatus
+from archer.call.records import END_REASONS, PIN_CAPTURE_OUTCOMES, CallStatus
 
 if TYPE_CHECKING:
     from archer.call.records import CallRecord
@@ -82,6 +82,16 @@ TWILIO_OPERATIONS: Final = (
 #: ``refused``: Twilio answered with an error; ``error``: Twilio was not reached (network,
 #: timeout) or the request was malformed before sending.
 TWILIO_OUTCOMES: Final = ("ok", "call_over", "refused", "error")
+
+#: ``archer_pin_captures_total{outcome}``: a ``collect_pin``'s outcome (``PIN_CAPTURE_OUTCOMES``,
+#: from ``tool_calls.outcome``), or ``unfinished`` for one the call's end left unanswered and
+#: unrecorded. Never a digit or a digit count.
+PIN_CAPTURE_LABELS: Final = (*PIN_CAPTURE_OUTCOMES, "unfinished")
+#: ``archer_recording_requests_total{action, result}``: a pause or resume of the call's recording
+#: around a keypad entry: ``accepted``; ``refused`` (Twilio answered with an error code);
+#: ``error`` (Twilio not reached).
+RECORDING_ACTIONS: Final = ("pause", "resume")
+RECORDING_RESULTS: Final = ("accepted", "refused", "error")
 
 #: The database units of work (``SqlCallStore`` and ``SqlBankStore`` name each ``_run``).
 DB_OPERATIONS: Final = (
@@ -200,6 +210,8 @@ class Metrics:
     calls_capacity: Gauge = attrs.field(init=False)
     calls_reaped: Counter = attrs.field(init=False)
     agent_reconnects: Counter = attrs.field(init=False)
+    pin_captures: Counter = attrs.field(init=False)
+    recording_requests: Counter = attrs.field(init=False)
     _latency_by_direction: dict[str, Histogram] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -335,6 +347,25 @@ class Metrics:
         )
         for outcome in RECONNECT_OUTCOMES:
             self.agent_reconnects.labels(outcome)
+        # Keypad PIN entries and the recording pauses around them (issue 21), from the record.
+        self.pin_captures = Counter(
+            "archer_pin_captures_total",
+            "Keypad PIN entries (collect_pin) of finished calls, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in (*PIN_CAPTURE_LABELS, OTHER):
+            self.pin_captures.labels(outcome)
+        self.recording_requests = Counter(
+            "archer_recording_requests_total",
+            "Pauses and resumes of call recordings around keypad PIN entries, by action and"
+            " result (accepted, refused by Twilio, error: Twilio not reached).",
+            ["action", "result"],
+            registry=registry,
+        )
+        for action in RECORDING_ACTIONS:
+            for result in RECORDING_RESULTS:
+                self.recording_requests.labels(action, result)
         # Calls another party finished because their instance died or overran (archer.db.instances).
         self.calls_reaped = Counter(
             "archer_calls_reaped_total",
@@ -374,12 +405,12 @@ class Metrics:
     def call_finished(self, summary: Mapping[str, object], record: CallRecord) -> None:
         """A call started with ``call_started`` is over and flushed (or spooled).
 
-        Reads status, end reason, duration, frames and tool calls from ``record``, and the
-        barge-ins and silenced caller frames from ``summary`` (``CallState.summary()``).
-        Frames: ``to_agent`` counts Twilio media frames received (``frames_in``) less those
-        dropped on the way to the agent; ``to_caller`` counts frames sent to Twilio
-        (``frames_out``). Audio of an interrupted turn discarded at a barge-in is neither sent
-        nor dropped. If ``summary`` has
+        Reads status, end reason, duration, frames, tool calls (keypad PIN entries by outcome)
+        and recording pauses/resumes from ``record``, and the barge-ins and silenced caller
+        frames from ``summary`` (``CallState.summary()``). Frames: ``to_agent`` counts Twilio
+        media frames received (``frames_in``) less those dropped on the way to the agent;
+        ``to_caller`` counts frames sent to Twilio (``frames_out``). Audio of an interrupted
+        turn discarded at a barge-in is neither sent nor dropped. If ``summary`` has
         ``frames_dropped_to_agent`` and ``frames_dropped_to_caller`` the drops are attributed;
         otherwise ``frames_dropped`` is counted under ``direction="either"``.
         """
@@ -407,6 +438,7 @@ class Metrics:
         ):
             if n:
                 self.frames_silenced.labels(reason).inc(n)
+        self._count_keypad(record)
         for tool_call in record.tool_calls:
             tool = _bounded(tool_call.name, self.tool_names)
             if tool_call.finished_at is None:
@@ -415,6 +447,23 @@ class Metrics:
             self.tool_calls.labels(tool, "error" if tool_call.is_error else "ok").inc()
             elapsed = (tool_call.finished_at - tool_call.started_at).total_seconds()
             self.tool_latency.labels(tool).observe(max(0.0, elapsed))
+
+    def _count_keypad(self, record: CallRecord) -> None:
+        """Keypad PIN entries by outcome and the recording requests around them (issue 21)."""
+        for tool_call in record.tool_calls:
+            if tool_call.name != "collect_pin":
+                continue
+            if tool_call.finished_at is None:
+                outcome = "unfinished"
+            else:
+                outcome = _bounded(tool_call.outcome or "", PIN_CAPTURE_OUTCOMES)
+            self.pin_captures.labels(outcome).inc()
+        for event in record.recording_events:
+            if event.accepted:
+                result = "accepted"
+            else:
+                result = "refused" if event.error_code is not None else "error"
+            self.recording_requests.labels(_bounded(event.action, RECORDING_ACTIONS), result).inc()
 
     def _count_frames(self, summary: Mapping[str, object], record: CallRecord) -> None:
         frames_in, frames_out = _count(record.frames_in), _count(record.frames_out)

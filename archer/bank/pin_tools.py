@@ -19,12 +19,13 @@ import structlog
 import trio
 
 from archer.call.keypad import EntryRules, read_entry
-from archer.call.state import utc_now
+from archer.call.state import STREAM_END_REASONS, utc_now
 from archer.call.tools import ToolContext, ToolFunction, ToolResult
 from archer.errors import TelephonyError, ToolError
 
 if TYPE_CHECKING:
     from archer.bank.verification import PinVerifier
+    from archer.call.control import CallControl
     from archer.call.ports import TelephonyControl
 
 log = structlog.get_logger(__name__)
@@ -89,20 +90,21 @@ def collect_pin_tool(
 ) -> ToolFunction:
     async def collect_pin(context: ToolContext, arguments: Mapping[str, object]) -> ToolResult:
         if not allowed:
-            raise ToolError(KEYPAD_OFF)
+            raise ToolError(KEYPAD_OFF, outcome="refused_setting")
         verification = context.verification
         if verification.verified:
-            return ToolResult({"verified": True})
+            return ToolResult({"verified": True}, outcome="verified")
         if verification.locked:
-            raise ToolError(LOCKED)
+            raise ToolError(LOCKED, outcome="locked")
         async with context.control.keypad_capture() as digits:
             if digits is None:
-                raise ToolError(CAPTURE_BUSY_TEXT)
+                raise ToolError(CAPTURE_BUSY_TEXT, outcome="refused_busy")
             # Keys are withheld (and buffered) from here; none is read before the pause lands.
             if recording_pause is None:
                 return await _read_and_check(verifier, rules, context, digits)
             return await _paused_for(
                 telephony,
+                context.control,
                 recording_pause,
                 context.call_sid,
                 partial(_read_and_check, verifier, rules, context, digits),
@@ -111,32 +113,98 @@ def collect_pin_tool(
     return collect_pin
 
 
+#: End reasons of a call whose agent side failed (``collect_pin`` cancelled with it).
+_AGENT_END_REASONS: Final = frozenset(
+    {
+        "agent_hangup",
+        "agent_ended",
+        "agent_error",
+        "agent_unresponsive",
+        "agent_idle_timeout",
+        "agent_lost",
+        "agent_lost_transferred",
+    }
+)
+
+
+def capture_cancelled_outcome(end_reason: str | None, failed: bool) -> str:
+    """``collect_pin``'s outcome when the call's end cancels it mid-entry (``Tool.
+    cancelled_outcome``): ``hang_up`` if the caller's stream ended, ``agent_failed`` if the
+    agent's side ended the call, ``call_failed`` if a task of the call ``failed`` (its end
+    reason is named only after every task has stopped), else ``call_ended`` (its maximum
+    length, a shutdown)."""
+    if end_reason in STREAM_END_REASONS:
+        return "hang_up"
+    if end_reason in _AGENT_END_REASONS:
+        return "agent_failed"
+    return "call_failed" if end_reason is None and failed else "call_ended"
+
+
 async def _paused_for(
     telephony: TelephonyControl,
+    control: CallControl,
     pause_behavior: str,
     call_sid: str,
     entry: Callable[[], Awaitable[ToolResult]],
 ) -> ToolResult:
     """Run ``entry`` with the call's recording paused; refuse (never run it) if it cannot be.
 
+    The pause and the resume, each with its times and Twilio's answer, go into the call's
+    record (``recording_events``).
+
     Cancellation: the recording is resumed (shielded, at most ``RESUME_TIMEOUT``).
     """
+    requested_at = utc_now()
     try:
-        await telephony.set_recording(call_sid, paused=True, pause_behavior=pause_behavior)
+        recording_sid = await telephony.set_recording(
+            call_sid, paused=True, pause_behavior=pause_behavior
+        )
     except TelephonyError as exc:
+        control.recording_changed(
+            "pause",
+            requested_at=requested_at,
+            answered_at=utc_now(),
+            accepted=False,
+            error_code=exc.code,
+        )
         log.error("bank.recording_pause_failed", error=str(exc))
-        raise ToolError(RECORDING_NOT_PAUSED) from exc  # nothing read: no PIN onto a recording
-    log.info("bank.recording_paused", at=utc_now().isoformat())
+        # Nothing read: no PIN onto a recording.
+        raise ToolError(RECORDING_NOT_PAUSED, outcome="refused_recording") from exc
+    control.recording_changed(
+        "pause",
+        requested_at=requested_at,
+        answered_at=utc_now(),
+        accepted=True,
+        recording_sid=recording_sid,
+    )
+    log.info("bank.recording_paused", at=requested_at.isoformat())
     try:
         return await entry()
     finally:
         with trio.move_on_after(RESUME_TIMEOUT, shield=True):
+            requested_at = utc_now()
             try:
-                await telephony.set_recording(call_sid, paused=False, pause_behavior=pause_behavior)
+                recording_sid = await telephony.set_recording(
+                    call_sid, paused=False, pause_behavior=pause_behavior
+                )
             except TelephonyError as exc:
+                control.recording_changed(
+                    "resume",
+                    requested_at=requested_at,
+                    answered_at=utc_now(),
+                    accepted=False,
+                    error_code=exc.code,
+                )
                 log.error("bank.recording_resume_failed", error=str(exc))
             else:
-                log.info("bank.recording_resumed", at=utc_now().isoformat())
+                control.recording_changed(
+                    "resume",
+                    requested_at=requested_at,
+                    answered_at=utc_now(),
+                    accepted=True,
+                    recording_sid=recording_sid,
+                )
+                log.info("bank.recording_resumed", at=requested_at.isoformat())
 
 
 async def _read_and_check(
@@ -149,13 +217,15 @@ async def _read_and_check(
     entry = await read_entry(digits, rules, context.control.interrupted)
     log.info("bank.pin_entry", outcome=entry.outcome)  # the outcome only, never digits
     if entry.outcome == "timed_out":
-        raise ToolError(ENTRY_TIMED_OUT)
+        raise ToolError(ENTRY_TIMED_OUT, outcome="timed_out")
     if entry.outcome == "interrupted":
-        raise ToolError(ENTRY_INTERRUPTED)
+        raise ToolError(ENTRY_INTERRUPTED, outcome="barge_in")
     if entry.outcome != "entered":
-        raise ToolError(ENTRY_ENDED)
+        # The capture's keys stopped coming: the forwarder of the agent session that asked has
+        # gone with its session (issue 16: another may take over). Nobody is left to answer.
+        return ToolResult(ENTRY_ENDED, is_error=True, outcome="agent_failed", to_agent=False)
     if not (entry.digits.isdigit() and 4 <= len(entry.digits) <= 8):
-        raise ToolError(ENTRY_INVALID)
+        raise ToolError(ENTRY_INVALID, outcome="invalid")
     # Checked while still capturing: a key pressed during the check stays withheld.
     return await _check_pin(verifier, context, entry.digits)
 
@@ -165,21 +235,21 @@ async def _check_pin(verifier: PinVerifier, context: ToolContext, pin: str) -> T
     (the call's three attempts, the customer's lock-out across calls)."""
     verification = context.verification
     if verification.verified:
-        return ToolResult({"verified": True})
+        return ToolResult({"verified": True}, outcome="verified")
     if verification.locked:
-        raise ToolError(LOCKED)
+        raise ToolError(LOCKED, outcome="locked")
     check = await verifier.check(context.customer_id, context.call_sid, pin)
     if check.locked_out:
-        raise ToolError(LOCKED_OUT)
+        raise ToolError(LOCKED_OUT, outcome="locked_out")
     if check.verified:
         verification.verified = True
         log.info("bank.caller_verified")
-        return ToolResult({"verified": True})
+        return ToolResult({"verified": True}, outcome="verified")
     verification.failures += 1
     attempts_left = max(0, verification.MAX_FAILURES - verification.failures)
     if check.attempts_left is not None:
         attempts_left = min(attempts_left, check.attempts_left)
     log.warning("bank.verification_failed", attempts_left=attempts_left)
     if verification.locked:
-        raise ToolError(LOCKED)
-    return ToolResult({"verified": False, "attempts_left": attempts_left})
+        raise ToolError(LOCKED, outcome="locked")
+    return ToolResult({"verified": False, "attempts_left": attempts_left}, outcome="wrong_pin")

@@ -30,7 +30,12 @@ from typing import TYPE_CHECKING, Final, Literal
 import structlog
 
 from archer.bank.definitions import ToolDefinition, load_definitions
-from archer.bank.pin_tools import PIN_CHECK_TIMEOUT, collect_pin_tool, verify_caller_tool
+from archer.bank.pin_tools import (
+    PIN_CHECK_TIMEOUT,
+    capture_cancelled_outcome,
+    collect_pin_tool,
+    verify_caller_tool,
+)
 from archer.bank.ports import DEFAULT_PIN_POLICY, PinPolicy
 from archer.bank.verification import PinVerifier
 from archer.call.keypad import EntryRules
@@ -118,6 +123,10 @@ def bank_tools(
                 secret_arguments=frozenset({"pin"}),
                 parameters=definition.parameters,
                 side_effect=definition.name in SIDE_EFFECT_TOOLS,
+                # A keypad entry the call's end cuts off is finished in the record (issue 21).
+                cancelled_outcome=(
+                    capture_cancelled_outcome if definition.name == "collect_pin" else None
+                ),
             )
         )
     return ToolRegistry.of(*tools)

@@ -1,4 +1,5 @@
-"""What a tool may do to the call it serves: wait for speech to be heard, end the call.
+"""What a tool may do to the call it serves: wait for speech to be heard, capture keys, note a
+recording pause, end the call.
 
 Layer: call. Handed to tools inside their ``ToolContext``; it is the only way a tool reaches the
 call's nursery, and it exposes no more than these two moves.
@@ -21,12 +22,13 @@ from archer.call.keypad import open_capture
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
+    from datetime import datetime
 
     import trio
 
     from archer.call.items import DownlinkItem, UplinkItem
     from archer.call.playback import Playback
-    from archer.call.records import CallStatus
+    from archer.call.records import CallStatus, RecordingAction
     from archer.call.state import CallState
 
 
@@ -85,6 +87,26 @@ class CallControl:
         if self._uplink is None:
             raise RuntimeError("keypad capture needs the call's uplink")
         return open_capture(self._uplink)
+
+    def recording_changed(
+        self,
+        action: RecordingAction,
+        *,
+        requested_at: datetime,
+        answered_at: datetime,
+        accepted: bool,
+        error_code: int | None = None,
+        recording_sid: str | None = None,
+    ) -> None:
+        """Record a pause or resume of the call's recording and Twilio's answer (issue 21)."""
+        self._call.recording_changed(
+            action,
+            requested_at=requested_at,
+            answered_at=answered_at,
+            accepted=accepted,
+            error_code=error_code,
+            recording_sid=recording_sid,
+        )
 
     def expect(self, status: CallStatus, end_reason: str) -> None:
         """Announce how the call is about to end, before asking Twilio to end it."""

@@ -156,8 +156,11 @@ class TelephonyControl(Protocol):
         """
         ...
 
-    async def set_recording(self, call_sid: str, *, paused: bool, pause_behavior: str) -> None:
-        """Pause (``pause_behavior``: ``skip`` or ``silence``) or resume the call's recording.
+    async def set_recording(
+        self, call_sid: str, *, paused: bool, pause_behavior: str
+    ) -> str | None:
+        """Pause (``pause_behavior``: ``skip`` or ``silence``) or resume the call's recording;
+        the SID of the recording Twilio acted on, if its answer named one.
 
         Raises:
             TelephonyError: Twilio refused (no recording in progress) or could not be reached.

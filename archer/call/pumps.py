@@ -184,7 +184,9 @@ async def forward_to_agent(
     payload: str
     received_at: float | None
     converted: str | None
-    async with uplink:
+    # Each capture served is closed when this forwarder ends (its agent session failed, or the
+    # call ended), so a tool still reading one sees the end instead of waiting for keys.
+    async with uplink, contextlib.AsyncExitStack() as captures_served:
         async for item in uplink:
             if type(item) is str:
                 payload, received_at = item, None
@@ -209,7 +211,7 @@ async def forward_to_agent(
                     item.digits.send_nowait(CAPTURE_BUSY)
                     item.digits.close()
                 else:
-                    capture = item.digits
+                    capture = captures_served.enter_context(item.digits)
                     capture.send_nowait(CAPTURE_ACCEPTED)
                 continue
             elif type(item) is StopCapture:

@@ -8,7 +8,8 @@ Rules:
 - Writes go through the same idempotent upsert as the final flush (``CallStore.save_call``), so
   the final flush, the spool and a replay repeat them harmlessly. A write carries the call row
   (still ``in_progress``: only the final flush, a reaper or the status callback finishes a call)
-  and only the turns and tool calls that changed since the last write the database took.
+  and only the turns, tool calls and recording pauses/resumes that changed since the last write
+  the database took.
 - When: at each turn's end, or every ``RECORD_BATCH_SECONDS`` when something else changed (a
   tool finished, words of a long turn), whichever comes first. Audio never waits for a write:
   the writer is its own task and the pumps only set an event.
@@ -56,6 +57,8 @@ class CallRecorder:
     #: What the database holds of the call, as far as this recorder knows.
     _written_turns: dict[int, TurnRecord] = attrs.Factory(dict)
     _written_tools: dict[str, ToolCallRecord] = attrs.Factory(dict)
+    #: ``seq`` of the recording events written (they never change once recorded).
+    _written_recording_events: set[int] = attrs.Factory(set)
 
     def turn_ended(self) -> None:
         """A turn ended: write soon (the writer wakes; nothing here waits)."""
@@ -101,14 +104,19 @@ class CallRecorder:
             self.call.db_writes += 1
             self._written_turns.update((turn.turn, turn) for turn in changes.turns)
             self._written_tools.update((tool.tool_call_id, tool) for tool in changes.tool_calls)
+            self._written_recording_events.update(e.seq for e in changes.recording_events)
             return True
 
     def _changes(self) -> CallRecord | None:
-        """The record with only unwritten turns and tool calls; None if nothing changed."""
+        """The record with only unwritten turns, tool calls and recording events; None if nothing
+        changed."""
         record = self.call.snapshot()
         turns = tuple(t for t in record.turns if self._written_turns.get(t.turn) != t)
         tools = tuple(t for t in record.tool_calls if self._written_tools.get(t.tool_call_id) != t)
-        if not turns and not tools:
+        recording = tuple(
+            e for e in record.recording_events if e.seq not in self._written_recording_events
+        )
+        if not turns and not tools and not recording:
             return None  # the row itself: the claim wrote it, the final flush completes it
         # Never finished from here: the final flush (or a reaper) decides how the call ends.
         return attrs.evolve(
@@ -120,4 +128,5 @@ class CallRecorder:
             duration_ms=None,
             turns=turns,
             tool_calls=tools,
+            recording_events=recording,
         )

@@ -83,6 +83,60 @@ class ToolCallRecord:
     result: str | None = None
     is_error: bool = False
     finished_at: datetime | None = None
+    #: How the invocation ended, for tools that say (``collect_pin``: one of
+    #: ``PIN_CAPTURE_OUTCOMES``); None for the others. Never a digit or a digit count.
+    outcome: str | None = None
+
+
+#: ``tool_calls.outcome`` of a ``collect_pin`` (and ``archer_pin_captures_total{outcome}``):
+#: ``verified``; ``wrong_pin`` (not verified, attempts left); ``locked`` (the call's attempts
+#: spent) and ``locked_out`` (the customer's, across calls); ``timed_out`` (nothing keyed in
+#: time); ``invalid`` (not 4 to 8 digits); ``barge_in`` (the agent was cut off); ``hang_up``
+#: (the caller's stream ended mid-entry); ``agent_failed`` (the agent session that asked died
+#: mid-entry, or the agent's side ended the call); ``call_failed`` (a task of the call failed
+#: mid-entry and ended it, before its end reason was named: without reconnects, an agent
+#: failure lands here); ``call_ended`` (the call ended mid-entry for another reason: its maximum
+#: length, a shutdown); ``refused_recording`` (the recording could not be paused: nothing
+#: collected); ``refused_busy`` (another entry was running); ``refused_setting`` (``PIN_ENTRY``
+#: does not allow it).
+PIN_CAPTURE_OUTCOMES: Final = (
+    "verified",
+    "wrong_pin",
+    "locked",
+    "locked_out",
+    "timed_out",
+    "invalid",
+    "barge_in",
+    "hang_up",
+    "agent_failed",
+    "call_failed",
+    "call_ended",
+    "refused_recording",
+    "refused_busy",
+    "refused_setting",
+)
+
+RecordingAction = Literal["pause", "resume"]
+
+
+@attrs.frozen(slots=True)
+class RecordingEventRecord:
+    """One request to pause or resume the call's recording (issue 21), as stored in
+    ``recording_events``: when Archer asked, when Twilio answered, and whether it accepted.
+
+    ``seq`` orders a call's events (1, 2, ...) and keys the idempotent upsert; times are the
+    wall clock's, like a tool call's ``started_at``.
+    """
+
+    seq: int
+    action: RecordingAction
+    requested_at: datetime
+    answered_at: datetime
+    accepted: bool
+    #: Twilio's error code when it refused (None: accepted, or Twilio was not reached).
+    error_code: int | None = None
+    #: The recording Twilio paused or resumed, when it said.
+    recording_sid: str | None = None
 
 
 @attrs.frozen(slots=True)
@@ -118,6 +172,8 @@ class CallRecord:
     agent_reconnects: int = 0
     #: ...and every agent session's call id, in order (``agent_call_id`` is the last).
     agent_call_ids: tuple[str, ...] = ()
+    #: Every pause and resume of the call's recording, in order (issue 21).
+    recording_events: tuple[RecordingEventRecord, ...] = ()
 
 
 @attrs.frozen(slots=True)

@@ -18,7 +18,15 @@ from typing import Final, Literal
 import attrs
 
 from archer.call.events import TurnEnded, TurnStarted, TurnTextDelta
-from archer.call.records import CallRecord, CallStatus, ClaimedCall, ToolCallRecord, TurnRecord
+from archer.call.records import (
+    CallRecord,
+    CallStatus,
+    ClaimedCall,
+    RecordingAction,
+    RecordingEventRecord,
+    ToolCallRecord,
+    TurnRecord,
+)
 
 #: End reasons that only say the media stream stopped, whatever stopped it.
 STREAM_END_REASONS = frozenset({"caller_hangup", "twilio_disconnected", "twilio_lost"})
@@ -112,6 +120,7 @@ class CallState:
     _turns: dict[int, _TurnDraft] = attrs.Factory(dict)
     _tool_calls: dict[str, ToolCallRecord] = attrs.Factory(dict)
     _agent_events: list[dict[str, object]] = attrs.Factory(list)
+    _recording_events: list[RecordingEventRecord] = attrs.Factory(list)
 
     @classmethod
     def for_claimed(
@@ -221,16 +230,47 @@ class CallState:
         )
 
     def tool_finished(
-        self, tool_call_id: str, result: str, *, is_error: bool, now: datetime
+        self,
+        tool_call_id: str,
+        result: str,
+        *,
+        is_error: bool,
+        now: datetime,
+        outcome: str | None = None,
     ) -> None:
         started = self._tool_calls[tool_call_id]
         self._tool_calls[tool_call_id] = attrs.evolve(
-            started, result=result, is_error=is_error, finished_at=now
+            started, result=result, is_error=is_error, finished_at=now, outcome=outcome
         )
 
     @property
     def tool_call_count(self) -> int:
         return len(self._tool_calls)
+
+    # --- the recording -----------------------------------------------------------------------
+
+    def recording_changed(
+        self,
+        action: RecordingAction,
+        *,
+        requested_at: datetime,
+        answered_at: datetime,
+        accepted: bool,
+        error_code: int | None = None,
+        recording_sid: str | None = None,
+    ) -> None:
+        """Record one pause or resume request and Twilio's answer (issue 21)."""
+        self._recording_events.append(
+            RecordingEventRecord(
+                seq=len(self._recording_events) + 1,
+                action=action,
+                requested_at=requested_at,
+                answered_at=answered_at,
+                accepted=accepted,
+                error_code=error_code,
+                recording_sid=recording_sid,
+            )
+        )
 
     # --- agent events ------------------------------------------------------------------------
 
@@ -288,6 +328,7 @@ class CallState:
             agent_events=tuple(self._agent_events),
             agent_reconnects=self.agent_reconnects,
             agent_call_ids=tuple(self.agent_call_ids),
+            recording_events=tuple(self._recording_events),
         )
 
     def summary(self) -> dict[str, object]:

@@ -14,6 +14,10 @@ seen before in the call is refused as a duplicate and never runs, so the first i
 audit row cannot be overwritten. At most ``MAX_CONCURRENT_TOOLS`` run at once; a request
 beyond the queue is answered at once with an ``is_error`` "busy" result so the agent's reader
 never waits on a tool.
+
+Size (over 400 lines, on purpose): the runner, the registry and the result types share the
+rules above (masking, the size cap, the audit before a side effect, the duplicate-id refusal,
+a tool cut off by the call's end); each piece is small and they are read together.
 """
 
 from __future__ import annotations
@@ -96,6 +100,12 @@ class ToolResult:
 
     content: Mapping[str, object] | str
     is_error: bool = False
+    #: How the invocation ended, for the record (``tool_calls.outcome``); never sent to the agent.
+    outcome: str | None = None
+    #: False when the tool knows the agent session that asked is gone (a keypad entry whose
+    #: forwarder ended with its session): recorded, never sent, so nothing is written to a dead
+    #: socket before the session's replacement is noticed.
+    to_agent: bool = True
 
     def text(self) -> str:
         """The ``result`` string sent to the agent, at most ``MAX_RESULT_BYTES`` bytes."""
@@ -125,6 +135,11 @@ class Tool:
     #: It changes something outside the call (a card, the phone call): its audit row is written
     #: before it acts, and it does not act if that write fails (``archer.call.recorder``).
     side_effect: bool = False
+    #: When set, an invocation cancelled with the call (a hang-up, the call failing) is not left
+    #: started-but-unfinished: its row is finished, ``is_error``, with the outcome this returns
+    #: for the call's end reason so far (None before one is named) and whether a task of the
+    #: call failed (trio cancelled the call's nursery for it).
+    cancelled_outcome: Callable[[str | None, bool], str] | None = None
     _validator: Draft202012Validator | None = attrs.field(init=False, repr=False, eq=False)
 
     @_validator.default
@@ -275,7 +290,8 @@ class ToolRunner:
         until the call's nursery is cancelled), so the loop ends only by cancellation.
 
         Cancellation: running tools are cancelled with the call; their invocations stay in the
-        call state as started but unfinished.
+        call state as started but unfinished, unless the tool says how such an end is recorded
+        (``Tool.cancelled_outcome``: ``collect_pin``).
         """
         slots = trio.Semaphore(MAX_CONCURRENT_TOOLS)
         async with trio.open_nursery() as nursery, self._requests_out:
@@ -339,13 +355,39 @@ class ToolRunner:
                 control = control.renaming(end_reasons)
             context = attrs.evolve(self.context, control=control)
             with trio.move_on_after(timeout) as deadline:
-                result = await self._invoke(tool, context, request)
+                try:
+                    result = await self._invoke(tool, context, request)
+                except trio.Cancelled as cancelled:
+                    # The call's end, unless the tool's own deadline passed (then the timeout
+                    # result below finishes the row): finish it now, no agent will hear one.
+                    if tool.cancelled_outcome is not None and not deadline.cancel_called:
+                        failed = getattr(cancelled, "source", None) == "nursery"
+                        self._finish_cancelled(request, tool.cancelled_outcome, failed=failed)
+                    raise
             if deadline.cancelled_caught:
                 log.warning("tool.timed_out", tool=tool.name, timeout=timeout)
                 result = ToolResult(f"{tool.name} timed out after {timeout:g} s", is_error=True)
         await self._answer(request, result, agent)
         if tool is not None and tool.side_effect and self.recorder is not None:
             await self.recorder.write_now()  # the audit row completed (or the flush does it)
+
+    def _finish_cancelled(
+        self,
+        request: ToolCallRequest,
+        outcome: Callable[[str | None, bool], str],
+        *,
+        failed: bool,
+    ) -> None:
+        end_reason = self.call.end_reason
+        ending = end_reason or ("a failure" if failed else "the call ending")
+        self.call.tool_finished(
+            request.tool_call_id,
+            f"{request.name} was cut off by {ending}; no result",
+            is_error=True,
+            now=utc_now(),
+            outcome=outcome(end_reason, failed),
+        )
+        log.info("tool.ended_with_the_call", tool=request.name, end_reason=end_reason)
 
     async def _audited_before_acting(self) -> bool:
         """Write the started tool call's row; False if the database did not take it."""
@@ -357,7 +399,7 @@ class ToolRunner:
         try:
             return await tool.run(context, request.arguments)
         except ToolError as refusal:
-            return ToolResult(str(refusal), is_error=True)
+            return ToolResult(str(refusal), is_error=True, outcome=refusal.outcome)
         except Exception:
             # A bug in one tool must not end the call: the agent hears a generic failure and
             # the traceback goes to the log once, with the call's context bound (and any PIN
@@ -380,8 +422,14 @@ class ToolRunner:
             scrub(text, self._secrets),
             is_error=result.is_error,
             now=utc_now(),
+            outcome=result.outcome,
         )
-        log.info("tool.finished", tool=request.name, is_error=result.is_error)
+        log.info(
+            "tool.finished", tool=request.name, is_error=result.is_error, outcome=result.outcome
+        )
+        if not result.to_agent:
+            log.warning("tool.result_not_sent", tool=request.name, reason="asking session gone")
+            return
         if not request.expects_response or agent is None:
             return
         if agent is not self.agent:

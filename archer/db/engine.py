@@ -183,3 +183,6 @@ def _add_missing_sqlite_columns(conn: sa.Connection) -> None:
         conn.exec_driver_sql(
             "ALTER TABLE calls ADD COLUMN agent_call_ids JSON NOT NULL DEFAULT '[]'"
         )
+    tool_columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(tool_calls)")}
+    if "outcome" not in tool_columns:
+        conn.exec_driver_sql("ALTER TABLE tool_calls ADD COLUMN outcome TEXT")

@@ -18,6 +18,7 @@ import attrs
 
 from archer.call.records import (
     CallRecord,
+    RecordingEventRecord,
     RecordingStatusUpdate,
     ToolCallRecord,
     TurnRecord,
@@ -59,6 +60,17 @@ def record_from_json(line: str) -> CallRecord:
                 "agent_events": tuple(dict(event) for event in data.get("agent_events", ())),
                 # Absent from lines spooled before reconnects were recorded (issue 16).
                 "agent_call_ids": tuple(data.get("agent_call_ids", ())),
+                # Absent from lines spooled before recording pauses were recorded (issue 21).
+                "recording_events": tuple(
+                    RecordingEventRecord(
+                        **{
+                            **event,
+                            "requested_at": _time(event["requested_at"]),
+                            "answered_at": _time(event["answered_at"]),
+                        }
+                    )
+                    for event in data.get("recording_events", ())
+                ),
             }
         )
     except (KeyError, TypeError, AttributeError) as exc:

@@ -49,6 +49,7 @@ from archer.call.records import (
     ClaimedCall,
     NewCall,
     OpenedCall,
+    RecordingEventRecord,
     RecordingStatusUpdate,
     StreamClaim,
     ToolCallRecord,
@@ -64,6 +65,7 @@ from archer.db.tables import (
     call_turns,
     calls,
     customers,
+    recording_events,
     tool_calls,
 )
 from archer.db.threads import DbObserver, describe_error, run_in_thread
@@ -380,12 +382,22 @@ class SqlCallStore:
                     ),
                     [_tool_call_row(call_id, tool) for tool in record.tool_calls],
                 )
+            if record.recording_events:
+                # Keyed by (call, seq); an event never changes once recorded, so a repeat (a
+                # replay, the flush after the recorder) leaves the row as it was.
+                conn.execute(
+                    _insert(conn, recording_events).on_conflict_do_nothing(
+                        index_elements=[recording_events.c.call_id, recording_events.c.seq]
+                    ),
+                    [_recording_event_row(call_id, event) for event in record.recording_events],
+                )
         log.debug(
             "db.call_saved",
             status=record.status,
             end_reason=record.end_reason,
             turns=len(record.turns),
             tool_calls=len(record.tool_calls),
+            recording_events=len(record.recording_events),
         )
 
     def _record_recording_status_sync(self, update: RecordingStatusUpdate) -> bool:
@@ -509,9 +521,14 @@ class SqlCallStore:
                 .where(tool_calls.c.call_id == call_row.id)
                 .order_by(tool_calls.c.started_at, tool_calls.c.id)
             ).all()
+            recording_rows = conn.execute(
+                sa.select(recording_events)
+                .where(recording_events.c.call_id == call_row.id)
+                .order_by(recording_events.c.seq)
+            ).all()
         log.debug("db.call_loaded", turns=len(turn_rows), tool_calls=len(tool_rows))
         return StoredCall(
-            record=_record_from_rows(call_row, turn_rows, tool_rows),
+            record=_record_from_rows(call_row, turn_rows, tool_rows, recording_rows),
             twilio_status=call_row.twilio_status,
             twilio_duration_s=call_row.twilio_duration_s,
         )
@@ -527,7 +544,15 @@ if TYPE_CHECKING:
 # --- rows <-> records (pure) ----------------------------------------------------------------
 
 _TURN_UPDATES = ("role", "text", "interrupted", "start_time", "end_time", "heard_ms")
-_TOOL_CALL_UPDATES = ("name", "arguments", "result", "is_error", "started_at", "finished_at")
+_TOOL_CALL_UPDATES = (
+    "name",
+    "arguments",
+    "result",
+    "is_error",
+    "started_at",
+    "finished_at",
+    "outcome",
+)
 
 
 def _insert(conn: sa.Connection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
@@ -608,11 +633,19 @@ def _tool_call_row(call_id: int, tool: ToolCallRecord) -> dict[str, object]:
         "is_error": tool.is_error,
         "started_at": tool.started_at,
         "finished_at": tool.finished_at,
+        "outcome": tool.outcome,
     }
 
 
+def _recording_event_row(call_id: int, event: RecordingEventRecord) -> dict[str, object]:
+    return {"call_id": call_id, **attrs.asdict(event)}
+
+
 def _record_from_rows(
-    call: sa.Row[Any], turns: Sequence[sa.Row[Any]], tools: Sequence[sa.Row[Any]]
+    call: sa.Row[Any],
+    turns: Sequence[sa.Row[Any]],
+    tools: Sequence[sa.Row[Any]],
+    recordings: Sequence[sa.Row[Any]] = (),
 ) -> CallRecord:
     return CallRecord(
         call_sid=call.call_sid,
@@ -655,8 +688,21 @@ def _record_from_rows(
                 result=row.result,
                 is_error=row.is_error,
                 finished_at=row.finished_at,
+                outcome=row.outcome,
             )
             for row in tools
+        ),
+        recording_events=tuple(
+            RecordingEventRecord(
+                seq=row.seq,
+                action="pause" if row.action == "pause" else "resume",
+                requested_at=row.requested_at,
+                answered_at=row.answered_at,
+                accepted=row.accepted,
+                error_code=row.error_code,
+                recording_sid=row.recording_sid,
+            )
+            for row in recordings
         ),
     )
 

@@ -7,6 +7,9 @@ types, nullability, defaults, keys and constraint names (``tests/db/test_schema.
 the applied SQL and compares). The same tables run on the embedded SQLite default, so checks use
 only functions both databases have, ids become SQLite's rowid there, and ``UtcDateTime`` makes
 every timestamp a timezone-aware UTC ``datetime`` in Python whichever database stored it.
+
+Size (over 400 lines, on purpose): one table per block, in schema.sql's order, so the two files
+are read side by side; splitting the tables would split the one mirror the schema test checks.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = [
     "outbound_requests",
     "pin_failures",
     "pin_lockouts",
+    "recording_events",
     "tool_calls",
     "transaction_reviews",
     "transactions",
@@ -236,6 +240,7 @@ tool_calls = sa.Table(
     sa.Column("is_error", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("started_at", UtcDateTime, nullable=False),
     sa.Column("finished_at", UtcDateTime),
+    sa.Column("outcome", sa.Text),
     sa.UniqueConstraint("call_id", "tool_call_id"),
 )
 
@@ -395,4 +400,22 @@ call_recordings = sa.Table(
     sa.Column("error_code", sa.Integer),
     sa.Column("updated_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
     sa.Index("call_recordings_call_id_idx", "call_id"),
+)
+
+recording_events = sa.Table(
+    "recording_events",
+    metadata,
+    _id(),
+    sa.Column(
+        "call_id", sa.BigInteger, sa.ForeignKey("calls.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("requested_at", UtcDateTime, nullable=False),
+    sa.Column("answered_at", UtcDateTime, nullable=False),
+    sa.Column("accepted", sa.Boolean, nullable=False),
+    sa.Column("error_code", sa.Integer),
+    sa.Column("recording_sid", sa.Text),
+    _check("action", "action IN ('pause', 'resume')"),
+    sa.UniqueConstraint("call_id", "seq"),
 )

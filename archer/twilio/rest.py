@@ -250,12 +250,14 @@ class TwilioRestControl:
         )
         return str(created.sid)
 
-    async def set_recording(self, call_sid: str, *, paused: bool, pause_behavior: str) -> None:
+    async def set_recording(
+        self, call_sid: str, *, paused: bool, pause_behavior: str
+    ) -> str | None:
         """Pause or resume the call's recording (issue 21): ``POST
         /2010-04-01/Accounts/{Sid}/Calls/{CallSid}/Recordings/Twilio.CURRENT.json`` with
         ``Status=paused`` (and ``PauseBehavior``: ``skip`` or ``silence``) or
         ``Status=in-progress``. ``Twilio.CURRENT`` names the call's recording in progress, so no
-        recording SID is needed.
+        recording SID is needed; the one Twilio's answer names is returned (None if none).
 
         Raises:
             TelephonyError: ``call_sid`` is malformed, or Twilio refused (no recording in
@@ -268,7 +270,7 @@ class TwilioRestControl:
         if not paused:
             fields = {"status": "in-progress"}
         try:
-            status = await self._update(operation, call_sid, fields, sync=self._recording_sync)
+            answer = await self._update(operation, call_sid, fields, sync=self._recording_sync)
         except TelephonyError as exc:
             log.warning(
                 f"twilio.{operation}_failed",
@@ -278,7 +280,8 @@ class TwilioRestControl:
                 error=str(exc),
             )
             raise
-        log.info(f"twilio.{operation}", call_sid=call_sid, recording_status=status)
+        log.info(f"twilio.{operation}", call_sid=call_sid, recording_sid=answer or None)
+        return answer or None
 
     # --- the boundary ---------------------------------------------------------------------
 
@@ -290,8 +293,8 @@ class TwilioRestControl:
         *,
         sync: Callable[[str, Mapping[str, str]], str] | None = None,
     ) -> str:
-        """POST one update in a worker thread (``sync``, by default a call update); the
-        resource's status after it."""
+        """POST one update in a worker thread (``sync``, by default a call update); what
+        ``sync`` answers (the call's status after it, by default)."""
         if not _SID.fullmatch(call_sid):
             raise TelephonyError(f"{operation} refused before sending: malformed call SID")
         try:
@@ -328,8 +331,10 @@ class TwilioRestControl:
 
     def _recording_sync(self, call_sid: str, fields: Mapping[str, str]) -> str:
         # As ``_update_sync``: a worker thread, the client only.
+        # Answers the recording's SID ("" if Twilio named none); its status is logged here.
         recording = self._client.calls(call_sid).recordings("Twilio.CURRENT").update(**fields)
-        return str(recording.status)
+        log.debug("twilio.recording_updated", recording_status=recording.status)
+        return str(recording.sid or "")
 
 
 def _refusal(operation: str, code: int | None, status: int | None) -> str:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from quart_trio import QuartTrio
 
 from archer.bank.definitions import load_definitions
-from archer.call.records import END_REASONS, CallRecord, ToolCallRecord
+from archer.call.records import END_REASONS, CallRecord, RecordingEventRecord, ToolCallRecord
 from archer.call.state import CallState
 from archer.metrics import (
     CALL_STATUSES,
@@ -23,7 +23,10 @@ from archer.metrics import (
     FRAME_OUTCOMES,
     OTHER,
     OVERFLOW_OUTCOMES,
+    PIN_CAPTURE_LABELS,
     RECONNECT_OUTCOMES,
+    RECORDING_ACTIONS,
+    RECORDING_RESULTS,
     SIGNED_ROUTES,
     SILENCE_REASONS,
     TOOL_OUTCOMES,
@@ -358,8 +361,11 @@ def test_no_label_is_ever_a_call_sid_or_a_phone_number(metrics: Metrics) -> None
             *TWILIO_OUTCOMES,
             *OVERFLOW_OUTCOMES,
             *RECONNECT_OUTCOMES,
+            *PIN_CAPTURE_LABELS,
             OTHER,
         },
+        "action": set(RECORDING_ACTIONS),
+        "result": set(RECORDING_RESULTS),
         "tool": {*metrics.tool_names, OTHER},
         "operation": {*TWILIO_OPERATIONS, *DB_OPERATIONS, OTHER},
         "route": {*SIGNED_ROUTES, OTHER},
@@ -415,3 +421,89 @@ async def test_blueprint_serves_the_text_format(metrics: Metrics) -> None:
     families = {family.name: family for family in text_string_to_metric_families(body)}
     assert families["archer_calls_active"].samples[0].value == 1
     assert families["archer_calls"].type == "counter"
+
+
+def pin_capture(outcome: str | None, *, call_id: str, finished: bool = True) -> ToolCallRecord:
+    return ToolCallRecord(
+        tool_call_id=call_id,
+        name="collect_pin",
+        arguments={},
+        started_at=T0,
+        result="{}" if finished else None,
+        is_error=outcome != "verified",
+        finished_at=T0 + timedelta(seconds=9) if finished else None,
+        outcome=outcome,
+    )
+
+
+def recording_event(
+    seq: int, action: str, *, accepted: bool, code: int | None = None
+) -> RecordingEventRecord:
+    return RecordingEventRecord(
+        seq=seq,
+        action=action,  # type: ignore[arg-type]
+        requested_at=T0,
+        answered_at=T0,
+        accepted=accepted,
+        error_code=code,
+    )
+
+
+async def test_pin_captures_by_outcome_and_recording_requests_through_the_route(
+    metrics: Metrics,
+) -> None:
+    """Issue 21: ``/metrics`` counts keypad entries by outcome (an outcome outside the fixed set
+    is ``other``; an entry never finished is ``unfinished``) and the recording's pauses and
+    resumes by result; no label holds a digit or a count of digits."""
+    captures = (
+        pin_capture("wrong_pin", call_id="p1"),
+        pin_capture("verified", call_id="p2"),
+        pin_capture("hang_up", call_id="p3"),
+        pin_capture("4821", call_id="p4"),  # never a label value, whatever a record holds
+        pin_capture(None, call_id="p5", finished=False),
+    )
+    events = (
+        recording_event(1, "pause", accepted=True),
+        recording_event(2, "resume", accepted=True),
+        recording_event(3, "pause", accepted=False, code=20404),
+        recording_event(4, "pause", accepted=False),
+    )
+    metrics.call_started()
+    tools = (*captures, tool_call("verify_caller", ms=5))
+    metrics.call_finished({}, record(tool_calls=tools, recording_events=events))
+    app = QuartTrio("metrics-test")
+    app.register_blueprint(metrics_blueprint(metrics))
+    response = await app.test_client().get("/metrics")
+    body = await response.get_data(as_text=True)
+    found = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name in ("archer_pin_captures_total", "archer_recording_requests_total")
+    }
+    assert {labels[0][1]: n for (_, labels), n in found.items() if n and len(labels) == 1} == {
+        "wrong_pin": 1,
+        "verified": 1,
+        "hang_up": 1,
+        OTHER: 1,
+        "unfinished": 1,
+    }
+    assert {labels: n for (_, labels), n in found.items() if n and len(labels) == 2} == {
+        (("action", "pause"), ("result", "accepted")): 1,
+        (("action", "resume"), ("result", "accepted")): 1,
+        (("action", "pause"), ("result", "refused")): 1,
+        (("action", "pause"), ("result", "error")): 1,
+    }
+    # Every outcome is exported from the start (zero until it happens).
+    assert {labels[0][1] for (_, labels) in found if len(labels) == 1} == {
+        *PIN_CAPTURE_LABELS,
+        OTHER,
+    }
+    # In no label of any series (the body as a whole holds timestamps, which may hold anything).
+    labels = {
+        label_value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        for label_value in sample.labels.values()
+    }
+    assert not [label_value for label_value in labels if "4821" in label_value]

@@ -12,6 +12,7 @@ import trio
 
 from archer.call.records import (
     CallRecord,
+    RecordingEventRecord,
     RecordingStatusUpdate,
     ToolCallRecord,
     TurnRecord,
@@ -60,16 +61,45 @@ def full_record(call_sid: str = "CA0001") -> CallRecord:
                 arguments={},
                 started_at=T0 + timedelta(seconds=9),
             ),
+            ToolCallRecord(
+                tool_call_id="pin-1",
+                name="collect_pin",
+                arguments={},
+                started_at=T0 + timedelta(seconds=20),
+                result="collect_pin was cut off by caller_hangup; no result",
+                is_error=True,
+                finished_at=T0 + timedelta(seconds=95),
+                outcome="hang_up",
+            ),
         ),
         agent_events=(
             {"type": "intent", "intent": "balance", "confidence": 0.93},
             {"type": "note", "tags": ["vip"], "nested": {"a": 1, "b": None}},
         ),
+        recording_events=(
+            RecordingEventRecord(
+                seq=1,
+                action="pause",
+                requested_at=T0 + timedelta(seconds=20, milliseconds=5),
+                answered_at=T0 + timedelta(seconds=20, milliseconds=180),
+                accepted=True,
+                recording_sid="RE" + "0" * 32,
+            ),
+            RecordingEventRecord(
+                seq=2,
+                action="resume",
+                requested_at=T0 + timedelta(seconds=95),
+                answered_at=T0 + timedelta(seconds=95, milliseconds=90),
+                accepted=False,
+                error_code=21220,
+            ),
+        ),
     )
 
 
 def test_record_round_trips_through_json() -> None:
-    """Every field, including datetimes, turns, tool calls and agent events, survives a line."""
+    """Every field, including datetimes, turns, tool calls (with their outcome), agent events
+    and recording pauses, survives a line."""
     record = full_record()
 
     line = record_to_json(record)
@@ -91,6 +121,7 @@ def test_times_come_back_aware_utc() -> None:
 
     assert back.started_at.tzinfo is not None
     assert back.tool_calls[0].finished_at == T0 + timedelta(seconds=4, milliseconds=80)
+    assert back.recording_events[0].requested_at.tzinfo is not None
 
 
 def test_line_from_before_agent_events_still_reads() -> None:
@@ -101,6 +132,24 @@ def test_line_from_before_agent_events_still_reads() -> None:
     assert "agent_events" not in old_line
 
     assert record_from_json(old_line) == attrs.evolve(record, agent_events=())
+
+
+def test_line_from_before_recording_events_still_reads() -> None:
+    """A line spooled before issue 21's records (no ``recording_events``, no tool ``outcome``)
+    reads back with none."""
+    record = full_record()
+    before = attrs.evolve(
+        record,
+        recording_events=(),
+        tool_calls=tuple(attrs.evolve(tool, outcome=None) for tool in record.tool_calls),
+    )
+    old_line = (
+        record_to_json(before).replace(',"recording_events":[]', "").replace(',"outcome":null', "")
+    )
+    assert "recording_events" not in old_line
+    assert "outcome" not in old_line
+
+    assert record_from_json(old_line) == before
 
 
 @pytest.mark.parametrize("line", ["{}", "[]", '{"call_sid": "CA1"}', '"text"'])

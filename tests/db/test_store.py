@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import attrs
 import pytest
@@ -21,9 +22,11 @@ from archer.call.records import (
     TwilioStatusUpdate,
 )
 from archer.db import tables
+from archer.db.spool import JsonlSpool
 from archer.db.store import SqlCallStore
 from archer.db.tables import call_recordings, customers
 from archer.errors import StoreError
+from tests.db.test_spool import full_record as spooled_record
 
 T0 = datetime(2025, 5, 1, 14, 0, 0, 250000, tzinfo=UTC)
 CALLER = "+15555550142"
@@ -444,6 +447,7 @@ async def test_db_thread_log_lines_carry_the_callers_context(sql_store: SqlCallS
             "end_reason": "caller_hangup",
             "turns": 3,
             "tool_calls": 1,
+            "recording_events": 0,
         }
     ]
     opened = [line for line in logs if line["event"] == "db.call_opened"]
@@ -617,4 +621,33 @@ async def test_recording_callbacks_fill_one_row_per_recording(sql_store: SqlCall
 
     assert await trio.to_thread.run_sync(rows) == [
         (True, rec, "completed", 2, 41, "https://api.twilio.com/r", None)
+    ]
+
+
+async def test_recording_events_and_outcomes_survive_the_spool(
+    sql_store: SqlCallStore, tmp_path: Path
+) -> None:
+    """Issue 21: a record with recording pauses and a capture's outcome, spooled while the
+    database was down, is replayed whole; a second replay and a late in-progress write of the
+    same call change nothing (SQLite and PostgreSQL)."""
+    record = attrs.evolve(spooled_record("CA0021"), customer_id=None)
+    spool = JsonlSpool(tmp_path / "calls.jsonl")
+    await spool.append(record)
+    await spool.replay(sql_store)
+    await sql_store.save_call(record)  # replayed again by another instance
+    late = attrs.evolve(
+        record,
+        status="in_progress",
+        end_reason=None,
+        recording_events=record.recording_events[:1],
+    )
+    await sql_store.save_call(late)
+
+    stored = await sql_store.load_call("CA0021")
+    assert stored is not None
+    assert stored.record == record
+    assert [tool.outcome for tool in stored.record.tool_calls] == [None, None, "hang_up"]
+    assert [(e.seq, e.action, e.accepted) for e in stored.record.recording_events] == [
+        (1, "pause", True),
+        (2, "resume", False),
     ]
