@@ -183,3 +183,18 @@ def _add_missing_sqlite_columns(conn: sa.Connection) -> None:
         conn.exec_driver_sql(
             "ALTER TABLE calls ADD COLUMN agent_call_ids JSON NOT NULL DEFAULT '[]'"
         )
+    transaction_columns = {
+        row[1] for row in conn.exec_driver_sql("PRAGMA table_info(transactions)")
+    }
+    if "card_id" not in transaction_columns:
+        conn.exec_driver_sql(
+            "ALTER TABLE transactions ADD COLUMN card_id BIGINT REFERENCES cards (id)"
+        )
+    review_columns = {
+        row[1] for row in conn.exec_driver_sql("PRAGMA table_info(transaction_reviews)")
+    }
+    if "freeze_scope" not in review_columns:
+        conn.exec_driver_sql(
+            "ALTER TABLE transaction_reviews ADD COLUMN freeze_scope TEXT NOT NULL DEFAULT 'none'"
+            " CHECK (freeze_scope IN ('card', 'account', 'none'))"
+        )

@@ -158,6 +158,8 @@ transactions = sa.Table(
     # Signed: negative is money leaving the account.
     sa.Column("amount_cents", sa.BigInteger, nullable=False),
     sa.Column("description", sa.Text, nullable=False),
+    # The card that made the payment; NULL for transfers and deposits (schema.sql's ALTER).
+    sa.Column("card_id", sa.BigInteger, sa.ForeignKey("cards.id")),
 )
 # Newest first per account: the order the "recent transactions" tool reads.
 sa.Index(
@@ -378,6 +380,9 @@ transaction_reviews = sa.Table(
     sa.Column("recognised", sa.Boolean, nullable=False),
     sa.Column("cards_frozen", sa.Text, nullable=False, server_default=sa.text("''")),
     sa.Column("reviewed_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
+    # What a dispute froze: the paying card, the account's cards (no card_id), or nothing.
+    sa.Column("freeze_scope", sa.Text, nullable=False, server_default=sa.text("'none'")),
+    _check("freeze_scope", "freeze_scope IN ('card', 'account', 'none')"),
 )
 
 call_recordings = sa.Table(
