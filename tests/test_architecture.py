@@ -61,6 +61,7 @@ PURE: Final = frozenset(
         "archer.bank.pins",
         "archer.call.events",
         "archer.call.outbound",
+        "archer.call.session_facts",
         "archer.call.records",
         "archer.cartesia.fields",
         "archer.cartesia.line",

@@ -244,6 +244,8 @@ CREATE TABLE IF NOT EXISTS outbound_attempts (
     ended_at     timestamptz,
     UNIQUE (request_id, attempt)
 );
+-- A media stream finds what its outbound call is about by CallSid (archer/db/call_facts.py).
+CREATE INDEX IF NOT EXISTS outbound_attempts_call_sid_idx ON outbound_attempts (call_sid);
 
 -- The pace of the Calls API across every instance: one row, locked by the transaction that
 -- claims a request and moved on by 1/OUTBOUND_CPS seconds of the database's clock.

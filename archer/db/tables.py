@@ -353,6 +353,8 @@ outbound_attempts = sa.Table(
     sa.Column("started_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
     sa.Column("ended_at", UtcDateTime),
     sa.UniqueConstraint("request_id", "attempt"),
+    # A media stream finds what its outbound call is about by CallSid (archer.db.call_facts).
+    sa.Index("outbound_attempts_call_sid_idx", "call_sid"),
 )
 
 # One row (id = 1): when the next Calls API request may go, across every instance.
