@@ -104,7 +104,8 @@ async def test_managed_session_without_a_needed_variable_is_refused() -> None:
         close = await client.wait_closed()
         [error] = client.of(managed.Error)
         assert (error.code, error.fatal) == ("missing_dynamic_variables", True)
-        assert "merchant" in error.message and "transaction_id" in error.message
+        assert "merchant" in error.message
+        assert "transaction_id" in error.message
         assert close.code == 1008
         assert not client.of(managed.SessionReady)
 
@@ -151,7 +152,8 @@ def test_the_shipped_fraud_alert_scripts_load_with_their_clips() -> None:
     assert [t.name for t in tools] == ["collect_pin", "review_transaction", "end_call"]
     assert tools[1].arguments == {"transaction_id": "{transaction_id:int}", "recognised": False}
     said = [step for step in agent.steps if isinstance(step, Say)]
-    assert "{merchant}" in (said[1].text or "") and "{amount}" in (said[1].text or "")
+    assert "{merchant}" in (said[1].text or "")
+    assert "{amount}" in (said[1].text or "")
     callee = load_caller_script("callee_fraud_alert")
     assert Press("1234#", 300) in callee.steps
     assert set(callee.clips) <= clips.CLIP_NAMES
