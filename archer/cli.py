@@ -114,8 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _command(
         commands, "demo", "one scripted call through Archer and both emulators, no accounts needed"
     )
-    demo.add_argument(
+    variant = demo.add_mutually_exclusive_group()
+    variant.add_argument(
         "--transfer", action="store_true", help="the variant that ends in a transfer to a human"
+    )
+    variant.add_argument(
+        "--outbound",
+        action="store_true",
+        help="the bank rings a customer about a suspicious payment (a fraud alert)",
     )
     demo.add_argument(
         "--out", type=Path, default=Path("archer-demo-caller.wav"), help="what the caller heard"
@@ -382,6 +388,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             waiting = trio.run(replay_spool, settings)
             print(f"{waiting} records still waiting in {settings.spool_path}")
             return 0 if waiting == 0 else 1
+        case "demo" if args.outbound:
+            from archer.demo_outbound import main_outbound_demo
+
+            return main_outbound_demo(protocol=args.protocol)
         case "demo":
             from archer.demo import main_demo
 

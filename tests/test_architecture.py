@@ -91,6 +91,7 @@ APP: Final = frozenset(
         "archer.server",
         "archer.workers",
         "archer.demo",
+        "archer.demo_outbound",
         "archer.emulate",
     }
 )
