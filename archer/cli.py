@@ -114,14 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _command(
         commands, "demo", "one scripted call through Archer and both emulators, no accounts needed"
     )
-    variant = demo.add_mutually_exclusive_group()
-    variant.add_argument(
+    demo.add_argument(
         "--transfer", action="store_true", help="the variant that ends in a transfer to a human"
     )
-    variant.add_argument(
+    demo.add_argument(
         "--outbound",
         action="store_true",
-        help="the bank rings a customer about a suspicious payment (a fraud alert)",
+        help="the bank rings a customer about a suspicious payment instead (a fraud alert)",
     )
     demo.add_argument(
         "--out", type=Path, default=Path("archer-demo-caller.wav"), help="what the caller heard"
@@ -388,6 +387,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             waiting = trio.run(replay_spool, settings)
             print(f"{waiting} records still waiting in {settings.spool_path}")
             return 0 if waiting == 0 else 1
+        case "demo" if args.outbound and args.transfer:
+            print("archer demo: --outbound and --transfer are two different demos", file=sys.stderr)
+            return 2
         case "demo" if args.outbound:
             from archer.demo_outbound import main_outbound_demo
 
