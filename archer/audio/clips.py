@@ -45,7 +45,9 @@ _TEXTS: Final[dict[str, str]] = {
     ),
     # The outbound fraud alert (issue 22): what the payment was is in the turn's text, from the
     # session's facts; the recorded audio speaks around it.
-    "agent_fraud_greeting": "Hello, this is Archer Bank calling about a recent payment on your card.",
+    "agent_fraud_greeting": (
+        "Hello, this is Archer Bank calling about a recent payment on your card."
+    ),
     "agent_fraud_pin_prompt": (
         "Before I tell you more, please enter your PIN on your keypad, then press hash."
     ),
