@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--transfer", action="store_true", help="the variant that ends in a transfer to a human"
     )
     demo.add_argument(
+        "--outbound",
+        action="store_true",
+        help="the bank rings a customer about a suspicious payment instead (a fraud alert)",
+    )
+    demo.add_argument(
         "--out", type=Path, default=Path("archer-demo-caller.wav"), help="what the caller heard"
     )
     demo.add_argument(
@@ -382,6 +387,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             waiting = trio.run(replay_spool, settings)
             print(f"{waiting} records still waiting in {settings.spool_path}")
             return 0 if waiting == 0 else 1
+        case "demo" if args.outbound and args.transfer:
+            print("archer demo: --outbound and --transfer are two different demos", file=sys.stderr)
+            return 2
+        case "demo" if args.outbound:
+            from archer.demo_outbound import main_outbound_demo
+
+            return main_outbound_demo(protocol=args.protocol)
         case "demo":
             from archer.demo import main_demo
 

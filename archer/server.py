@@ -33,6 +33,7 @@ from archer.call.tools import ToolRegistry
 from archer.cartesia.line_client import CartesiaLineConnector
 from archer.cartesia.managed_client import CartesiaManagedConnector
 from archer.db.bank import SqlBankStore
+from archer.db.call_facts import SqlCallFacts
 from archer.db.engine import init_schema
 from archer.db.instances import (
     OVERDUE_MARGIN_SECONDS,
@@ -123,6 +124,9 @@ async def open_services(
             # The outbound queue shares the call store's engine and thread limiter.
             outbound=SqlOutbound(store.engine, store.limiter),
             outbound_telephony=telephony,
+            call_facts=(
+                SqlCallFacts(store.engine, store.limiter) if settings.outbound_from_number else None
+            ),
         )
     finally:
         telephony.close()

@@ -61,6 +61,7 @@ PURE: Final = frozenset(
         "archer.bank.pins",
         "archer.call.events",
         "archer.call.outbound",
+        "archer.call.session_facts",
         "archer.call.records",
         "archer.cartesia.fields",
         "archer.cartesia.line",
@@ -90,6 +91,7 @@ APP: Final = frozenset(
         "archer.server",
         "archer.workers",
         "archer.demo",
+        "archer.demo_outbound",
         "archer.emulate",
     }
 )

@@ -43,6 +43,19 @@ _TEXTS: Final[dict[str, str]] = {
     "agent_lost_goodbye": (
         "I'm sorry, I'm having technical trouble. Please call us again in a few minutes. Goodbye."
     ),
+    # The outbound fraud alert (issue 22): what the payment was is in the turn's text, from the
+    # session's facts; the recorded audio speaks around it.
+    "agent_fraud_greeting": (
+        "Hello, this is Archer Bank calling about a recent payment on your card."
+    ),
+    "agent_fraud_pin_prompt": (
+        "Before I tell you more, please enter your PIN on your keypad, then press hash."
+    ),
+    "agent_fraud_question": "Thank you, you're verified. Did you make this payment?",
+    "agent_fraud_frozen": (
+        "Thank you. I have frozen the card and recorded that you did not make this payment."
+        " We will send you a new card. Goodbye."
+    ),
     "caller_balance": "Hi, I'd like to check my balance, please.",
     "caller_freeze": (
         "Sorry to interrupt. I think I lost my card."
@@ -50,6 +63,7 @@ _TEXTS: Final[dict[str, str]] = {
     ),
     "caller_thanks": "No, that's all. Thank you, bye.",
     "caller_human": "Actually, I'd like to speak to a person, please.",
+    "caller_not_me": "No, that wasn't me.",
 }
 
 #: Every clip name ``speech_clip`` and ``clip_text`` accept.

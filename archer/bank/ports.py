@@ -14,6 +14,8 @@ import attrs
 
 AccountType = Literal["checking", "savings", "credit"]
 CardStatus = Literal["active", "frozen", "lost"]
+#: What a disputed payment froze (``transaction_reviews.freeze_scope``).
+FreezeScope = Literal["card", "account", "none"]
 
 
 @attrs.frozen(slots=True)
@@ -133,6 +135,9 @@ class TransactionReview:
     cards_frozen: tuple[str, ...]
     #: False when this review was recorded before (by this call or another).
     new: bool
+    #: What a dispute froze: ``card`` (the card that paid), ``account`` (the payment named no
+    #: card, so the paying account's active cards) or ``none`` (recognised).
+    scope: FreezeScope = "none"
 
 
 class TransactionReviews(Protocol):
@@ -141,8 +146,9 @@ class TransactionReviews(Protocol):
     async def review(
         self, customer_id: int, transaction_id: int, *, recognised: bool, call_sid: str
     ) -> TransactionReview | None:
-        """Record the answer; for ``recognised=False`` freeze the paying account's active cards
-        in the same transaction. Idempotent: a transaction already reviewed answers its first
+        """Record the answer; for ``recognised=False`` freeze the card that made the payment (or,
+        when the payment names no card, the paying account's active cards) in the same
+        transaction. Idempotent: a transaction already reviewed answers its first
         review (``new=False``) and changes nothing. None: the customer has no such transaction.
 
         Raises:

@@ -325,6 +325,7 @@ def _review_transaction(reviews: TransactionReviews | None) -> ToolFunction:
             transaction_id=transaction_id,
             recognised=review.recognised,
             cards_frozen=list(review.cards_frozen),
+            freeze_scope=review.scope,
             new=review.new,
         )
         return ToolResult(
@@ -333,6 +334,9 @@ def _review_transaction(reviews: TransactionReviews | None) -> ToolFunction:
                 "recognised": review.recognised,
                 "dispute_recorded": not review.recognised,
                 "cards_frozen": list(review.cards_frozen),
+                # "card": the card that paid; "account": the payment named no card, so every
+                # active card of the paying account (the agent may need to say so).
+                "freeze_scope": review.scope,
                 "already_recorded": not review.new,
             }
         )

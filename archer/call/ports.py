@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         StreamClaim,
         TwilioStatusUpdate,
     )
+    from archer.call.session_facts import PaymentFacts, SessionValue
     from archer.twilio.frames import TwilioEvent
 
 
@@ -179,6 +180,9 @@ class AgentSession:
     #: More dynamic variables (Line: start metadata), e.g. the resume hint a session that
     #: replaces a failed one is given (``AGENT_RESUME_VARIABLES``; issue 16).
     extra_variables: Mapping[str, str] = attrs.field(factory=dict)
+    #: An outbound call's purpose and payment facts (``archer.call.session_facts``; issue 22),
+    #: sent with every session of the call, a replacing one too. Empty for inbound calls.
+    facts: Mapping[str, SessionValue] = attrs.field(factory=dict)
 
 
 class AgentConnector(Protocol):
@@ -359,6 +363,22 @@ class OutboundDispatchQueue(AttemptOutcomes, Protocol):
 
     async def attempt_placed(self, request_id: int, attempt: int, call_sid: str) -> None:
         """Record the CallSid Twilio gave the attempt.
+
+        Raises:
+            StoreError: the database is unavailable.
+        """
+        ...
+
+
+class CallFacts(Protocol):
+    """What an outbound call is about, for its agent session (issue 22).
+
+    The SQL adapter is ``archer.db.call_facts.SqlCallFacts``.
+    """
+
+    async def payment_facts(self, call_sid: str) -> PaymentFacts | None:
+        """The purpose and payment facts of the outbound call ``call_sid``; None for a call
+        Archer did not place (an inbound call) or whose request names no payment.
 
         Raises:
             StoreError: the database is unavailable.

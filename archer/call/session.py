@@ -65,6 +65,8 @@ from archer.errors import (
 from archer.logs import mask_phone
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from archer.audio.transcoder import Transcoder
     from archer.call.ports import (
         AgentConnector,
@@ -74,6 +76,7 @@ if TYPE_CHECKING:
         TwilioStream,
     )
     from archer.call.records import CallRecord
+    from archer.call.session_facts import SessionValue
     from archer.call.state import CallState
     from archer.call.tools import ToolRegistry
     from archer.settings import CallLimits
@@ -215,10 +218,13 @@ async def bridge_call(
     store: CallStore | None = None,
     dtmf_to_agent: bool = False,
     reconnect: ReconnectPolicy | None = None,
+    facts: Mapping[str, SessionValue] | None = None,
 ) -> None:
     """Open the agent session and run the call; every failure is recorded on ``call``.
 
     ``store``, if given, receives the record while the call runs, not only at its end.
+    ``facts``: an outbound call's purpose and payment facts, sent to every agent session of
+    the call (the first and any that replaces it).
     ``reconnect``, if given with attempts, replaces a failed agent session (and retries a
     failed first connect) within its budget, then falls back to a person (issue 16).
 
@@ -233,6 +239,7 @@ async def bridge_call(
         caller_number=call.from_number or "",
         customer_id=call.customer_id,
         audio_format=audio_format,
+        facts=dict(facts or {}),
     )
     replacement = None
     if reconnect is not None and reconnect.attempts > 0:

@@ -40,6 +40,7 @@ from archer.call.events import (
     AgentTransfer,
     ToolCallRequest,
 )
+from archer.call.session_facts import as_metadata
 from archer.cartesia import line
 from archer.cartesia.connect import open_agent_socket
 from archer.cartesia.drift import DriftLog
@@ -103,6 +104,8 @@ class CartesiaLineConnector:
                         "from": session.caller_number,
                         "call_sid": session.call_sid,
                         "customer_id": customer,
+                        # An outbound call's purpose and payment facts, as strings.
+                        **as_metadata(session.facts),
                         **session.extra_variables,
                     },
                     voice_id=self.voice_id or None,

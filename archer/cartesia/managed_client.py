@@ -123,6 +123,8 @@ class ManagedAgentStream:
                     "caller_number": session.caller_number,
                     # Always present, so an agent prompt that names it never fails to start.
                     "customer_id": "" if session.customer_id is None else str(session.customer_id),
+                    # An outbound call's purpose and payment facts (none for inbound calls).
+                    **session.facts,
                     **session.extra_variables,
                 },
             )

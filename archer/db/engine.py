@@ -165,24 +165,28 @@ def init_schema(engine: sa.Engine) -> None:
         raise StoreError(f"could not create the schema: {exc}") from exc
 
 
-def _add_missing_sqlite_columns(conn: sa.Connection) -> None:
-    """Add columns newer than an existing SQLite database (``create_all`` only adds tables).
+#: Columns newer than some existing SQLite databases: (table, column, its SQLite definition).
+#: The SQLite counterpart of schema.sql's ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``.
+_SQLITE_LATER_COLUMNS: Final = (
+    ("calls", "agent_events", "JSON NOT NULL DEFAULT '[]'"),
+    ("calls", "instance_id", "TEXT"),
+    ("calls", "agent_reconnects", "INTEGER NOT NULL DEFAULT 0"),
+    ("calls", "agent_call_ids", "JSON NOT NULL DEFAULT '[]'"),
+    ("tool_calls", "outcome", "TEXT"),
+    ("transactions", "card_id", "BIGINT REFERENCES cards (id)"),
+    (
+        "transaction_reviews",
+        "freeze_scope",
+        "TEXT NOT NULL DEFAULT 'none' CHECK (freeze_scope IN ('card', 'account', 'none'))",
+    ),
+)
 
-    The SQLite counterpart of schema.sql's ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``.
-    """
-    columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(calls)")}
-    if "agent_events" not in columns:
-        conn.exec_driver_sql("ALTER TABLE calls ADD COLUMN agent_events JSON NOT NULL DEFAULT '[]'")
-    if "instance_id" not in columns:
-        conn.exec_driver_sql("ALTER TABLE calls ADD COLUMN instance_id TEXT")
-    if "agent_reconnects" not in columns:
-        conn.exec_driver_sql(
-            "ALTER TABLE calls ADD COLUMN agent_reconnects INTEGER NOT NULL DEFAULT 0"
-        )
-    if "agent_call_ids" not in columns:
-        conn.exec_driver_sql(
-            "ALTER TABLE calls ADD COLUMN agent_call_ids JSON NOT NULL DEFAULT '[]'"
-        )
-    tool_columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(tool_calls)")}
-    if "outcome" not in tool_columns:
-        conn.exec_driver_sql("ALTER TABLE tool_calls ADD COLUMN outcome TEXT")
+
+def _add_missing_sqlite_columns(conn: sa.Connection) -> None:
+    """Add the columns an existing SQLite database lacks (``create_all`` only adds tables)."""
+    present: dict[str, set[str]] = {}
+    for table, column, definition in _SQLITE_LATER_COLUMNS:
+        if table not in present:
+            present[table] = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table})")}
+        if column not in present[table]:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")

@@ -4,9 +4,10 @@ Layer: database adapter (SQLAlchemy Core in worker threads, like ``archer.db.ban
 
 Rules: one ``transaction_reviews`` row per transaction, the first answer (the unique key makes a
 racing twin on another instance find it instead of adding one). A dispute (``recognised=false``)
-freezes every active card of the account that paid, in the same database transaction as the
-review row, so a review never exists without its freeze nor a freeze without its review. A lost
-card stays lost.
+freezes the card that made the payment (``transactions.card_id``), or, for a payment that names
+no card, every active card of the account that paid (``freeze_scope`` says which), in the same
+database transaction as the review row, so a review never exists without its freeze nor a
+freeze without its review. A lost card stays lost.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 import trio
 from sqlalchemy.exc import IntegrityError
 
-from archer.bank.ports import TransactionReview
+from archer.bank.ports import FreezeScope, TransactionReview
 from archer.db.clock import db_now
 from archer.db.tables import accounts, cards, transaction_reviews, transactions
 from archer.db.threads import run_in_thread
@@ -77,25 +78,32 @@ class SqlTransactionReviews:
         self, customer_id: int, transaction_id: int, recognised: bool, call_sid: str
     ) -> TransactionReview | None:
         with self.engine.begin() as conn:
-            account_id = conn.execute(
-                sa.select(transactions.c.account_id)
+            paid = conn.execute(
+                sa.select(transactions.c.account_id, transactions.c.card_id)
                 .join(accounts, accounts.c.id == transactions.c.account_id)
                 .where(transactions.c.id == transaction_id, accounts.c.customer_id == customer_id)
-            ).scalar_one_or_none()
-            if account_id is None:
+            ).one_or_none()
+            if paid is None:
                 return None
             earlier = self._earlier_in(conn, transaction_id)
             if earlier is not None:
                 return earlier
             frozen: list[str] = []
+            scope: FreezeScope = "none"
             if not recognised:
+                # The card that paid, when the bank knows it; else (a payment from before
+                # card_id, or one without a card) every active card of the paying account.
+                scope = "account" if paid.card_id is None else "card"
+                which = (
+                    cards.c.account_id == paid.account_id
+                    if paid.card_id is None
+                    else cards.c.id == paid.card_id
+                )
                 frozen = list(
                     conn.execute(
                         sa.update(cards)
                         .where(
-                            cards.c.account_id == account_id,
-                            cards.c.customer_id == customer_id,
-                            cards.c.status == "active",
+                            which, cards.c.customer_id == customer_id, cards.c.status == "active"
                         )
                         .values(status="frozen", updated_at=db_now())
                         .returning(cards.c.last4)
@@ -109,10 +117,11 @@ class SqlTransactionReviews:
                     call_sid=call_sid,
                     recognised=recognised,
                     cards_frozen=_SEPARATOR.join(frozen),
+                    freeze_scope=scope,
                     reviewed_at=db_now(),
                 )
             )
-        return TransactionReview(transaction_id, recognised, tuple(frozen), new=True)
+        return TransactionReview(transaction_id, recognised, tuple(frozen), new=True, scope=scope)
 
     def _earlier(self, customer_id: int, transaction_id: int) -> TransactionReview | None:
         with self.engine.connect() as conn:
@@ -121,14 +130,27 @@ class SqlTransactionReviews:
     @staticmethod
     def _earlier_in(conn: sa.Connection, transaction_id: int) -> TransactionReview | None:
         row = conn.execute(
-            sa.select(transaction_reviews.c.recognised, transaction_reviews.c.cards_frozen).where(
-                transaction_reviews.c.transaction_id == transaction_id
-            )
+            sa.select(
+                transaction_reviews.c.recognised,
+                transaction_reviews.c.cards_frozen,
+                transaction_reviews.c.freeze_scope,
+            ).where(transaction_reviews.c.transaction_id == transaction_id)
         ).one_or_none()
         if row is None:
             return None
         cards_frozen = tuple(c for c in row.cards_frozen.split(_SEPARATOR) if c)
-        return TransactionReview(transaction_id, bool(row.recognised), cards_frozen, new=False)
+        return TransactionReview(
+            transaction_id,
+            bool(row.recognised),
+            cards_frozen,
+            new=False,
+            scope=_scope(row.freeze_scope),
+        )
+
+
+def _scope(text: str) -> FreezeScope:
+    # The column's check allows exactly these three.
+    return "card" if text == "card" else "account" if text == "account" else "none"
 
 
 if TYPE_CHECKING:

@@ -6,9 +6,10 @@ Layer: database adapter (sync SQLAlchemy; blocks). ``archer db seed`` and ``arch
 Rules: seeding is idempotent and only ever adds. Customers are keyed by phone number, accounts
 and cards by (customer, last4), transactions by (account, posted_at, description); a row that
 exists is left alone, except that a customer created by a first call gets the seed's name and
-PIN where it has none. PINs in the file are hashed on load and never stored or logged in clear.
-Transaction dates are ``days_ago`` days before the day the customer was first stored, so a
-re-seed on a later day computes the same timestamps and duplicates nothing.
+PIN where it has none, and a transaction seeded before ``card_id`` existed gets its card. PINs
+in the file are hashed on load and never stored or logged in clear. Transaction dates are
+``days_ago`` days before the day the customer was first stored, so a re-seed on a later day
+computes the same timestamps and duplicates nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class SeedTransaction:
     at: time
     amount_cents: int
     description: str
+    #: The ``last4`` of the customer's card that made the payment (None: no card, e.g. a transfer).
+    card_last4: str | None = None
 
 
 @attrs.frozen(slots=True)
@@ -183,9 +186,13 @@ def _seed_customer(conn: sa.Connection, customer: SeedCustomer, counts: _Counts)
     account_ids: dict[str, int] = {}
     for account in customer.accounts:
         account_ids[account.last4] = _seed_account(conn, customer_id, account, counts)
-        _seed_transactions(conn, account_ids[account.last4], account, created_at, counts)
-    for card in customer.cards:
-        _seed_card(conn, customer_id, account_ids[card.account_last4], card, counts)
+    # Cards before transactions: a payment names the card that made it (transactions.card_id).
+    card_ids = {
+        card.last4: _seed_card(conn, customer_id, account_ids[card.account_last4], card, counts)
+        for card in customer.cards
+    }
+    for account in customer.accounts:
+        _seed_transactions(conn, account_ids[account.last4], account, created_at, card_ids, counts)
 
 
 def _seed_account(
@@ -216,17 +223,21 @@ def _seed_account(
 
 def _seed_card(
     conn: sa.Connection, customer_id: int, account_id: int, card: SeedCard, counts: _Counts
-) -> None:
-    existing = conn.execute(
+) -> int:
+    existing: int | None = conn.execute(
         sa.select(cards.c.id).where(cards.c.customer_id == customer_id, cards.c.last4 == card.last4)
-    ).first()
-    if existing is None:
-        conn.execute(
-            sa.insert(cards).values(
-                customer_id=customer_id, account_id=account_id, last4=card.last4, status=card.status
-            )
+    ).scalar_one_or_none()
+    if existing is not None:
+        return existing
+    counts.cards_created += 1
+    created: int = conn.execute(
+        sa.insert(cards)
+        .values(
+            customer_id=customer_id, account_id=account_id, last4=card.last4, status=card.status
         )
-        counts.cards_created += 1
+        .returning(cards.c.id)
+    ).scalar_one()
+    return created
 
 
 def _seed_transactions(
@@ -234,31 +245,44 @@ def _seed_transactions(
     account_id: int,
     account: SeedAccount,
     customer_created_at: datetime,
+    card_ids: Mapping[str, int],
     counts: _Counts,
 ) -> None:
     # Anchor on the day the customer was first stored, not on today: the same seed file then
     # yields the same posted_at on every run, which is what makes the key below stable.
     anchor = customer_created_at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     present = {
-        (row.posted_at, row.description)
+        (row.posted_at, row.description): (row.id, row.card_id)
         for row in conn.execute(
-            sa.select(transactions.c.posted_at, transactions.c.description).where(
-                transactions.c.account_id == account_id
-            )
+            sa.select(
+                transactions.c.id,
+                transactions.c.posted_at,
+                transactions.c.description,
+                transactions.c.card_id,
+            ).where(transactions.c.account_id == account_id)
         )
     }
     missing = []
     for item in account.transactions:
         posted_at = anchor - timedelta(days=item.days_ago) + _since_midnight(item.at)
-        if (posted_at, item.description) not in present:
-            present.add((posted_at, item.description))
+        card_id = None if item.card_last4 is None else card_ids[item.card_last4]
+        found = present.get((posted_at, item.description))
+        if found is None:
+            present[(posted_at, item.description)] = (None, card_id)
             missing.append(
                 {
                     "account_id": account_id,
                     "posted_at": posted_at,
                     "amount_cents": item.amount_cents,
                     "description": item.description,
+                    "card_id": card_id,
                 }
+            )
+        elif found[0] is not None and found[1] is None and card_id is not None:
+            # Seeded before transactions.card_id existed: fill in the card, as a name or PIN
+            # is filled in for a customer who has none; a card already set is left alone.
+            conn.execute(
+                sa.update(transactions).where(transactions.c.id == found[0]).values(card_id=card_id)
             )
     if missing:
         conn.execute(sa.insert(transactions), missing)
@@ -306,6 +330,17 @@ def _parse_customer(obj: Mapping[str, object], where: str) -> SeedCustomer:
             raise ValueError(
                 f"{where}: card {card.last4} names unknown account {card.account_last4}"
             )
+    card_accounts = {card.last4: card.account_last4 for card in card_list}
+    for account in account_list:
+        for item in account.transactions:
+            if item.card_last4 is None:
+                continue
+            if item.card_last4 not in card_accounts:
+                raise ValueError(f"{where}: a transaction names unknown card {item.card_last4}")
+            if card_accounts[item.card_last4] != account.last4:
+                raise ValueError(
+                    f"{where}: card {item.card_last4} does not draw on account {account.last4}"
+                )
     return SeedCustomer(
         phone_e164=phone,
         full_name=_field(obj, "full_name", str, where),
@@ -344,11 +379,13 @@ def _parse_transaction(obj: Mapping[str, object], where: str) -> SeedTransaction
     # At least a day back: with a time of day, "today" could land after the moment of seeding.
     if days_ago < 1:
         raise ValueError(f"{where}.days_ago must be at least 1")
+    card = _last4(_field(obj, "card", str, where), where) if "card" in obj else None
     return SeedTransaction(
         days_ago=days_ago,
         at=time.fromisoformat(_field(obj, "time", str, where)),
         amount_cents=_field(obj, "amount_cents", int, where),
         description=_field(obj, "description", str, where),
+        card_last4=card,
     )
 
 

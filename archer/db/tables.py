@@ -162,6 +162,8 @@ transactions = sa.Table(
     # Signed: negative is money leaving the account.
     sa.Column("amount_cents", sa.BigInteger, nullable=False),
     sa.Column("description", sa.Text, nullable=False),
+    # The card that made the payment; NULL for transfers and deposits (schema.sql's ALTER).
+    sa.Column("card_id", sa.BigInteger, sa.ForeignKey("cards.id")),
 )
 # Newest first per account: the order the "recent transactions" tool reads.
 sa.Index(
@@ -356,6 +358,8 @@ outbound_attempts = sa.Table(
     sa.Column("started_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
     sa.Column("ended_at", UtcDateTime),
     sa.UniqueConstraint("request_id", "attempt"),
+    # A media stream finds what its outbound call is about by CallSid (archer.db.call_facts).
+    sa.Index("outbound_attempts_call_sid_idx", "call_sid"),
 )
 
 # One row (id = 1): when the next Calls API request may go, across every instance.
@@ -383,6 +387,9 @@ transaction_reviews = sa.Table(
     sa.Column("recognised", sa.Boolean, nullable=False),
     sa.Column("cards_frozen", sa.Text, nullable=False, server_default=sa.text("''")),
     sa.Column("reviewed_at", UtcDateTime, nullable=False, server_default=sa.func.now()),
+    # What a dispute froze: the paying card, the account's cards (no card_id), or nothing.
+    sa.Column("freeze_scope", sa.Text, nullable=False, server_default=sa.text("'none'")),
+    _check("freeze_scope", "freeze_scope IN ('card', 'account', 'none')"),
 )
 
 call_recordings = sa.Table(

@@ -27,6 +27,7 @@ from archer.audio.transcoder import FRAME_MS
 from archer.call.reconnect import ReconnectPolicy
 from archer.call.records import CallRecord, StreamClaim
 from archer.call.session import bridge_call, flush_call_record
+from archer.call.session_facts import SessionValue, session_variables
 from archer.call.state import CallState, utc_now
 from archer.errors import StoreError, TwilioProtocolError
 from archer.twilio.form import TwilioFormError, check_stream_start
@@ -95,10 +96,30 @@ async def carry_stream(services: Services, twilio: TwilioMediaStream) -> None:
             await _carry(services, call, twilio)
 
 
+async def _session_facts(services: Services, call: CallState) -> dict[str, SessionValue]:
+    """An outbound call's purpose and payment facts for its agent; empty for inbound calls.
+
+    A database failure here is logged and the call goes on without them: the agent can still
+    verify the customer and offer a colleague, which beats hanging up on them.
+    """
+    if services.call_facts is None:
+        return {}
+    try:
+        facts = await services.call_facts.payment_facts(call.call_sid)
+    except StoreError as exc:
+        log.error("outbound.facts_unavailable", error=str(exc))
+        return {}
+    if facts is None:
+        return {}
+    log.info("outbound.session_facts", purpose=facts.purpose, transaction_id=facts.transaction_id)
+    return session_variables(facts)
+
+
 async def _carry(services: Services, call: CallState, twilio: TwilioMediaStream) -> None:
     """Bridge the call, then record it, however it ended (cancellation included)."""
     settings, limits = services.settings, services.settings.limits
     try:
+        facts = await _session_facts(services, call)
         await bridge_call(
             call,
             twilio,
@@ -117,6 +138,7 @@ async def _carry(services: Services, call: CallState, twilio: TwilioMediaStream)
                 human_agent_number=settings.human_agent_number,
                 resume_variables=settings.agent_resume_variables,
             ),
+            facts=facts,
         )
     finally:
         # Nothing finished the call: we were cancelled, because Twilio's socket went (quart-trio

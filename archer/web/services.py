@@ -18,6 +18,7 @@ from archer.web.drain import Drain
 if TYPE_CHECKING:
     from archer.call.ports import (
         AgentConnector,
+        CallFacts,
         CallStore,
         OutboundQueue,
         OutboundTelephony,
@@ -48,3 +49,6 @@ class Services:
     outbound: OutboundQueue | None = None
     #: The REST side of outbound calls (the voicemail, the fax hang-up).
     outbound_telephony: OutboundTelephony | None = None
+    #: What an outbound call is about, read when its stream starts; None while outbound is off
+    #: (``OUTBOUND_FROM_NUMBER`` empty), so an inbound call costs no extra query.
+    call_facts: CallFacts | None = None

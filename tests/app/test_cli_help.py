@@ -91,7 +91,8 @@ def test_every_command_describes_every_option(
             [line] = [
                 line
                 for line in help_text(path, capsys).split("\n  -")
-                if line.lstrip("-").startswith(action.option_strings[-1].lstrip("-"))
+                # The option's own line: --out, not --outbound.
+                if line.lstrip("-").split()[0] == action.option_strings[-1].lstrip("-")
             ]
             assert "default" in line, f"{action.option_strings} does not say its default"
 
@@ -101,3 +102,13 @@ def test_version_prints_the_package_version(tmp_path: Path) -> None:
     result = run_archer("--version", env={}, cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.strip() == f"archer {importlib.metadata.version('archer')}"
+
+
+def test_demo_outbound_and_transfer_are_either_or(capsys: pytest.CaptureFixture[str]) -> None:
+    """``archer demo --outbound`` is its own demo; it cannot also end in a transfer."""
+    parser = build_parser()
+    args = parser.parse_args(["demo", "--outbound", "--protocol", "line"])
+    assert (args.outbound, args.transfer, args.protocol) == (True, False, "line")
+    assert parser.parse_args(["demo"]).outbound is False
+    assert main(["demo", "--outbound", "--transfer"]) == 2
+    assert "two different demos" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """``review_transaction`` (issue 22) against the demo bank in a real database.
 
-Verified callers only; ``recognised=false`` freezes the paying account's active cards and
-records the dispute in one transaction; ``true`` records the confirmation; the first answer
+Verified callers only; ``recognised=false`` freezes the card that made the payment (or, for a
+payment that names no card, the paying account's active cards, and says so) and records the
+dispute in one transaction; ``true`` records the confirmation; the first answer
 stands (idempotent); another customer's payment is never touched; the tool is audited before it
 acts (``side_effect``).
 """
@@ -101,6 +102,7 @@ async def test_a_dispute_freezes_the_paying_card_and_is_recorded_once(bank: Bank
         "recognised": False,
         "dispute_recorded": True,
         "cards_frozen": ["2207"],
+        "freeze_scope": "card",
         "already_recorded": False,
     }
     assert bank.card_status("2207") == "frozen"
@@ -141,3 +143,64 @@ async def test_the_tool_is_audited_before_it_acts(bank: Bank) -> None:
     tool = bank.tools.get("review_transaction")
     assert tool is not None
     assert tool.side_effect is True
+
+
+def add_card(bank: Bank, customer: dict[str, object], account_last4: str, last4: str) -> None:
+    """A second active card on the customer's account ending ``account_last4``."""
+    with bank.store.engine.begin() as conn:
+        account_id, customer_id = conn.execute(
+            sa.select(accounts.c.id, accounts.c.customer_id)
+            .join(customers, customers.c.id == accounts.c.customer_id)
+            .where(
+                customers.c.phone_e164 == customer["phone_e164"],
+                accounts.c.last4 == account_last4,
+            )
+        ).one()
+        conn.execute(
+            sa.insert(cards).values(customer_id=customer_id, account_id=account_id, last4=last4)
+        )
+
+
+def freeze_scopes(bank: Bank) -> list[str]:
+    with bank.store.engine.connect() as conn:
+        return [
+            str(scope)
+            for scope in conn.execute(
+                sa.select(transaction_reviews.c.freeze_scope).order_by(transaction_reviews.c.id)
+            ).scalars()
+        ]
+
+
+async def test_a_dispute_freezes_exactly_the_card_that_paid(bank: Bank) -> None:
+    """Another active card on the same account keeps working: only the paying card is frozen."""
+    add_card(bank, MAYA, "4821", "5150")
+    await verified(bank, MAYA)
+    payment = payment_on(bank, MAYA, "4821")  # Blue Bottle Coffee, paid with card 2207
+    result = await bank.run("review_transaction", {"transaction_id": payment, "recognised": False})
+    assert (result["cards_frozen"], result["freeze_scope"]) == (["2207"], "card")
+    assert bank.card_status("2207") == "frozen"
+    assert bank.card_status("5150") == "active"
+    assert freeze_scopes(bank) == ["card"]
+
+
+async def test_a_payment_without_a_card_freezes_the_accounts_cards_and_says_so(bank: Bank) -> None:
+    add_card(bank, MAYA, "4821", "5150")
+    await verified(bank, MAYA)
+    with bank.store.engine.connect() as conn:
+        payment = conn.execute(
+            sa.select(transactions.c.id).where(
+                transactions.c.description == "Rent - Parkview Apartments"
+            )
+        ).scalar_one()
+        assert (
+            conn.execute(
+                sa.select(transactions.c.card_id).where(transactions.c.id == payment)
+            ).scalar_one()
+            is None
+        )
+    result = await bank.run("review_transaction", {"transaction_id": payment, "recognised": False})
+    assert (result["cards_frozen"], result["freeze_scope"]) == (["2207", "5150"], "account")
+    assert bank.card_status("9904") == "active"  # the credit card draws on another account
+    assert freeze_scopes(bank) == ["account"]
+    again = await bank.run("review_transaction", {"transaction_id": payment, "recognised": False})
+    assert (again["already_recorded"], again["freeze_scope"]) == (True, "account")

@@ -90,6 +90,7 @@ async def run(
     *,
     policy: ReconnectPolicy = POLICY,
     tools: ToolRegistry | None = None,
+    facts: Mapping[str, str | int | float | bool] | None = None,
 ) -> tuple[FakeAgentSequence, CallState]:
     connector = FakeAgentSequence(call_plan)
     call = new_call()
@@ -101,6 +102,7 @@ async def run(
         limits=LIMITS,
         audio_format="mulaw_8000",
         reconnect=policy,
+        facts=facts,
     )
     return connector, call
 
@@ -270,3 +272,23 @@ async def test_a_replacing_session_is_told_it_resumes_only_when_configured(
         assert first_session.extra_variables == {}
         assert second_session.extra_variables == expected
         assert call.end_reason == "agent_hangup"
+
+
+async def test_a_replacing_session_gets_the_same_outbound_facts(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """An outbound call's purpose and payment facts go to every session, a replacement too."""
+    facts = {"call_purpose": "fraud_alert", "transaction_id": 42, "merchant": "Example Store"}
+    dying, second = FakeAgent(), FakeAgent(agent_call_id="ac_second")
+    dying.emit(AgentClosedError(1011, "internal error"))
+    second.hang_up()
+    connector, call = await run([dying, second], FakeTwilio(), facts=facts)
+    assert call.agent_reconnects == 1
+    assert [dict(session.facts) for session in connector.sessions] == [facts, facts]
+
+
+async def test_an_inbound_call_sends_no_facts(autojump_clock: trio.abc.Clock) -> None:
+    agent = FakeAgent()
+    agent.hang_up()
+    connector, _ = await run([agent], FakeTwilio())
+    assert [dict(session.facts) for session in connector.sessions] == [{}]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio_websocket
@@ -88,6 +89,29 @@ async def test_start_names_the_caller_and_every_send_carries_the_acked_stream_id
         "archer_tool_result": "tc_9",
         "result": "done",
         "is_error": False,
+    }
+
+
+async def test_an_outbound_calls_facts_are_start_metadata_as_strings() -> None:
+    facts = {"call_purpose": "fraud_alert", "transaction_id": 42, "amount": "412.50"}
+
+    async def agent(websocket: trio_websocket.WebSocketConnection) -> None:
+        await send(websocket, **ACK)
+        await trio.sleep_forever()
+
+    with trio.fail_after(TIMEOUT):
+        async with (
+            serve_agent(agent) as (url, seen),
+            connector(url).open_session(attrs.evolve(SESSION, facts=facts)),
+        ):
+            pass
+    assert seen.first["metadata"] == {
+        "from": "+15555550142",
+        "call_sid": SESSION.call_sid,
+        "customer_id": "42",
+        "call_purpose": "fraud_alert",
+        "transaction_id": "42",  # Line metadata is string to string
+        "amount": "412.50",
     }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio_websocket
@@ -76,6 +77,27 @@ async def test_the_handshake_says_who_calls_and_in_which_format() -> None:
         "call_sid": SESSION.call_sid,
         "caller_number": "+15555550142",
         "customer_id": "",  # always present, so a prompt naming it never fails to start
+    }
+
+
+async def test_an_outbound_calls_facts_are_dynamic_variables_with_their_types() -> None:
+    facts = {"call_purpose": "fraud_alert", "transaction_id": 42, "amount": "412.50"}
+
+    async def agent(websocket: trio_websocket.WebSocketConnection) -> None:
+        await send(websocket, **READY)
+        await trio.sleep_forever()
+
+    with trio.fail_after(TIMEOUT):
+        async with (
+            serve_agent(agent) as (url, seen),
+            connector(url).open_session(attrs.evolve(SESSION, facts=facts)),
+        ):
+            pass
+    assert seen.first["dynamic_variables"] == {
+        "call_sid": SESSION.call_sid,
+        "caller_number": "+15555550142",
+        "customer_id": "",
+        **facts,  # transaction_id stays a number: Managed variables may be numbers
     }
 
 

@@ -212,3 +212,36 @@ def test_init_schema_adds_agent_events_to_an_old_calls_table(database_url: str) 
     assert columns["instance_id"]["nullable"] is True
     assert old_row == []
     assert new_row == [{"type": "note"}]
+
+
+def test_an_older_sqlite_bank_gains_the_outbound_columns(sqlite_url: str) -> None:
+    """A database from before issue 22 gets transactions.card_id and the reviews' freeze_scope
+    on the next init (the SQLite side of schema.sql's ADD COLUMN IF NOT EXISTS)."""
+    engine = make_engine(sqlite_url, pool_size=1)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE TABLE transactions (id INTEGER PRIMARY KEY, account_id BIGINT NOT NULL,"
+                " posted_at TEXT NOT NULL, amount_cents BIGINT NOT NULL, description TEXT NOT NULL)"
+            )
+            conn.exec_driver_sql(
+                "CREATE TABLE transaction_reviews (id INTEGER PRIMARY KEY, transaction_id BIGINT,"
+                " customer_id BIGINT, call_sid TEXT, recognised BOOLEAN, cards_frozen TEXT,"
+                " reviewed_at TEXT)"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO transaction_reviews VALUES (1, 7, 1, 'CA1', 0, '2207', '2026-01-01')"
+            )
+        init_schema(engine)
+        init_schema(engine)  # and again: idempotent
+        with engine.connect() as conn:
+            columns = {
+                table: [row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table})")]
+                for table in ("transactions", "transaction_reviews")
+            }
+            scope = conn.exec_driver_sql("SELECT freeze_scope FROM transaction_reviews").scalar()
+    finally:
+        engine.dispose()
+    assert "card_id" in columns["transactions"]
+    assert "freeze_scope" in columns["transaction_reviews"]
+    assert scope == "none"  # an older review keeps its row; its scope is unknown

@@ -160,3 +160,54 @@ def test_missing_seed_file_is_a_config_error(tmp_path: Path) -> None:
     """Seeding from a file that does not exist is a ConfigError."""
     with pytest.raises(ConfigError, match=r"missing\.json"):
         load_demo_bank(tmp_path / "missing.json")
+
+
+def _paying_cards(engine: sa.Engine) -> dict[str, str | None]:
+    """Each transaction's description and the last four digits of the card that paid it."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(tables.transactions.c.description, tables.cards.c.last4).outerjoin(
+                tables.cards, tables.cards.c.id == tables.transactions.c.card_id
+            )
+        ).all()
+    return {str(row[0]): row[1] for row in rows}
+
+
+def test_card_payments_name_the_card_that_paid(engine: sa.Engine) -> None:
+    """A card payment in the seed names its card (transactions.card_id); a transfer none."""
+    seed_demo_bank(engine, DEMO_BANK)
+    paid = _paying_cards(engine)
+    assert paid["Blue Bottle Coffee"] == "2207"  # Maya's debit card on checking 4821
+    assert paid["Amazon.com"] == "9904"  # her credit card
+    assert paid["Rent - Parkview Apartments"] is None
+    assert paid["Payroll deposit - Northwind Labs"] is None
+
+
+def test_a_reseed_fills_in_the_card_of_an_older_seed(engine: sa.Engine) -> None:
+    """A bank seeded before transactions.card_id existed gets its cards on the next seed, and
+    nothing is duplicated."""
+    seed_demo_bank(engine, DEMO_BANK)
+    with engine.begin() as conn:
+        conn.execute(sa.update(tables.transactions).values(card_id=None))
+    before = _counts(engine)
+
+    seed_demo_bank(engine, DEMO_BANK)
+
+    assert _counts(engine) == before
+    assert _paying_cards(engine)["Blue Bottle Coffee"] == "2207"
+
+
+@pytest.mark.parametrize(
+    ("card", "problem"), [("1111", "unknown card 1111"), ("9904", "does not draw on account")]
+)
+def test_a_transaction_naming_a_wrong_card_is_a_config_error(
+    tmp_path: Path, card: str, problem: str
+) -> None:
+    """A payment's card must be the customer's, and draw on the account that paid."""
+    document = json.loads(DEMO_BANK.read_text(encoding="utf-8"))
+    document["customers"][0]["accounts"][0]["transactions"][0]["card"] = card
+    path = tmp_path / "bank.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+
+    with pytest.raises(ConfigError, match=problem):
+        load_demo_bank(path)

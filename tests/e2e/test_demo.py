@@ -15,6 +15,7 @@ import pytest
 from archer.audio.clips import speech_clip
 from archer.call.playback import MARK_INTERVAL_MS
 from archer.demo import run_demo
+from archer.demo_outbound import format_outbound, run_outbound_demo
 
 
 def _leading_frames_heard(heard: bytes, clip: str) -> int:
@@ -82,3 +83,25 @@ async def test_the_transfer_demo_ends_with_the_human(tmp_path: Path, protocol: s
     assert result.stored is not None
     assert result.stored.record.end_reason == "transferred"
     assert result.card_status == "active"
+
+
+@pytest.mark.parametrize("protocol", ["managed", "line"])
+async def test_the_outbound_demo_freezes_the_card_and_records_the_dispute(
+    tmp_path: Path, protocol: str
+) -> None:
+    """``archer demo --outbound``: the fraud alert ends with the paying card frozen, the
+    dispute recorded, no digit at the agent and the request completed by a person."""
+    lines: list[str] = []
+    result = await run_outbound_demo(workdir=tmp_path, progress=lines.append, protocol=protocol)
+    assert result.problems == (), "\n".join(lines)
+    assert result.view is not None
+    assert (result.view.status, result.view.answered_by) == ("completed", "human")
+    assert result.card_statuses["2207"] == "frozen"
+    assert result.card_statuses["9904"] == "active"
+    assert [r[0] for r in result.reviews] == [result.transaction_id]
+    assert result.agent_digits == 0
+    assert result.session_start["merchant"] == "Blue Bottle Coffee"
+    assert any("caller presses 1234#" in line for line in lines)
+    text = format_outbound(result)
+    assert 'collect_pin({}) → {"verified":true}' in text
+    assert "review_transaction(" in text

@@ -4,8 +4,8 @@ emulator with its scripted callee (``archer.emulators.twilio.dialer``), a real d
 ``POST /calls`` → the dispatcher's Calls API request (the parameters, no customer data) → the
 callee rings → misses are retried (acceptance 5), a machine gets the voicemail by REST and
 ``end_reason=voicemail`` (acceptance 4), and two instances on one PostgreSQL place ten calls
-once each at ``OUTBOUND_CPS=2`` (acceptance 6). Not here yet: the media stream of an answered
-outbound call and keypad verification (the next session, with issue 21's keypad capture).
+once each at ``OUTBOUND_CPS=2`` (acceptance 6). The answered call's media stream, keypad
+verification and the freeze (acceptance 3) are in ``test_outbound_fraud_alert.py``.
 """
 
 from __future__ import annotations

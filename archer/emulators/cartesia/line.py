@@ -88,6 +88,13 @@ class LineCall(ScriptedCall):
         self.input_format = event.input_format
         self.session.stream_id, self.session.input_format = self.stream_id, event.input_format
         self.session.metadata = dict(event.metadata)
+        missing = self._take_session_variables(event.metadata)
+        if missing:
+            # Line has no error event: an agent that cannot start closes the stream.
+            problem = f"start metadata lacks {', '.join(missing)}"
+            self.emulator.report(f"agent refuses the start ({problem}): closing 1008")
+            await self._close(1008, problem)
+            return False
         config: dict[str, object] = {"input_format": event.input_format}
         if event.voice_id is not None:
             config["voice_id"] = event.voice_id
@@ -160,7 +167,7 @@ class LineCall(ScriptedCall):
     # ---- what the agent sends --------------------------------------------------------------
 
     async def _say(self, step: Say) -> None:
-        self.emulator.report(f"agent says: {self.emulator.clip(step.clip).text}")
+        self.emulator.report(f"agent says: {self._spoken(step)}")
         await self._speak(self._chunks(step.clip), interruptible=step.interruptible)
 
     async def _send_audio(self, chunk: bytes) -> None:

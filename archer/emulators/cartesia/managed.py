@@ -106,6 +106,13 @@ class ManagedCall(ScriptedCall):
         self.session.input_format = event.input_format
         self.session.output_delivery = event.output_delivery
         self.session.dynamic_variables = dict(event.dynamic_variables)
+        missing = self._take_session_variables(event.dynamic_variables)
+        if missing:
+            # What Cartesia answers when the agent's prompt names a variable it was not given.
+            await self._fatal(
+                f"dynamic_variables lacks {', '.join(missing)}", code="missing_dynamic_variables"
+            )
+            return False
         return True
 
     async def _become_ready(self) -> None:
@@ -177,14 +184,14 @@ class ManagedCall(ScriptedCall):
     # ---- what the agent sends --------------------------------------------------------------
 
     async def _say(self, step: Say) -> None:
-        clip = self.emulator.clip(step.clip)
+        said = self._spoken(step)
         chunks = self._chunks(step.clip)
-        words = _WORD.findall(clip.text.strip())
+        words = _WORD.findall(said.strip())
         turn, started = self._next_turn(), self._now()
         tool_calls, self.unreported_tools = self.unreported_tools, []
         send = self.websocket.send_message
         await send(managed.turn_started(turn, "assistant", started))
-        self.emulator.report(f"agent says: {clip.text}")
+        self.emulator.report(f"agent says: {said}")
         spoken = 0
 
         async def words_due(index: int) -> None:

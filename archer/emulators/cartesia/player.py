@@ -12,12 +12,16 @@ needs from the server is the small ``AgentHost`` interface below, which ``Cartes
 (``archer.emulators.cartesia.server``) satisfies. The reader task and the script task share the
 call's state; ``_changed`` wakes whoever waits on it. Adding a script step means a case in
 ``_run_step``; a protocol-specific step is an abstract method here.
+
+Size (over 400 lines, on purpose): every step's timing (speech pacing, barge-in, listening,
+digits, tool results) shares the state of one connection, and the two protocols rely on all of it.
 """
 
 from __future__ import annotations
 
 import abc
 import collections
+import json
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Protocol
@@ -30,8 +34,8 @@ import trio_websocket
 from archer.audio import g711
 from archer.audio.vad import EnergyVad, SpeechStarted, VadEvent
 from archer.cartesia import line, managed
+from archer.emulators.cartesia.placeholders import substitute
 from archer.emulators.cartesia.script import (
-    PLACEHOLDER,
     AgentScript,
     CallTool,
     CollectDtmf,
@@ -73,17 +77,6 @@ class AgentHost(Protocol):
     def report(self, line: str) -> None: ...
     def clip(self, name: str) -> Clip: ...
     def rendered(self, name: str, input_format: str) -> bytes: ...
-
-
-def _substitute(value: object, variables: Mapping[str, str]) -> object:
-    """``value`` with every ``{name}`` in its strings replaced by the variable's value."""
-    if isinstance(value, str):
-        return PLACEHOLDER.sub(lambda match: variables.get(match[1], match[0]), value)
-    if isinstance(value, Mapping):
-        return {key: _substitute(item, variables) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_substitute(item, variables) for item in value]
-    return value
 
 
 def shorten(text: str, limit: int = 100) -> str:
@@ -225,6 +218,28 @@ class ScriptedCall(abc.ABC):
         # Shielded: the reader sees our close at once and cancels the script that called this.
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
             await self.websocket.aclose(code, reason)
+
+    def _take_session_variables(self, given: Mapping[str, object]) -> list[str]:
+        """Store the script's session variables from what the session started with (as text,
+        as a prompt sees them); the names the script needs that are missing."""
+        missing = []
+        for name in self.emulator.script.session_variables:
+            if name not in given:
+                missing.append(name)
+                continue
+            value = given[name]
+            self.session.variables[name] = (
+                value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+            )
+        return missing
+
+    def _spoken(self, step: Say) -> str:
+        """The words of a ``say``: its ``text`` with placeholders filled in, or the clip's."""
+        if step.text is None:
+            return self.emulator.clip(step.clip).text
+        spoken = substitute(step.text, self.session.variables)
+        assert isinstance(spoken, str)
+        return spoken
 
     # ---- what the client sends -------------------------------------------------------------
 
@@ -374,7 +389,7 @@ class ScriptedCall(abc.ABC):
 
     async def _call_tool(self, step: CallTool) -> None:
         tool_call_id = "call_" + secrets.token_hex(6)
-        parameters = _substitute(dict(step.arguments), self.session.variables)
+        parameters = substitute(dict(step.arguments), self.session.variables)
         assert isinstance(parameters, dict)
         self.session.tool_calls.append(EmulatedToolCall(tool_call_id, step.name, parameters))
         self.open_tool_calls.add(tool_call_id)

@@ -6,19 +6,26 @@ runs before any session starts). The Cartesia emulator plays a script
 step: its class and parsing here, how it plays in the player (or, if it belongs to one
 protocol, in that protocol's session).
 
-Rules: a script is data, not code. The file is a JSON object ``{"description": "...", "steps":
-[...]}``; each step is an object with exactly one action key:
+Rules: a script is data, not code. The file is a JSON object ``{"description": "...",
+"session_variables": [...], "steps": [...]}``. ``session_variables`` (optional) names what the
+agent must be given at session start (Managed ``dynamic_variables``, Line ``start`` metadata):
+a session without one of them is refused (Managed: ``missing_dynamic_variables``, as Cartesia
+answers a prompt's missing variable; Line: close 1008), and each is a variable the steps may use
+as ``{name}``. Each step is an object with exactly one action key:
 
-- ``{"say": "<clip>", "interruptible": true}``: speak a speech clip (``interruptible`` defaults
-  to true, as Cartesia agents are; only ``say`` takes it).
+- ``{"say": "<clip>", "interruptible": true, "text": "..."}``: speak a speech clip
+  (``interruptible`` defaults to true, as Cartesia agents are). ``text``, if given, is the words
+  the agent says instead of the clip's own (its turn text; ``{var}`` placeholders filled in), as
+  a synthesised voice would speak the facts it was given; the audio stays the clip's.
 - ``{"listen": {"transcript": "...", "timeout": 20}}``: wait for the caller to speak and hear
   ``transcript``.
 - ``{"collect_dtmf": {"digits": 4, "into": "pin", "timeout": 30}}``: collect keyed digits.
 - ``{"tool": {"name": "...", "arguments": {...}, "timeout": 30, "into": "result"}}``: call a
   client tool; ``{var}`` in any string argument is replaced by a variable an earlier step stored
-  with ``into``. ``"lead_in": "<clip>"`` speaks a clip (not interruptible) right after sending the
-  call and before waiting for its result, as an agent asks for a keypad PIN while
-  ``collect_pin`` already runs.
+  with ``into`` (or a session variable); an argument that is exactly ``"{var:int}"`` becomes the
+  variable's value as a JSON integer, as a model passes an id it was given. ``"lead_in":
+  "<clip>"`` speaks a clip (not interruptible) right after sending the call and before waiting
+  for its result, as an agent asks for a keypad PIN while ``collect_pin`` already runs.
 - ``{"dtmf": "5"}``: press keys; ``{"pause": 0.5}``: wait; ``{"hang_up": {"reason": "..."}}``.
 - ``{"transfer": {"number": "+15555550199"}}`` or ``{"transfer": {"sip_uri": "sip:desk@pbx"}}``:
   ask the client to transfer the call (Line's ``transfer_call`` event), optionally with
@@ -33,7 +40,10 @@ convention in ``archer.cartesia.line``), so one script serves both.
 
 Everything is checked on load, so a typo fails before a call, naming the file, the step (from 1)
 and the problem. Unknown keys are errors, booleans are not numbers, and a placeholder must name a
-variable an earlier step sets.
+session variable or one an earlier step sets (``archer.emulators.cartesia.placeholders``).
+
+Size (over 400 lines, on purpose): the script's format is documented, modelled and checked in
+one place, so a step's documentation, its class and its validation are read together.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from typing import Final, TypeGuard
 import attrs
 
 from archer.cartesia.managed import DTMF_DIGITS
+from archer.emulators.cartesia.placeholders import placeholders
 
 __all__ = [
     "AgentScript",
@@ -82,8 +93,6 @@ _TOOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: How a Line agent may name a transfer target on the wire (see ``Transfer``).
 TRANSFER_SHAPES: Final = ("destination", "nested", "flat")
 _TRANSFER_KEYS: Final = {"number": "phone", "sip_uri": "sip_uri"}
-#: ``{name}`` inside a string argument; braces around anything else are literal text.
-PLACEHOLDER: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class AgentScriptError(ValueError):
@@ -96,6 +105,8 @@ class Say:
 
     clip: str
     interruptible: bool = True
+    #: The words said instead of the clip's own (placeholders filled in); None: the clip's.
+    text: str | None = None
 
 
 @attrs.frozen(slots=True)
@@ -171,6 +182,8 @@ class AgentScript:
     name: str
     steps: tuple[Step, ...]
     description: str = ""
+    #: What the session must be given at its start (dynamic variables / start metadata).
+    session_variables: tuple[str, ...] = ()
 
     def clip_names(self) -> frozenset[str]:
         """Every clip a ``say`` step speaks."""
@@ -231,40 +244,41 @@ def parse_agent_script(data: object, *, name: str, source: str = "agent script")
     """
     if not isinstance(data, dict):
         raise AgentScriptError(f"{source}: must be a JSON object with a 'steps' list")
-    _no_other_keys(data, {"description", "steps"}, source)
+    _no_other_keys(data, {"description", "session_variables", "steps"}, source)
     description = data.get("description", "")
     if not isinstance(description, str):
         raise AgentScriptError(f"{source}: 'description' must be a string")
+    given = data.get("session_variables", [])
+    if not isinstance(given, list) or not all(
+        isinstance(v, str) and _VARIABLE.fullmatch(v) for v in given
+    ):
+        raise AgentScriptError(f"{source}: 'session_variables' must be a list of variable names")
     raw_steps = data.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
         raise AgentScriptError(f"{source}: 'steps' must be a non-empty list")
-    variables: set[str] = set()
+    variables: set[str] = set(given)
     steps: list[Step] = []
     for number, raw in enumerate(raw_steps, start=1):
         where = f"{source}: step {number}"
         step = _parse_step(raw, where)
-        if isinstance(step, CallTool):
-            for variable in sorted(placeholders(step.arguments)):
-                if variable not in variables:
-                    raise AgentScriptError(
-                        f"{where} (tool {step.name}): placeholder {{{variable}}} names no "
-                        f"variable an earlier step sets with 'into'"
-                    )
+        used = (
+            placeholders(step.arguments)
+            if isinstance(step, CallTool)
+            else placeholders(step.text)
+            if isinstance(step, Say)
+            else set()
+        )
+        for variable in sorted(used - variables):
+            raise AgentScriptError(
+                f"{where}: placeholder {{{variable}}} names no session variable and no "
+                f"variable an earlier step sets with 'into'"
+            )
         if isinstance(step, CollectDtmf | CallTool) and step.into is not None:
             variables.add(step.into)
         steps.append(step)
-    return AgentScript(name=name, steps=tuple(steps), description=description)
-
-
-def placeholders(value: object) -> set[str]:
-    """The variable names of every ``{name}`` in the strings inside ``value``."""
-    if isinstance(value, str):
-        return set(PLACEHOLDER.findall(value))
-    if isinstance(value, Mapping):
-        return set().union(*(placeholders(item) for item in value.values()))
-    if isinstance(value, list):
-        return set().union(*(placeholders(item) for item in value))
-    return set()
+    return AgentScript(
+        name=name, steps=tuple(steps), description=description, session_variables=tuple(given)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,13 +308,18 @@ def _parse_step(raw: object, where: str) -> Step:
         )
     action = actions[0]
     where = f"{where} ({action})"
-    _no_other_keys(raw, {action, "interruptible"} if action == "say" else {action}, where)
+    _no_other_keys(raw, {action, "interruptible", "text"} if action == "say" else {action}, where)
     value = raw[action]
     if action == "say":
         interruptible = raw.get("interruptible", True)
         if not isinstance(interruptible, bool):
             raise AgentScriptError(f"{where}: 'interruptible' must be true or false")
-        return Say(clip=_nonempty_text(value, "the clip name", where), interruptible=interruptible)
+        text = raw.get("text")
+        return Say(
+            clip=_nonempty_text(value, "the clip name", where),
+            interruptible=interruptible,
+            text=None if text is None else _nonempty_text(text, "'text'", where),
+        )
     if action == "listen":
         fields = _fields(value, {"transcript", "timeout"}, where)
         return Listen(

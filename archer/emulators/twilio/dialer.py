@@ -16,8 +16,14 @@ order; ``no-answer`` when the script runs out):
 
 - ``no-answer`` / ``busy``: rings, then the final status callback says so.
 - ``human``: answers: the TwiML is fetched from ``Url`` with a signed POST, the ``answered``
-  status callback and the AMD verdict (``AnsweredBy=human``) follow; it hangs up after
-  ``hold_seconds``.
+  status callback and the AMD verdict (``AnsweredBy=human``) follow. With a
+  ``DialerState.callee_script``, the TwiML's ``<Connect><Stream>`` is run as the inbound
+  emulated caller runs it (``archer.emulators.twilio.stream.StreamLeg``: the signed upgrade,
+  ``connected``/``start`` with the TwiML's parameters, 20 ms media, ``dtmf`` keys, marks, all
+  written by the emulator's own frames from Twilio's document) while the status and AMD
+  callbacks go out, and the callee plays the script (keys its PIN, speaks) until the stream
+  ends; the leg is kept in ``DialerState.streams``. Without a script it hangs up after
+  ``hold_seconds``, no stream opened.
 - ``machine``: answers as a voicemail greeting ending in a beep: as ``human``, but the verdict is
   ``machine_end_beep``, and it waits for the call's TwiML to be replaced by a REST update (the
   voicemail), then the call completes.
@@ -26,7 +32,8 @@ Status callbacks go to ``StatusCallback`` for the events in ``StatusCallbackEven
 always), the verdict to ``AsyncAmdStatusCallback`` when ``AsyncAmd=true``; every one is signed
 with the account's auth token as Twilio signs (``X-Twilio-Signature`` of the URL and form). A
 callback that cannot be delivered is recorded in ``DialerState.undelivered`` and the call goes on,
-as Twilio's does. Not yet: the media stream of an answered call (the next session connects it).
+as Twilio's does. A REST update of a streaming call (Archer hanging up) ends its stream, as on
+Twilio.
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+from collections.abc import Callable
 from functools import partial
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import trio
@@ -44,7 +53,9 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart import Blueprint, Response, current_app, jsonify, request
 from quart_trio import QuartTrio
 
-from archer.emulators.http import post_form
+from archer.audio.clips import speech_clip
+from archer.emulators.http import HttpResponse, post_form
+from archer.emulators.twilio.outcome import new_stream_sid
 from archer.emulators.twilio.rest import (
     API_VERSION,
     TwilioRestState,
@@ -53,6 +64,9 @@ from archer.emulators.twilio.rest import (
     _unauthenticated,
     twilio_rest_app,
 )
+from archer.emulators.twilio.script import CallerScript
+from archer.emulators.twilio.stream import StreamLeg
+from archer.emulators.twilio.twiml import StreamPlan, read_voice_answer
 from archer.twilio.signature import SignatureChecker
 
 __all__ = ["CALLEES", "CreatedCall", "DialerState", "dialer_app", "serve_twilio_dialer"]
@@ -94,6 +108,14 @@ class DialerState:
     ring_seconds: float = 0.05
     amd_seconds: float = 0.05
     hold_seconds: float = 0.2
+    #: What a ``human`` callee does on the media stream; None: no stream is opened.
+    callee_script: CallerScript | None = None
+    #: The audio of each ``say`` clip of the callee's script (8 kHz μ-law).
+    clips: Callable[[str], bytes] = speech_clip
+    #: Called with one human-readable line per step and per event of a streaming callee.
+    progress: Callable[[str], None] | None = None
+    #: Every media stream a callee ran, by CallSid (what it heard, keyed, how it ended).
+    streams: dict[str, StreamLeg] = attrs.Factory(dict)
     _script: itertools.count[int] = attrs.field(factory=itertools.count, repr=False)
 
     def next_callee(self) -> str:
@@ -189,21 +211,36 @@ async def _play_callee(state: DialerState, created: CreatedCall, callee: str) ->
         await status("completed", callee, CallDuration="0")
         return
     url = created.field("Url")
+    plan = None
     if url:
         answer = await _deliver(state, "answer", url, {**base, "CallStatus": "in-progress"})
         if answer is not None:
-            state.answers[created.sid] = answer
-    await status("answered", "in-progress")
-    amd_url = created.field("AsyncAmdStatusCallback")
-    if created.field("AsyncAmd") == "true" and amd_url:
-        await trio.sleep(state.amd_seconds)
-        answered_by = "machine_end_beep" if callee == "machine" else "human"
-        await _deliver(
-            state,
-            "amd",
-            amd_url,
-            {**base, "AnsweredBy": answered_by, "MachineDetectionDuration": "2100"},
-        )
+            state.answers[created.sid] = answer.text
+            plan = read_voice_answer(answer)
+
+    async def answered() -> None:
+        await status("answered", "in-progress")
+        amd_url = created.field("AsyncAmdStatusCallback")
+        if created.field("AsyncAmd") == "true" and amd_url:
+            await trio.sleep(state.amd_seconds)
+            answered_by = "machine_end_beep" if callee == "machine" else "human"
+            await _deliver(
+                state,
+                "amd",
+                amd_url,
+                {**base, "AnsweredBy": answered_by, "MachineDetectionDuration": "2100"},
+            )
+
+    if callee == "human" and state.callee_script is not None and isinstance(plan, StreamPlan):
+        assert url is not None  # the plan came from fetching it
+        # The stream connects at once; Twilio's callbacks and the AMD verdict arrive meanwhile.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answered)
+            await _run_stream(state, created.sid, _origin(url), state.callee_script, plan)
+        _end(state, created.sid, "completed")
+        await status("completed", "completed", CallDuration="1")
+        return
+    await answered()
     if callee == "machine":
         with trio.move_on_after(VOICEMAIL_WAIT_SECONDS):
             seen = 0
@@ -224,8 +261,42 @@ def _end(state: DialerState, call_sid: str, status: str) -> None:
         call.status = status
 
 
-async def _deliver(state: DialerState, kind: str, url: str, fields: dict[str, str]) -> str | None:
-    """POST a signed form as Twilio does; Archer's answer body (None: not delivered)."""
+async def _run_stream(
+    state: DialerState, call_sid: str, archer_url: str, script: CallerScript, plan: StreamPlan
+) -> None:
+    """Run the answered call's media stream as the callee, until it ends."""
+    tell = state.progress or (lambda line: None)
+    clips = await trio.to_thread.run_sync(
+        lambda: {name: state.clips(name) for name in script.clips}
+    )
+    leg = StreamLeg(
+        archer_url=archer_url,
+        account_sid=state.rest.account_sid,
+        auth_token=state.rest.auth_token,
+        call_sid=call_sid,
+        stream_sid=new_stream_sid(),
+        script=script,
+        clips=clips,
+        rest=state.rest,
+        tell=tell,
+        rest_seen=len(state.rest.updates),
+    )
+    state.streams[call_sid] = leg
+    tell("the callee answers; Twilio connects the media stream")
+    ended_by, detail = await leg.connect_and_run(plan)
+    tell(f"the callee's stream ended ({ended_by}): {detail}")
+
+
+def _origin(url: str) -> str:
+    """The scheme and host of ``url``: where the stream is dialled (at the TwiML's path)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+
+
+async def _deliver(
+    state: DialerState, kind: str, url: str, fields: dict[str, str]
+) -> HttpResponse | None:
+    """POST a signed form as Twilio does; Archer's answer (None: not delivered)."""
     signature = SignatureChecker(state.rest.auth_token).sign(url, fields)
     try:
         response = await post_form(url, fields, headers={"X-Twilio-Signature": signature})
@@ -234,4 +305,4 @@ async def _deliver(state: DialerState, kind: str, url: str, fields: dict[str, st
         log.warning("twilio emulator: %s callback to %s not delivered: %s", kind, url, exc)
         return None
     state.delivered.append((kind, url, fields, response.status))
-    return response.text
+    return response
