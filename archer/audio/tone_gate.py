@@ -28,7 +28,7 @@ Rules:
   covered by ``HANGOVER_FRAMES``.
 
 Measured (``tests/audio/test_tone_gate.py``): over every packaged speech clip, at four levels
-and four frame alignments (55,756 frames), no speech frame was taken for a tone.
+and four frame alignments (72,144 frames), no speech frame was taken for a tone.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ _TWIST: Final = 10 ** (10 / 10)
 # Each tone at least -40 dBFS (detect_digits: -36), in the units of the mean square.
 _MIN_POWER: Final = (32767 * 10 ** (-40 / 20)) ** 2 / 2
 # The two tones must be this share of the frame's energy (detect_digits: 0.7). Over every speech
-# clip at four levels and four alignments (55,756 frames), 0.65 took no speech frame and 0.6
+# clip then packaged, at four levels and four alignments (55,756 frames), 0.65 took none and 0.6
 # took 12 (0.02 %); a tone alone puts ~1.0 there, and one covering 90 % of a frame about 0.9.
 _TONE_SHARE: Final = 0.65
 
