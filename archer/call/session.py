@@ -236,7 +236,7 @@ async def bridge_call(
     """
     session = AgentSession(
         call_sid=call.call_sid,
-        caller_number=call.from_number or "",
+        caller_number=_customer_number(call, outbound=bool(facts)),
         customer_id=call.customer_id,
         audio_format=audio_format,
         facts=dict(facts or {}),
@@ -295,6 +295,12 @@ async def bridge_call(
     except* Exception as group:
         log.error("call.crashed", exc_info=group)
         _fail(call, "internal_error", group)
+
+
+def _customer_number(call: CallState, *, outbound: bool) -> str:
+    """The number of the person the agent talks to: an inbound call's caller, or the customer
+    an outbound call rang (its ``from`` is the bank's own ``OUTBOUND_FROM_NUMBER``)."""
+    return (call.to_number if outbound else call.from_number) or ""
 
 
 def _only_retryable(exc: BaseException) -> bool:

@@ -285,10 +285,13 @@ async def test_a_replacing_session_gets_the_same_outbound_facts(
     connector, call = await run([dying, second], FakeTwilio(), facts=facts)
     assert call.agent_reconnects == 1
     assert [dict(session.facts) for session in connector.sessions] == [facts, facts]
+    # The agent talks to the customer Archer rang, not to the bank's own number.
+    assert {session.caller_number for session in connector.sessions} == {call.to_number}
 
 
 async def test_an_inbound_call_sends_no_facts(autojump_clock: trio.abc.Clock) -> None:
     agent = FakeAgent()
     agent.hang_up()
-    connector, _ = await run([agent], FakeTwilio())
+    connector, call = await run([agent], FakeTwilio())
     assert [dict(session.facts) for session in connector.sessions] == [{}]
+    assert [session.caller_number for session in connector.sessions] == [call.from_number]

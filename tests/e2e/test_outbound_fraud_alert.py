@@ -248,6 +248,9 @@ async def test_a_fraud_alert_freezes_the_paying_card(database_url: str, protocol
         "2207",
     )
     assert str(started["transaction_time"]).endswith("Z")
+    # The number the agent is told it talks to is the customer's, not the bank's own.
+    talking_to = started["caller_number"] if protocol == "managed" else started["from"]
+    assert talking_to == MAYA
     opening = json.dumps(started)
     for secret in ("4821", "Maya", "Patel", "254310", "2543.10", "1234"):
         assert secret not in opening, secret
