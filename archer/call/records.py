@@ -174,6 +174,11 @@ class CallRecord:
     agent_call_ids: tuple[str, ...] = ()
     #: Every pause and resume of the call's recording, in order (issue 21).
     recording_events: tuple[RecordingEventRecord, ...] = ()
+    #: Keys withheld from the agent (issue 21): caller frames sent to it as silence during
+    #: keypad captures, and outside them because they carried a keypad tone; keys dropped.
+    frames_silenced_for_pin: int = 0
+    frames_silenced_for_tones: int = 0
+    dtmf_dropped: int = 0
 
 
 @attrs.frozen(slots=True)

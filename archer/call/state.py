@@ -329,6 +329,9 @@ class CallState:
             agent_reconnects=self.agent_reconnects,
             agent_call_ids=tuple(self.agent_call_ids),
             recording_events=tuple(self._recording_events),
+            frames_silenced_for_pin=self.frames_silenced_for_pin,
+            frames_silenced_for_tones=self.frames_silenced_for_tones,
+            dtmf_dropped=self.dtmf_dropped,
         )
 
     def summary(self) -> dict[str, object]:

@@ -172,6 +172,9 @@ _SQLITE_LATER_COLUMNS: Final = (
     ("calls", "instance_id", "TEXT"),
     ("calls", "agent_reconnects", "INTEGER NOT NULL DEFAULT 0"),
     ("calls", "agent_call_ids", "JSON NOT NULL DEFAULT '[]'"),
+    ("calls", "frames_silenced_for_pin", "INTEGER NOT NULL DEFAULT 0"),
+    ("calls", "frames_silenced_for_tones", "INTEGER NOT NULL DEFAULT 0"),
+    ("calls", "dtmf_dropped", "INTEGER NOT NULL DEFAULT 0"),
     ("tool_calls", "outcome", "TEXT"),
     ("transactions", "card_id", "BIGINT REFERENCES cards (id)"),
     (

@@ -116,6 +116,11 @@ ALTER TABLE calls ADD COLUMN IF NOT EXISTS instance_id text;
 -- and every agent session's call id in order (agent_call_id is the last one).
 ALTER TABLE calls ADD COLUMN IF NOT EXISTS agent_reconnects integer NOT NULL DEFAULT 0;
 ALTER TABLE calls ADD COLUMN IF NOT EXISTS agent_call_ids jsonb NOT NULL DEFAULT '[]'::jsonb;
+-- Keys withheld from the agent (issue 21): caller frames it got as silence during keypad
+-- captures, and outside them because they carried a keypad tone; keys dropped (DTMF_TO_AGENT).
+ALTER TABLE calls ADD COLUMN IF NOT EXISTS frames_silenced_for_pin integer NOT NULL DEFAULT 0;
+ALTER TABLE calls ADD COLUMN IF NOT EXISTS frames_silenced_for_tones integer NOT NULL DEFAULT 0;
+ALTER TABLE calls ADD COLUMN IF NOT EXISTS dtmf_dropped integer NOT NULL DEFAULT 0;
 
 CREATE INDEX IF NOT EXISTS calls_customer_id_idx ON calls (customer_id);
 -- Ops and reports list recent calls.

@@ -606,6 +606,9 @@ def _call_row(record: CallRecord) -> dict[str, object]:
         "agent_events": [dict(event) for event in record.agent_events],
         "agent_reconnects": record.agent_reconnects,
         "agent_call_ids": list(record.agent_call_ids),
+        "frames_silenced_for_pin": record.frames_silenced_for_pin,
+        "frames_silenced_for_tones": record.frames_silenced_for_tones,
+        "dtmf_dropped": record.dtmf_dropped,
     }
 
 
@@ -666,6 +669,9 @@ def _record_from_rows(
         agent_events=tuple(dict(event) for event in call.agent_events),
         agent_reconnects=call.agent_reconnects,
         agent_call_ids=tuple(call.agent_call_ids),
+        frames_silenced_for_pin=call.frames_silenced_for_pin,
+        frames_silenced_for_tones=call.frames_silenced_for_tones,
+        dtmf_dropped=call.dtmf_dropped,
         error=call.error,
         turns=tuple(
             TurnRecord(

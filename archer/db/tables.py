@@ -205,6 +205,10 @@ calls = sa.Table(
     # Agent sessions opened after a failure, and every session's call id in order (issue 16).
     sa.Column("agent_reconnects", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("agent_call_ids", _Json, nullable=False, server_default=sa.text("'[]'")),
+    # Keys withheld from the agent (issue 21): frames silenced in captures and for tones.
+    sa.Column("frames_silenced_for_pin", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("frames_silenced_for_tones", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("dtmf_dropped", sa.Integer, nullable=False, server_default=sa.text("0")),
     _check("status", "status IN (" + ", ".join(f"'{s}'" for s in CALL_STATUSES) + ")"),
     sa.Index("calls_customer_id_idx", "customer_id"),
     sa.Index("calls_started_at_idx", "started_at"),

@@ -42,6 +42,9 @@ def full_record(call_sid: str = "CA0001") -> CallRecord:
         frames_in=4650,
         frames_out=3900,
         frames_dropped=3,
+        frames_silenced_for_pin=212,
+        frames_silenced_for_tones=15,
+        dtmf_dropped=2,
         turns=(
             TurnRecord(turn=0, role="assistant", text="Hello.", start_time=0.4, heard_ms=700),
             TurnRecord(turn=1, role="user", text="Balance?", interrupted=True, end_time=4.0),

@@ -80,6 +80,9 @@ def finished_record(call_sid: str = "CA0001", *, customer_id: int | None = None)
         frames_in=4650,
         frames_out=3900,
         frames_dropped=3,
+        frames_silenced_for_pin=212,
+        frames_silenced_for_tones=15,
+        dtmf_dropped=2,
         turns=(
             TurnRecord(
                 turn=0,

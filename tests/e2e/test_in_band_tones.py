@@ -51,8 +51,11 @@ def _get(url: str) -> str:
         return str(response.read().decode())
 
 
-async def _keyed_call(database_url: str, *, dtmf_to_agent: bool) -> tuple[AgentPeer, str, str]:
-    """Place the call; the agent's peer, the caller's keys as sent, and ``/metrics`` after."""
+async def _keyed_call(
+    database_url: str, *, dtmf_to_agent: bool
+) -> tuple[AgentPeer, str, str, StoredCall]:
+    """Place the call; the agent's peer, the caller's keys as sent, ``/metrics`` after, and
+    the stored record."""
     async with running_system(
         database_url, _listen, tools=None, dtmf_to_agent=dtmf_to_agent
     ) as system:
@@ -72,7 +75,7 @@ async def _keyed_call(database_url: str, *, dtmf_to_agent: bool) -> tuple[AgentP
         peer = await system.peer()
     assert (outcome.ended_by, outcome.steps_done) == ("caller", len(SCRIPT.steps))
     assert stored.record.status == "completed"
-    return peer, outcome.dtmf_sent, metrics
+    return peer, outcome.dtmf_sent, metrics, stored
 
 
 async def _wait_for_record(system: System, call_sid: str) -> StoredCall:
@@ -101,7 +104,7 @@ async def test_withheld_keys_keyed_in_band_reach_the_agent_neither_as_digits_nor
 ) -> None:
     """``DTMF_TO_AGENT=false`` (the default), no capture: no ``dtmf_input``, no tone in the
     agent's audio, and the caller's speech on both sides of the keys arrives unchanged."""
-    peer, keyed, metrics = await _keyed_call(database_url, dtmf_to_agent=False)
+    peer, keyed, metrics, stored = await _keyed_call(database_url, dtmf_to_agent=False)
     assert keyed == KEYS
     assert peer.of(managed.DtmfInput) == []
     inputs = [event.audio for event in peer.of(managed.AudioInput)]
@@ -115,13 +118,17 @@ async def test_withheld_keys_keyed_in_band_reach_the_agent_neither_as_digits_nor
         assert inputs[at : at + len(speech) - first] == speech[first:]  # every frame, in order
     # Five keys of 100 ms, each spanning six frames; the hangover adds up to two.
     assert 5 * len(KEYS) <= _silenced_for_tones(metrics) <= 8 * len(KEYS)
+    # The record counts the same frames, and the keys dropped.
+    assert stored.record.frames_silenced_for_tones == _silenced_for_tones(metrics)
+    assert stored.record.dtmf_dropped == len(KEYS)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_with_dtmf_to_agent_the_keys_and_their_tones_pass(database_url: str) -> None:
     """``DTMF_TO_AGENT=true``: the agent is given the keys, so their tones are not removed."""
-    peer, keyed, metrics = await _keyed_call(database_url, dtmf_to_agent=True)
+    peer, keyed, metrics, stored = await _keyed_call(database_url, dtmf_to_agent=True)
     assert [event.digit for event in peer.of(managed.DtmfInput)] == list(keyed)
     heard = b"".join(base64.b64decode(event.audio) for event in peer.of(managed.AudioInput))
     assert detect_digits(heard) == KEYS
     assert _silenced_for_tones(metrics) == 0
+    assert (stored.record.frames_silenced_for_tones, stored.record.dtmf_dropped) == (0, 0)

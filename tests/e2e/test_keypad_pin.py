@@ -280,6 +280,9 @@ async def keypad_call(database_url: str, pin: str, protocol: str = "managed") ->
     after = [value for kind, value in everything[result_at:] if kind == "audio"]
     assert after.count(voice(12)) == 3  # forwarding restored after the result
     assert stored.record.status == "completed"
+    # The record counts what was withheld: the capture's silenced frames, the "7" dropped.
+    assert stored.record.frames_silenced_for_pin > 0
+    assert stored.record.dtmf_dropped == 1
     [record] = stored.record.tool_calls
     assert (record.name, record.result, dict(record.arguments), record.outcome) == (
         "collect_pin",
