@@ -229,6 +229,9 @@ def _calls_blueprint(state: TwilioRestState) -> Blueprint:
 #: ``Status`` values the Recording resource's update accepts, and ``PauseBehavior`` values.
 _RECORDING_STATUSES: Final = frozenset({"in-progress", "paused", "stopped"})
 _PAUSE_BEHAVIORS: Final = frozenset({"skip", "silence"})
+#: A recording Twilio.CURRENT can still name: one in progress or paused (not stopped, not
+#: ended with its call).
+_LIVE_RECORDING: Final = frozenset({"in-progress", "paused"})
 
 
 def _recordings_blueprint(state: TwilioRestState) -> Blueprint:
@@ -236,7 +239,8 @@ def _recordings_blueprint(state: TwilioRestState) -> Blueprint:
     Call Recording update: ``Sid`` is the recording's SID or ``Twilio.CURRENT`` (the call's
     recording in progress or paused); ``Status`` is ``in-progress``, ``paused`` or ``stopped``;
     ``PauseBehavior`` (``skip`` or ``silence``, default ``silence``) goes with a pause. A call
-    with no such recording answers 404 (code 20404); a bad field 400 (code 21220 for a call or
+    with no such recording (never started, stopped, or ended with its call) answers 404 (code
+    20404); a bad field 400 (code 21220 for a call or
     recording that is over is not claimed: none is invented)."""
     blueprint = Blueprint("twilio_rest_recordings", __name__)
 
@@ -254,7 +258,7 @@ def _recordings_blueprint(state: TwilioRestState) -> Blueprint:
         if (
             account_sid != state.account_sid
             or recording is None
-            or recording.status == "stopped"
+            or recording.status not in _LIVE_RECORDING
             or recording_sid not in ("Twilio.CURRENT", recording.sid)
         ):
             return _error(404, 20404, f"The requested resource {request.path} was not found")
@@ -328,6 +332,9 @@ def _complete(call: EmulatedCall) -> None:
     if call.status != COMPLETED:
         call.status = COMPLETED
         call.ended_at = call.updated_at = _now()
+        if call.recording is not None and call.recording.status in _LIVE_RECORDING:
+            # The recording ends with its call; Twilio then processes it.
+            call.recording.status = "completed"
 
 
 def _call_resource(account_sid: str, call: EmulatedCall) -> dict[str, Any]:
