@@ -193,6 +193,13 @@ def test_demo_from_an_empty_directory(installed: Installed, empty: Path) -> None
     assert heard.stat().st_size > 8000 * 10  # more than ten seconds of 8 kHz μ-law
 
 
+def test_outbound_demo_from_an_empty_directory(installed: Installed, empty: Path) -> None:
+    """``archer demo --outbound`` exits 0 from the wheel: its scripts, clips and bank ship."""
+    result = installed.run("demo", "--outbound", cwd=empty, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'collect_pin({}) → {"verified":true}' in result.stdout
+
+
 def test_db_init_and_seed_on_a_fresh_sqlite_file(installed: Installed, empty: Path) -> None:
     """The schema and the shipped demo bank, from any directory."""
     url = f"sqlite:///{empty / 'fresh.db'}"
