@@ -30,7 +30,9 @@ class FakeTelephony:
         if self.failure is not None:
             raise self.failure
         if call_sid in self.ended:
-            raise TelephonyError("Call is not in-progress. Cannot redirect.", code=21220, status=400)
+            raise TelephonyError(
+                "Call is not in-progress. Cannot redirect.", code=21220, status=400
+            )
         self.requests.append(("transfer", call_sid, number))
 
     async def hang_up(self, call_sid: str) -> None:
