@@ -31,7 +31,8 @@ app        ``cli``, ``server``, ``workers``, ``demo``, ``emulate``        everyt
 
 So the call layer never imports web, db, the Cartesia clients or Twilio's REST adapter; adapters
 and the database never import the call layer's machinery (only its ports and pure values); the
-emulators know nothing of Archer beyond the pure protocol modules.
+emulators know nothing of Archer beyond pure modules, and not even Archer's codecs of the peers'
+protocols (``PEER_CODECS``): they read and write those from the peers' documents.
 """
 
 from __future__ import annotations
@@ -341,7 +342,61 @@ def test_every_module_has_a_room() -> None:
         assert room_of(module) in MAY_IMPORT
 
 
+#: What the emulators may not import although it is pure: Archer's own codecs of the peers'
+#: protocols. An emulator speaks a peer's protocol from the peer's documents, so that a test
+#: driving Archer against it notices when Archer and the peer disagree; built with Archer's codec,
+#: both sides would share every mistake.
+PEER_CODECS: Final = ("archer.cartesia", "archer.twilio.frames")
+#: Archer's Twilio modules an emulator may use, each for a reason: ``archer.twilio.signature``
+#: is Twilio's documented request-signing algorithm (the emulated Twilio signs its webhooks and
+#: checks Archer's stream URL with it: a shared algorithm, not a message codec), and
+#: ``archer.twilio.twiml`` gives ``MAX_INLINE_TWIML_CHARS``, Twilio's published size limit.
+EMULATORS_MAY_USE: Final = frozenset({"archer.twilio.signature", "archer.twilio.twiml"})
+
+
+def codec_imports(found: list[Import]) -> list[str]:
+    """The imports by an emulator of one of Archer's peer codecs (``PEER_CODECS``)."""
+    return [
+        f"{edge.importer}:{edge.line} imports {edge.imported}"
+        for edge in found
+        if edge.importer.startswith("archer.emulators")
+        and edge.imported not in EMULATORS_MAY_USE
+        and any(
+            edge.imported == codec or edge.imported.startswith(f"{codec}.") for codec in PEER_CODECS
+        )
+    ]
+
+
+def test_emulators_speak_the_peers_protocols_without_archers_codecs() -> None:
+    """No emulator imports ``archer.cartesia`` or ``archer.twilio.frames`` (even for a type)."""
+    _, found = import_graph()
+    wrong = codec_imports(found)
+    assert not wrong, "emulators using Archer's own codecs:\n" + "\n".join(wrong)
+
+
 # The checker is itself checked: each rule must fail on a graph that breaks it.
+
+
+def test_the_codec_rule_refuses_an_emulator_importing_a_codec(tmp_path: Path) -> None:
+    source = tmp_path / "sample.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from archer.cartesia.managed import DTMF_DIGITS\n"
+        "from archer.twilio.signature import SignatureChecker\n"
+        "from archer.audio import g711\n"
+        "if TYPE_CHECKING:\n"
+        "    from archer.twilio import frames\n"
+    )
+    modules = {
+        name: source
+        for name in ("archer.cartesia.managed", "archer.twilio.frames", "archer.audio.g711")
+    }
+    found = list(imports_of("archer.emulators.cartesia.sample", source, modules))
+    assert codec_imports(found) == [
+        "archer.emulators.cartesia.sample:2 imports archer.cartesia.managed",
+        "archer.emulators.cartesia.sample:6 imports archer.twilio.frames",
+    ]
+    assert codec_imports(list(imports_of("archer.bench.sample", source, modules))) == []
 
 
 def test_the_circle_finder_finds_a_circle_through_three_modules() -> None:

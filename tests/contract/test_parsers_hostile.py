@@ -1,8 +1,10 @@
-"""Hostile input for the four wire parsers: an event, or exactly their protocol error, never more.
+"""Hostile input for the wire parsers: an event, or exactly their protocol error, never more.
 
 ``parse_frame`` may only raise ``TwilioProtocolError``, and the Twilio emulator's reader of what
 a server sends (``read_server_message``) only ``ServerMessageError``;
-``parse_server_event`` and ``parse_client_event`` may only raise ``CartesiaProtocolError``. A
+``parse_server_event`` and ``parse_client_event`` may only raise ``CartesiaProtocolError``, and
+the Cartesia emulators' readers of what a client sends (``read_managed_message``,
+``read_line_message``) only ``ClientMessageError``. A
 ``KeyError``, ``TypeError``, ``RecursionError`` or ``ValueError`` escaping one of them would end
 a live call as ``internal_error`` instead of skipping a frame, so hypothesis feeds them arbitrary
 text and bytes, arbitrary JSON, protocol-shaped objects, valid messages with one field broken
@@ -26,6 +28,14 @@ from hypothesis import strategies as st
 
 from archer.cartesia import managed
 from archer.cartesia.managed import ClientEvent, ServerEvent, parse_client_event, parse_server_event
+from archer.emulators.cartesia.client_messages import ClientMessageError
+from archer.emulators.cartesia.line_messages import (
+    Custom,
+    LineClientEvent,
+    read_line_message,
+    tool_result_of,
+)
+from archer.emulators.cartesia.managed_messages import ManagedClientEvent, read_managed_message
 from archer.emulators.twilio.server_messages import (
     ServerClear,
     ServerMark,
@@ -62,12 +72,22 @@ def _read_server_message(message: str | bytes) -> object:
     return read_server_message(message, stream_sid=SID)
 
 
+def _read_line_message(message: str | bytes) -> object:
+    # A custom event's metadata is read again by the Line agent when it answers a tool call.
+    event = read_line_message(message)
+    if isinstance(event, Custom):
+        tool_result_of(event.metadata)
+    return event
+
+
 #: Each parser with the one exception it may raise and the union of what it may return.
 PARSERS: Final = {
     "parse_frame": (parse_frame, TwilioProtocolError, TwilioFrame),
     "read_server_message": (_read_server_message, ServerMessageError, ServerMessage),
     "parse_server_event": (parse_server_event, CartesiaProtocolError, ServerEvent),
     "parse_client_event": (parse_client_event, CartesiaProtocolError, ClientEvent),
+    "read_managed_message": (read_managed_message, ClientMessageError, ManagedClientEvent),
+    "read_line_message": (_read_line_message, ClientMessageError, LineClientEvent),
 }
 
 
@@ -105,7 +125,7 @@ json_values = st.recursive(
     ),
     max_leaves=25,
 )
-#: Every name the four protocols use, so generated objects reach past the first branch.
+#: Every name the protocols use, so generated objects reach past the first branch.
 VOCABULARY: Final = (
     "event",
     "type",
@@ -160,6 +180,13 @@ VOCABULARY: Final = (
     "error_type",
     "arguments",
     "id",
+    "stream_id",
+    "config",
+    "voice_id",
+    "agent",
+    "introduction",
+    "system_prompt",
+    "metadata",
 )
 EVENT_NAMES: Final = (
     "connected",
@@ -182,6 +209,8 @@ EVENT_NAMES: Final = (
     "turn_output_text_delta",
     "turn_ended",
     "error",
+    "media_input",
+    "custom",
     "made_up_event",
 )
 vocabulary_keys = st.sampled_from(VOCABULARY) | any_text
@@ -341,12 +370,34 @@ def _cartesia_client() -> list[dict[str, Any]]:
     ]
 
 
+def _line_client() -> list[dict[str, Any]]:
+    """One of each message a Line client sends, shaped as the reference shows them (§2.A)."""
+    return [
+        {
+            "event": "start",
+            "stream_id": "call-123",
+            "config": {"input_format": "mulaw_8000", "voice_id": "v-1"},
+            "agent": {"introduction": "Hi", "system_prompt": "You are ..."},
+            "metadata": {"from": "+15551230000", "crm_id": "42"},
+        },
+        {"event": "media_input", "stream_id": "call-123", "media": {"payload": PAYLOAD}},
+        {"event": "dtmf", "stream_id": "call-123", "dtmf": "5"},
+        {
+            "event": "custom",
+            "stream_id": "call-123",
+            "metadata": {"archer_tool_result": "call_1", "result": "{}", "is_error": False},
+        },
+    ]
+
+
 OUTBOUND: Final = OutboundFrames(SID)
 VALID: Final = {
     "parse_frame": _twilio_inbound,
     "read_server_message": _twilio_outbound,
     "parse_server_event": _cartesia_server,
     "parse_client_event": _cartesia_client,
+    "read_managed_message": _cartesia_client,
+    "read_line_message": _line_client,
 }
 
 

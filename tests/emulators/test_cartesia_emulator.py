@@ -25,6 +25,7 @@ import trio_websocket
 
 from archer.audio import clips, g711
 from archer.cartesia import managed
+from archer.emulators.cartesia.managed_wire import SentError
 from archer.emulators.cartesia.script import (
     AgentScriptError,
     CallTool,
@@ -277,7 +278,7 @@ async def test_bad_first_message_gets_fatal_error_and_1008(
         assert (error.code, error.fatal) == (code, True)
         assert problem in error.message
         session = await agent.ended()
-        assert session.errors_sent == [error]
+        assert session.errors_sent == [SentError(error.code, error.message, error.fatal)]
         assert (session.ended_by, session.close_code) == ("agent", 1008)
 
 
@@ -513,7 +514,7 @@ async def test_bad_events_after_start_are_refused_and_junk_is_fatal() -> None:
         assert "digit" in errors[0].message
         assert "call_000000000000" in errors[1].message
         session = await agent.ended()
-        assert session.errors_sent == errors
+        assert session.errors_sent == [SentError(e.code, e.message, e.fatal) for e in errors]
         assert session.dtmf_digits == []
 
 

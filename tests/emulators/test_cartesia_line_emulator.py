@@ -21,6 +21,7 @@ import trio_websocket
 
 from archer.audio import clips, g711
 from archer.cartesia import line, managed
+from archer.emulators.cartesia.line_messages import Start
 from archer.emulators.cartesia.line_wire import transfer_call
 from archer.emulators.cartesia.script import (
     AgentScriptError,
@@ -212,7 +213,9 @@ async def test_ack_echoes_stream_id_config_and_overrides() -> None:
             "pcm_16000",
         )
         assert session.metadata == {"from": "+15551230000"}
-        assert isinstance(session.events[0], line.Start)
+        assert session.events[0] == Start(
+            "call-123", "pcm_16000", "v-1", "Hello!", None, {"from": "+15551230000"}
+        )
 
 
 async def test_ack_generates_a_stream_id_when_none_is_given() -> None:

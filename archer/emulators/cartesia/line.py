@@ -3,9 +3,9 @@
 Layer: emulator. ``CartesiaEmulator`` (``archer.emulators.cartesia.server``) checks the upgrade
 and hands a Line connection to ``LineCall``, which plays the same ``AgentScript`` as a Managed
 session through the shared ``ScriptedCall`` (``archer.emulators.cartesia.player``); only the
-wire differs. Client messages are parsed by ``archer.cartesia.line``; every message the agent
-sends is written by hand in ``archer.emulators.cartesia.line_wire``, from Cartesia's documents
-and the Line SDK's wire models, never by Archer's codec.
+wire differs. Every client message is read by ``line_messages`` and every message the agent sends
+is written by ``line_wire``, both by hand from Cartesia's documents and the Line SDK's wire
+models, never by Archer's codec.
 
 Protocol rules followed (reference ../shared/reference/cartesia-agents.md §2.A, §4, §5.1, §8;
 where Cartesia's behaviour is unknown the emulator is strict, to catch client bugs):
@@ -32,7 +32,6 @@ where Cartesia's behaviour is unknown the emulator is strict, to catch client bu
 
 from __future__ import annotations
 
-import binascii
 import secrets
 from base64 import b64encode
 from collections.abc import Mapping
@@ -41,16 +40,26 @@ from typing import Final
 import attrs
 import trio
 
-from archer.cartesia import line, managed
 from archer.emulators.cartesia import line_wire
+from archer.emulators.cartesia.client_messages import ClientMessageError
+from archer.emulators.cartesia.line_messages import (
+    Custom,
+    Dtmf,
+    MediaInput,
+    Start,
+    read_line_message,
+    tool_result_of,
+)
 from archer.emulators.cartesia.player import ScriptedCall, shorten
 from archer.emulators.cartesia.script import Say, Transfer
-from archer.errors import CartesiaProtocolError
+from archer.emulators.cartesia.session import ToolResult
 
-__all__ = ["START_FIRST", "LineCall"]
+__all__ = ["IDLE_TIMEOUT", "START_FIRST", "LineCall"]
 
 #: The close reason (code 1008) when the first message is not a ``start`` in time.
 START_FIRST: Final = "start must be the first message"
+#: The close reason (code 1000) after ``idle_timeout`` without a client message (reference §4).
+IDLE_TIMEOUT: Final = "connection idle timeout"
 
 
 @attrs.define
@@ -71,13 +80,13 @@ class LineCall(ScriptedCall):
             await self._close(1008, START_FIRST)
             return False
         try:
-            event = line.parse_client_event(message)
-        except CartesiaProtocolError as exc:
+            event = read_line_message(message)
+        except ClientMessageError as exc:
             self.emulator.report(f"agent refuses the first message ({exc}): closing 1008")
             await self._close(1008, START_FIRST)
             return False
         self.session.events.append(event)
-        if not isinstance(event, line.Start):
+        if not isinstance(event, Start):
             self.emulator.report(
                 f"first message is {type(event).__name__}, not start: closing 1008"
             )
@@ -119,7 +128,7 @@ class LineCall(ScriptedCall):
         with trio.move_on_after(idle):
             return await self.websocket.get_message()
         self.emulator.report(f"no client message for {idle:g} s: closing 1000")
-        await self._close(1000, line.IDLE_TIMEOUT)
+        await self._close(1000, IDLE_TIMEOUT)
         return None
 
     async def _violation(self, problem: str) -> bool:
@@ -131,18 +140,18 @@ class LineCall(ScriptedCall):
 
     async def _on_message(self, message: str | bytes) -> bool:
         try:
-            event = line.parse_client_event(message)
-        except CartesiaProtocolError as exc:
+            event = read_line_message(message)
+        except ClientMessageError as exc:
             return await self._violation(str(exc))
         self.session.events.append(event)
-        if isinstance(event, line.MediaInput):
+        if isinstance(event, MediaInput):
             if not self.ready:
                 self.session.audio_dropped_before_ready += 1
-            else:  # the codec checked the base64
-                self._hear(binascii.a2b_base64(event.payload))
-        elif isinstance(event, line.Dtmf):
+            else:
+                self._hear(event.audio)
+        elif isinstance(event, Dtmf):
             self._keyed(event.digit)
-        elif isinstance(event, line.Custom):
+        elif isinstance(event, Custom):
             return await self._custom(event.metadata)
         else:
             return await self._violation("start was already received")
@@ -150,17 +159,15 @@ class LineCall(ScriptedCall):
 
     async def _custom(self, metadata: Mapping[str, object]) -> bool:
         try:
-            answer = line.tool_result_of(metadata)
-        except CartesiaProtocolError as exc:
+            answer = tool_result_of(metadata)
+        except ClientMessageError as exc:
             return await self._violation(str(exc))
         if answer is None:
             self.session.custom_received.append(dict(metadata))
             self.emulator.report(f"agent receives custom metadata: {shorten(str(metadata))}")
             return True
-        tool_call_id, result, is_error = answer
-        if not self._tool_answered(
-            managed.ClientToolResult(tool_call_id, result, is_error, error_type=None)
-        ):
+        tool_call_id = answer.tool_call_id
+        if not self._tool_answered(ToolResult(tool_call_id, answer.result, answer.is_error)):
             self.emulator.report(f"agent ignores a result for unknown tool call {tool_call_id!r}")
         return True
 

@@ -1,7 +1,7 @@
 """What a Line agent sends on the Calls API (``/agents/stream``), written from the documents.
 
 Layer: emulator. The Line session (``archer.emulators.cartesia.line``) sends every message
-through these functions, never through Archer's own codec (``archer.cartesia.line``), so a test
+through these functions, never through Archer's own Line codec, so a test
 notices when Archer's parser and the peer disagree. Shapes are those of the Calls API reference
 and the Line SDK's wire models (../shared/reference/cartesia-agents.md §2.A and §4;
 ``cartesia-line`` 0.2.19); ``tool_call`` is Archer's own convention over ``custom`` events (the

@@ -1,13 +1,14 @@
 """The Managed Agents session of the Cartesia emulator (``/v1/agents/websocket/{agent_id}``).
 
 Layer: emulator (trio, on one accepted WebSocket). ``ManagedCall`` is the Managed wire on top of
-the protocol-neutral ``ScriptedCall`` (``archer.emulators.cartesia.player``): every message is
-parsed and built by ``archer.cartesia.managed``.
+the protocol-neutral ``ScriptedCall`` (``archer.emulators.cartesia.player``). Every client message
+is read by ``managed_messages`` and every message the agent sends is written by ``managed_wire``,
+both by hand from Cartesia's documents, never by Archer's own Managed codec.
 
 Managed rules followed (reference ../shared/reference/cartesia-agents.md §2.B, §4, §8):
 
 - ``session_create`` must be the first message, within ``session_create_timeout``; silence
-  closes 1008. Any other first event, or one ``parse_client_event`` refuses (unknown fields
+  closes 1008. Any other first event, or one ``read_managed_message`` refuses (unknown fields
   included), gets ``error`` (``invalid_event``, or ``invalid_dynamic_variables`` when the
   variables are the problem) with ``fatal: true`` and a close 1008.
 - After ``session_create``: audio sent before ``session_ready`` (``ready_delay`` later) is
@@ -31,9 +32,7 @@ Managed rules followed (reference ../shared/reference/cartesia-agents.md §2.B, 
 from __future__ import annotations
 
 import binascii
-import json
 import re
-from base64 import b64encode
 from collections.abc import Mapping
 from typing import Final
 
@@ -41,31 +40,26 @@ import attrs
 import trio
 import trio_websocket
 
-from archer.cartesia import managed
+from archer.emulators.cartesia import managed_wire
+from archer.emulators.cartesia.client_messages import ClientMessageError
+from archer.emulators.cartesia.managed_messages import (
+    AudioInput,
+    ClientToolResult,
+    DtmfInput,
+    SessionCreate,
+    read_managed_message,
+)
+from archer.emulators.cartesia.managed_wire import SentError
 from archer.emulators.cartesia.player import ScriptedCall, Utterance
 from archer.emulators.cartesia.script import Say, Transfer
-from archer.errors import CartesiaProtocolError
+from archer.emulators.cartesia.session import ToolResult
 
 __all__ = ["TRANSFER_ON_MANAGED", "ManagedCall"]
 
-_CLIENT_TYPES: Final = frozenset(
-    {"session_create", "audio_input", "dtmf_input", "client_tool_result"}
-)
 _WORD: Final = re.compile(r"\S+\s*")
 TRANSFER_ON_MANAGED: Final = (
     "transfer is a Line step; managed agents use the transfer_to_human tool"
 )
-
-
-def _is_client_event(message: str | bytes) -> bool:
-    """Whether ``message`` is a JSON object naming a client event (however badly filled in)."""
-    if not isinstance(message, str):
-        return False
-    try:
-        event = json.loads(message)
-    except (ValueError, RecursionError):
-        return False
-    return isinstance(event, dict) and event.get("type") in _CLIENT_TYPES
 
 
 @attrs.define
@@ -85,17 +79,13 @@ class ManagedCall(ScriptedCall):
             await self._close(1008, f"no session_create within {timeout:g} s")
             return False
         try:
-            event = managed.parse_client_event(message)
-        except CartesiaProtocolError as exc:
+            event = read_managed_message(message)
+        except ClientMessageError as exc:
             # Cartesia names bad variables with their own code; they too prevent the start.
-            problem = str(exc)
-            code = (
-                "invalid_dynamic_variables" if "dynamic_variables" in problem else "invalid_event"
-            )
-            await self._fatal(problem, code=code)
+            await self._fatal(str(exc), code=exc.code)
             return False
         self.session.events.append(event)
-        if not isinstance(event, managed.SessionCreate):
+        if not isinstance(event, SessionCreate):
             await self._fatal(f"the first event must be session_create, not {type(event).__name__}")
             return False
         if self.emulator.script.line_only():
@@ -119,7 +109,7 @@ class ManagedCall(ScriptedCall):
         if self.emulator.ready_delay > 0:
             await trio.sleep(self.emulator.ready_delay)
         await self.websocket.send_message(
-            managed.session_ready(
+            managed_wire.session_ready(
                 call_id=self.session.call_id,
                 agent_id=self.session.agent_id,
                 agent_version_id=self.session.agent_version_id,
@@ -133,36 +123,40 @@ class ManagedCall(ScriptedCall):
         self, problem: str, *, code: str = "invalid_event", close_code: int = 1008
     ) -> None:
         self.emulator.report(f"agent refuses an invalid event ({problem}): closing {close_code}")
-        self.session.errors_sent.append(managed.Error(code=code, message=problem, fatal=True))
+        sent = SentError(code=code, message=problem, fatal=True)
+        self.session.errors_sent.append(sent)
         try:
-            await self.websocket.send_message(managed.error(code, problem, fatal=True))
+            await self.websocket.send_message(managed_wire.error(sent))
         except trio_websocket.ConnectionClosed:
             return
         await self._close(close_code, problem)
 
     async def _refuse(self, problem: str) -> None:
         self.emulator.report(f"agent ignores an invalid event: {problem}")
-        self.session.errors_sent.append(managed.Error("invalid_event", problem, fatal=False))
-        await self.websocket.send_message(managed.error("invalid_event", problem, fatal=False))
+        sent = SentError("invalid_event", problem, fatal=False)
+        self.session.errors_sent.append(sent)
+        await self.websocket.send_message(managed_wire.error(sent))
 
     # ---- what the client sends -------------------------------------------------------------
 
     async def _on_message(self, message: str | bytes) -> bool:
         try:
-            event = managed.parse_client_event(message)
-        except CartesiaProtocolError as exc:
-            if _is_client_event(message):
+            event = read_managed_message(message)
+        except ClientMessageError as exc:
+            # A client event badly filled in is ignored; anything else ends the session.
+            if exc.event is not None:
                 await self._refuse(str(exc))
                 return True
             await self._fatal(str(exc))
             return False
         self.session.events.append(event)
-        if isinstance(event, managed.AudioInput):
+        if isinstance(event, AudioInput):
             await self._audio_input(event.audio)
-        elif isinstance(event, managed.DtmfInput):
+        elif isinstance(event, DtmfInput):
             self._keyed(event.digit)
-        elif isinstance(event, managed.ClientToolResult):
-            if not self._tool_answered(event):
+        elif isinstance(event, ClientToolResult):
+            answer = ToolResult(event.tool_call_id, event.result, event.is_error, event.error_type)
+            if not self._tool_answered(answer):
                 await self._refuse(
                     f"no client_tool_call has tool_call_id {event.tool_call_id[:40]!r}"
                 )
@@ -190,7 +184,7 @@ class ManagedCall(ScriptedCall):
         turn, started = self._next_turn(), self._now()
         tool_calls, self.unreported_tools = self.unreported_tools, []
         send = self.websocket.send_message
-        await send(managed.turn_started(turn, "assistant", started))
+        await send(managed_wire.turn_started(turn, "assistant", started))
         self.emulator.report(f"agent says: {said}")
         spoken = 0
 
@@ -198,7 +192,7 @@ class ManagedCall(ScriptedCall):
             # Each word goes out with the chunk it falls in: the words follow the speech.
             nonlocal spoken
             while spoken < len(words) and spoken * len(chunks) // len(words) <= index:
-                await send(managed.turn_output_text_delta(turn, words[spoken]))
+                await send(managed_wire.turn_output_text_delta(turn, words[spoken]))
                 spoken += 1
 
         paced = self.output_delivery == "speaking_pace"
@@ -210,7 +204,7 @@ class ManagedCall(ScriptedCall):
             await send(self._assistant_ended(turn, text, started, tool_calls, interrupted=True))
             return
         for word in words[spoken:]:  # only when the clip had no audio at all
-            await send(managed.turn_output_text_delta(turn, word))
+            await send(managed_wire.turn_output_text_delta(turn, word))
         text = "".join(words)
         await send(self._assistant_ended(turn, text, started, tool_calls, interrupted=False))
 
@@ -223,7 +217,7 @@ class ManagedCall(ScriptedCall):
         *,
         interrupted: bool,
     ) -> str:
-        return managed.turn_ended(
+        return managed_wire.turn_ended(
             turn,
             "assistant",
             text,
@@ -234,19 +228,19 @@ class ManagedCall(ScriptedCall):
         )
 
     async def _send_audio(self, chunk: bytes) -> None:
-        await self.websocket.send_message(managed.audio_output(b64encode(chunk).decode("ascii")))
+        await self.websocket.send_message(managed_wire.audio_output(chunk))
 
     async def _send_clear(self) -> None:
-        await self.websocket.send_message(managed.audio_output_clear())
+        await self.websocket.send_message(managed_wire.audio_output_clear())
 
     async def _send_dtmf(self, digit: str) -> None:
-        await self.websocket.send_message(managed.dtmf_output(digit))
+        await self.websocket.send_message(managed_wire.dtmf_output(digit))
 
     async def _send_tool_call(
         self, tool_call_id: str, name: str, parameters: Mapping[str, object]
     ) -> None:
         await self.websocket.send_message(
-            managed.client_tool_call(tool_call_id, name, parameters, expects_response=True)
+            managed_wire.client_tool_call(tool_call_id, name, parameters, expects_response=True)
         )
 
     async def _transfer(self, step: Transfer) -> None:
@@ -256,12 +250,12 @@ class ManagedCall(ScriptedCall):
     async def _user_turn_started(self, utterance: Utterance) -> None:
         self.user_turn = self._next_turn()
         await self.websocket.send_message(
-            managed.turn_started(self.user_turn, "user", utterance.started)
+            managed_wire.turn_started(self.user_turn, "user", utterance.started)
         )
 
     async def _user_turn_ended(self, utterance: Utterance, transcript: str, ended: float) -> None:
         await self.websocket.send_message(
-            managed.turn_ended(
+            managed_wire.turn_ended(
                 self.user_turn,
                 "user",
                 transcript,

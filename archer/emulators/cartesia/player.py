@@ -33,7 +33,6 @@ import trio_websocket
 
 from archer.audio import g711
 from archer.audio.vad import EnergyVad, SpeechStarted, VadEvent
-from archer.cartesia import line, managed
 from archer.emulators.cartesia.placeholders import substitute
 from archer.emulators.cartesia.script import (
     AgentScript,
@@ -50,11 +49,15 @@ from archer.emulators.cartesia.session import (
     Clip,
     EmulatedSession,
     EmulatedToolCall,
+    ToolResult,
     chunk_bytes,
 )
 
-__all__ = ["AgentHost", "ScriptedCall", "Utterance", "shorten"]
+__all__ = ["CALL_ENDED_BY_AGENT", "AgentHost", "ScriptedCall", "Utterance", "shorten"]
 
+#: The close reason (code 1000) when the agent hangs up, with ``", reason: ..."`` after it when
+#: the agent gave one (reference §4: Line documents it; Managed documents no reason text).
+CALL_ENDED_BY_AGENT: Final = "call ended by agent"
 FRAME_SECONDS: Final = 0.02
 #: A close handshake gets this long before the connection is dropped.
 CLOSE_TIMEOUT: Final = 2.0
@@ -273,7 +276,7 @@ class ScriptedCall(abc.ABC):
         self.digits.append(digit)
         self._changed()
 
-    def _tool_answered(self, result: managed.ClientToolResult) -> bool:
+    def _tool_answered(self, result: ToolResult) -> bool:
         """Record ``result`` if its call is open; ``False`` if no call ever had its id.
 
         A late or duplicate result for an id that was issued is silently ignored.
@@ -308,7 +311,7 @@ class ScriptedCall(abc.ABC):
         else:
             because = f", reason: {step.reason}" if step.reason else ""
             self.emulator.report(f"agent hangs up{because}")
-            await self._close(1000, f"{line.CALL_ENDED_BY_AGENT}{because}")
+            await self._close(1000, f"{CALL_ENDED_BY_AGENT}{because}")
             return False
         return True
 

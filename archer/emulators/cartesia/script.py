@@ -36,7 +36,7 @@ as ``{name}``. Each step is an object with exactly one action key:
   fails at its start (managed agents transfer with a tool such as ``transfer_to_human``).
 
 A script plays on either protocol: on Line, ``tool`` steps travel as ``custom`` events (Archer's
-convention in ``archer.cartesia.line``), so one script serves both.
+convention, the README's "Two Cartesia protocols"), so one script serves both.
 
 Everything is checked on load, so a typo fails before a call, naming the file, the step (from 1)
 and the problem. Unknown keys are errors, booleans are not numbers, and a placeholder must name a
@@ -57,7 +57,6 @@ from typing import Final, TypeGuard
 
 import attrs
 
-from archer.cartesia.managed import DTMF_DIGITS
 from archer.emulators.cartesia.placeholders import placeholders
 
 __all__ = [
@@ -83,6 +82,8 @@ DEFAULT_DTMF_TIMEOUT: Final = 30.0
 DEFAULT_TOOL_TIMEOUT: Final = 30.0
 #: More digits than any PIN or account number a phone menu asks for.
 MAX_DTMF_DIGITS: Final = 32
+#: The keys an agent can press: both protocols carry ``0``-``9``, ``*``, ``#`` (reference §2).
+DTMF_DIGITS: Final = frozenset("0123456789*#")
 
 _SCRIPTS_PACKAGE: Final = "archer.emulators"
 _SCRIPTS_DIR: Final = "scripts"

@@ -14,7 +14,9 @@ import attrs
 import trio
 
 from archer.audio import clips
-from archer.cartesia import line, managed
+from archer.emulators.cartesia.line_messages import LineClientEvent
+from archer.emulators.cartesia.managed_messages import DynamicValue, ManagedClientEvent
+from archer.emulators.cartesia.managed_wire import SentError
 
 __all__ = [
     "SAMPLE_RATES",
@@ -22,6 +24,7 @@ __all__ = [
     "ClipSource",
     "EmulatedSession",
     "EmulatedToolCall",
+    "ToolResult",
     "bundled_clip",
     "chunk_bytes",
 ]
@@ -63,6 +66,20 @@ class EmulatedToolCall:
     parameters: Mapping[str, object]
 
 
+@attrs.frozen(slots=True)
+class ToolResult:
+    """The client's answer to an ``EmulatedToolCall``, whichever protocol carried it.
+
+    ``error_type`` is Managed's (logged by Cartesia, never seen by the model); Line's answers,
+    over ``custom`` events, have none.
+    """
+
+    tool_call_id: str
+    result: str
+    is_error: bool
+    error_type: str | None = None
+
+
 @attrs.define
 class EmulatedSession:
     """Everything one connection did, for tests and the demo to inspect."""
@@ -76,16 +93,16 @@ class EmulatedSession:
     agent_id: str = "agent_emulated"
     input_format: str | None = None
     output_delivery: str | None = None
-    dynamic_variables: dict[str, managed.DynamicValue] = attrs.Factory(dict)
+    dynamic_variables: dict[str, DynamicValue] = attrs.Factory(dict)
     #: Line: the ``stream_id`` (the client's, or ``sid_`` + 16 hex) and ``start.metadata``.
     stream_id: str | None = None
     metadata: dict[str, object] = attrs.Factory(dict)
     #: Every client event that parsed, in order (refused ones are in ``errors_sent``).
-    events: list[managed.ClientEvent | line.ClientEvent] = attrs.Factory(list)
+    events: list[ManagedClientEvent | LineClientEvent] = attrs.Factory(list)
     dtmf_digits: list[str] = attrs.Factory(list)
     tool_calls: list[EmulatedToolCall] = attrs.Factory(list)
-    #: Answers to ``tool_calls`` (Line's custom-event answers are stored in the same shape).
-    tool_results: dict[str, managed.ClientToolResult] = attrs.Factory(dict)
+    #: Answers to ``tool_calls``, by tool call id.
+    tool_results: dict[str, ToolResult] = attrs.Factory(dict)
     #: Line: ``custom`` metadata from the client that was not a tool result.
     custom_received: list[dict[str, object]] = attrs.Factory(list)
     #: Line: numbers the agent asked the client to transfer the call to.
@@ -97,7 +114,7 @@ class EmulatedSession:
     #: Caller audio heard once ready, raw, in ``input_format``.
     caller_audio: bytearray = attrs.Factory(bytearray)
     #: Managed ``error`` events sent (Line has no error event: it closes 1008 instead).
-    errors_sent: list[managed.Error] = attrs.Factory(list)
+    errors_sent: list[SentError] = attrs.Factory(list)
     #: This session closes 1011 ("agent failed", cartesia-agents.md §5) halfway through its
     #: first spoken turn (``CartesiaEmulator.fail_mid_turn``; issue 16).
     fail_mid_turn: bool = False
