@@ -12,6 +12,7 @@ recording first and refuses if it cannot: a PIN is never keyed onto a recording.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from archer.bank.verification import PinVerifier
     from archer.call.control import CallControl
     from archer.call.ports import TelephonyControl
+    from archer.call.records import RecordingAction
 
 log = structlog.get_logger(__name__)
 
@@ -154,57 +156,55 @@ async def _paused_for(
 
     Cancellation: the recording is resumed (shielded, at most ``RESUME_TIMEOUT``).
     """
+    change = partial(_change_recording, telephony, control, call_sid, pause_behavior)
+    try:
+        await change("pause")
+    except TelephonyError as exc:
+        # Nothing read: no PIN onto a recording.
+        raise ToolError(RECORDING_NOT_PAUSED, outcome="refused_recording") from exc
+    try:
+        return await entry()
+    finally:
+        # A failed resume is recorded and logged; the entry's result stands.
+        with trio.move_on_after(RESUME_TIMEOUT, shield=True), suppress(TelephonyError):
+            await change("resume")
+
+
+async def _change_recording(
+    telephony: TelephonyControl,
+    control: CallControl,
+    call_sid: str,
+    pause_behavior: str,
+    action: RecordingAction,
+) -> None:
+    """Pause or resume the call's recording, and record the request with Twilio's answer.
+
+    Raises:
+        TelephonyError: Twilio refused or could not be reached (recorded, logged).
+    """
     requested_at = utc_now()
     try:
         recording_sid = await telephony.set_recording(
-            call_sid, paused=True, pause_behavior=pause_behavior
+            call_sid, paused=action == "pause", pause_behavior=pause_behavior
         )
     except TelephonyError as exc:
         control.recording_changed(
-            "pause",
+            action,
             requested_at=requested_at,
             answered_at=utc_now(),
             accepted=False,
             error_code=exc.code,
         )
-        log.error("bank.recording_pause_failed", error=str(exc))
-        # Nothing read: no PIN onto a recording.
-        raise ToolError(RECORDING_NOT_PAUSED, outcome="refused_recording") from exc
+        log.error(f"bank.recording_{action}_failed", error=str(exc))
+        raise
     control.recording_changed(
-        "pause",
+        action,
         requested_at=requested_at,
         answered_at=utc_now(),
         accepted=True,
         recording_sid=recording_sid,
     )
-    log.info("bank.recording_paused", at=requested_at.isoformat())
-    try:
-        return await entry()
-    finally:
-        with trio.move_on_after(RESUME_TIMEOUT, shield=True):
-            requested_at = utc_now()
-            try:
-                recording_sid = await telephony.set_recording(
-                    call_sid, paused=False, pause_behavior=pause_behavior
-                )
-            except TelephonyError as exc:
-                control.recording_changed(
-                    "resume",
-                    requested_at=requested_at,
-                    answered_at=utc_now(),
-                    accepted=False,
-                    error_code=exc.code,
-                )
-                log.error("bank.recording_resume_failed", error=str(exc))
-            else:
-                control.recording_changed(
-                    "resume",
-                    requested_at=requested_at,
-                    answered_at=utc_now(),
-                    accepted=True,
-                    recording_sid=recording_sid,
-                )
-                log.info("bank.recording_resumed", at=requested_at.isoformat())
+    log.info(f"bank.recording_{action}d", at=requested_at.isoformat())
 
 
 async def _read_and_check(
