@@ -141,7 +141,6 @@ async def run_call(
                 context=ToolContext(
                     call_sid=call.call_sid,
                     customer_id=call.customer_id,
-                    caller_number=call.from_number,
                     verification=verification,
                     # Tools place marks on the downlink too, so they hold a clone of its end.
                     control=control,

@@ -89,7 +89,6 @@ class ToolContext:
 
     call_sid: str
     customer_id: int | None
-    caller_number: str | None
     verification: CallerVerification
     control: CallControl
 

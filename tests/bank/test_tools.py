@@ -59,7 +59,6 @@ class Bank:
         self.context = ToolContext(
             call_sid=call.call_sid,
             customer_id=None if phone is None else self.customer_ids[phone],
-            caller_number=phone,
             verification=CallerVerification(),
             control=CallControl(call, Playback(), downlink, trio.CancelScope()),
         )

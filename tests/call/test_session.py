@@ -584,7 +584,6 @@ async def test_the_agent_side_ends_without_closing_the_twilio_sides_channels(
         context=ToolContext(
             call_sid=call.call_sid,
             customer_id=None,
-            caller_number=None,
             verification=CallerVerification(),
             control=CallControl(call, playback, downlink_send.clone(), trio.CancelScope()),
         ),
