@@ -1,8 +1,8 @@
 """What a tool may do to the call it serves: wait for speech to be heard, capture keys, note a
-recording pause, end the call.
+recording pause or resume, end the call.
 
 Layer: call. Handed to tools inside their ``ToolContext``; it is the only way a tool reaches the
-call's nursery, and it exposes no more than these two moves.
+call's nursery, and it exposes no more than these moves.
 
 Rules: a tool that is about to end the call through Twilio (a transfer, a hang-up) first
 ``expect``s the outcome, because Twilio may stop the media stream before its REST answer comes
