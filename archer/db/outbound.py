@@ -266,12 +266,11 @@ class SqlOutbound:
 
         Cancellation: the transaction finishes in its thread; the request is queued or not.
         """
-        return await run_in_thread(
+        return await self._run(
             "outbound_enqueue",
             lambda: self.enqueue_sync(
                 request, api_key_id=api_key_id, idempotency_key=idempotency_key
             ),
-            limiter=self.limiter,
         )
 
     def view_sync(self, request_id: int, *, api_key_id: int | None = None) -> RequestView | None:
@@ -414,10 +413,9 @@ class SqlOutbound:
         Cancellation: the transaction finishes in its thread; a claim it made is committed
         (the request is ``dialing`` under this instance), so the caller must not drop it.
         """
-        return await run_in_thread(
+        return await self._run(
             "outbound_claim",
             lambda: self.claim_sync(instance_id, cps=cps, max_active=max_active, window=window),
-            limiter=self.limiter,
         )
 
     def _ensure_pacing_row(self, conn: sa.Connection) -> None:
@@ -479,7 +477,7 @@ class SqlOutbound:
 
         Cancellation: the transaction finishes in its thread.
         """
-        return await run_in_thread(
+        return await self._run(
             "outbound_ended",
             lambda: self.attempt_ended_sync(
                 request_id,
@@ -490,7 +488,6 @@ class SqlOutbound:
                 answered_by=answered_by,
                 end_reason=end_reason,
             ),
-            limiter=self.limiter,
         )
 
     def attempt_ended_sync(
@@ -603,7 +600,7 @@ class SqlOutbound:
 
         Cancellation: the update finishes in its thread.
         """
-        return await run_in_thread(
+        return await self._run(
             "outbound_answered",
             lambda: self.attempt_answered_sync(
                 request_id,
@@ -612,7 +609,6 @@ class SqlOutbound:
                 end_reason=end_reason,
                 call_sid=call_sid,
             ),
-            limiter=self.limiter,
         )
 
     async def abandon_lost(self, lease_seconds: float) -> list[int]:
